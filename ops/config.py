@@ -1,0 +1,73 @@
+"""Every Numba option dlrun uses, in one place.
+
+Kernels never pass options to ``numba.njit`` themselves: they use :func:`jit`,
+:func:`pjit` (parallel) or :func:`cuda_kernel` from here, so the flags below are the
+project's one set.
+"""
+from __future__ import annotations
+
+import os
+
+import numba
+
+# Fast-math without ``nnan``/``ninf``: with those two, LLVM may fold ``isnan(x)`` to False,
+# and the NaN checks (TerminateOnNaN, the averaging guard) would silently stop working.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+# Kernels run in-process many times: compile once per signature and keep it on disk
+# (honours NUMBA_CACHE_DIR). The driver warms the cache before Ray workers start.
+CACHE = os.environ.get("DLRUN_NO_CACHE", "") == ""
+
+# Below this many elements a parallel loop costs more in thread wake-up than it saves.
+PARALLEL_MIN = 1 << 16
+
+# CUDA: threads per block for 1-D grid-stride kernels; tests patch it small so that
+# several blocks run under the simulator.
+CUDA_BLOCK = 256
+CUDA_MAX_BLOCKS = 1024
+
+
+def jit(fn=None, **kw):
+    """``numba.njit`` with the project's options (serial kernel)."""
+    opts = dict(nogil=True, cache=CACHE, fastmath=FASTMATH, error_model="numpy")
+    opts.update(kw)
+    if fn is None:
+        return lambda f: numba.njit(**opts)(f)
+    return numba.njit(**opts)(fn)
+
+
+def pjit(fn=None, **kw):
+    """``numba.njit(parallel=True)`` with the project's options; loops use ``prange``."""
+    return jit(fn, parallel=True, **kw)
+
+
+class cuda_kernel:
+    """A ``numba.cuda.jit`` kernel compiled on first launch.
+
+    ``numba.cuda`` is imported only when a CUDA kernel is first launched, so importing
+    dlrun stays fast and ``NUMBA_ENABLE_CUDASIM`` can still be chosen by the caller.
+    The kernel's module refers to ``cuda`` as a global; it is bound here.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.__name__ = fn.__name__
+        self.__doc__ = fn.__doc__
+        self._compiled = None
+
+    def compiled(self):
+        if self._compiled is None:
+            from numba import cuda
+
+            self.fn.__globals__["cuda"] = cuda
+            self._compiled = cuda.jit(fastmath=False)(self.fn)
+        return self._compiled
+
+    def __getitem__(self, launch):
+        return self.compiled()[launch]
+
+
+def grid_1d(n: int) -> tuple[int, int]:
+    """(blocks, threads) for a grid-stride loop over ``n`` elements."""
+    blocks = max(1, min(CUDA_MAX_BLOCKS, (n + CUDA_BLOCK - 1) // CUDA_BLOCK))
+    return blocks, CUDA_BLOCK

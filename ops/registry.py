@@ -1,0 +1,166 @@
+"""The op contract and the registry: the one place that knows which kernel runs where.
+
+An op is one :class:`Op` record. Its kernels follow one calling convention, which the
+engine (and :func:`dlrun.ops.gradcheck`) relies on::
+
+    forward(*inputs, *attr_values, *outputs)             # writes every output
+    backward(dy, *saved, *attr_values, *grads)           # writes each grad not None
+
+``inputs``/``outputs`` are the op's declared names in order; ``saved`` are the arrays named
+in ``saves`` (any of the input and output names), in that order; ``grads`` has one buffer
+per name in ``diff`` (the differentiable inputs), ``None`` where no gradient is wanted.
+The first output is the op's result; further outputs are auxiliaries the backward needs
+(a dropout mask, softmax probabilities) and have no gradient. Kernels overwrite their
+buffers: they never allocate, and never accumulate into a gradient (the engine sums
+gradients of a value used twice). An op with ``rng=True`` receives one more attribute,
+``seed`` (an integer), after its declared ones; the engine changes it every call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from dlrun.errors import DlrunError
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Shape and dtype of one array."""
+
+    shape: tuple
+    dtype: np.dtype
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+
+class OpError(DlrunError, ValueError):
+    """An op was given inputs or attributes it cannot take."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One primitive: its shape rule, what its backward saves, and its kernels per device.
+
+    Parameters
+    ----------
+    name : registry key.
+    inputs, outputs : names of the positional arrays (first output = the result).
+    shape : ``shape(*input_specs, **attrs) -> [Spec, ...]``, one per output; raises
+        :class:`OpError` for inputs the op cannot take. Checked before any kernel runs.
+    forward, backward : CPU kernels (see the module docstring for the convention).
+    saves : names of inputs/outputs the backward reads, in its argument order.
+    diff : inputs that have a gradient (default: all).
+    attrs : attribute names and defaults, in kernel argument order.
+    cuda_forward, cuda_backward : the CUDA twins, same convention, on device arrays.
+    rng : the forward takes a per-call ``seed`` attribute.
+    sample : ``sample(rng, dtype) -> (inputs, attrs)`` small inputs for tests.
+    reference : ``reference(*inputs, **attrs) -> tuple of outputs``, in plain numpy.
+    """
+
+    name: str
+    inputs: tuple
+    shape: Callable
+    forward: Callable
+    backward: Callable | None = None
+    outputs: tuple = ("y",)
+    saves: tuple = ()
+    diff: tuple | None = None
+    attrs: dict = field(default_factory=dict)
+    cuda_forward: Callable | None = None
+    cuda_backward: Callable | None = None
+    rng: bool = False
+    sample: Callable | None = None
+    reference: Callable | None = None
+
+    def __post_init__(self):
+        known = set(self.inputs) | set(self.outputs)
+        bad = [s for s in self.saves if s not in known]
+        if bad:
+            raise OpError(f"op {self.name!r}: saves {bad} are neither inputs {self.inputs} "
+                          f"nor outputs {self.outputs}")
+        if self.diff is None:
+            object.__setattr__(self, "diff", tuple(self.inputs))
+        bad = [d for d in self.diff if d not in self.inputs]
+        if bad:
+            raise OpError(f"op {self.name!r}: diff {bad} are not inputs {self.inputs}")
+
+    # -- helpers the engine and gradcheck share -------------------------------------------
+    def resolve_attrs(self, attrs: dict) -> dict:
+        """Declared attributes with defaults filled in; unknown names are refused."""
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise OpError(f"op {self.name!r} got unknown attribute(s) {sorted(unknown)}; "
+                          f"it takes {list(self.attrs) or 'none'}")
+        return {k: attrs.get(k, v) for k, v in self.attrs.items()}
+
+    def infer(self, specs: list, attrs: dict) -> list:
+        """Run the shape rule on input specs; returns one Spec per output."""
+        if len(specs) != len(self.inputs):
+            raise OpError(f"op {self.name!r} takes {len(self.inputs)} inputs "
+                          f"{self.inputs}, got {len(specs)}")
+        out = self.shape(*specs, **attrs)
+        if len(out) != len(self.outputs):
+            raise OpError(f"op {self.name!r}: shape rule returned {len(out)} specs for "
+                          f"outputs {self.outputs}")
+        return list(out)
+
+    def kernels(self, device: str = "cpu") -> tuple:
+        """(forward, backward) for a device."""
+        if device == "cpu":
+            return self.forward, self.backward
+        if device == "cuda":
+            if self.cuda_forward is None:
+                raise OpError(f"op {self.name!r} has no CUDA kernels")
+            return self.cuda_forward, self.cuda_backward
+        raise OpError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+_REGISTRY: dict[str, Op] = {}
+
+
+def register(op: Op, *, replace: bool = False) -> Op:
+    """Add an op to the registry (users register their own ops the same way)."""
+    if not isinstance(op, Op):
+        raise OpError(f"register() takes a dlrun.ops.Op, got {type(op).__name__}")
+    if op.name in _REGISTRY and not replace:
+        raise OpError(f"an op named {op.name!r} is already registered; "
+                      "pass replace=True to override it")
+    _REGISTRY[op.name] = op
+    return op
+
+
+def unregister(name: str) -> None:
+    """Remove a user op (mainly for tests)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name_or_op: Any) -> Op:
+    """The op record for a name (or the record itself)."""
+    if isinstance(name_or_op, Op):
+        return name_or_op
+    try:
+        return _REGISTRY[name_or_op]
+    except KeyError:
+        raise OpError(f"unknown op {name_or_op!r}; registered ops: "
+                      f"{', '.join(sorted(_REGISTRY))}") from None
+    except TypeError:
+        raise OpError(f"expected an op name or dlrun.ops.Op, got {name_or_op!r}") from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def same_shape(x: Spec, **_) -> list:
+    """Shape rule of elementwise unary ops: the output is like the input."""
+    return [Spec(x.shape, x.dtype)]
+
+
+def check_float(op: str, **specs: Spec) -> None:
+    for name, s in specs.items():
+        if s.dtype.kind != "f":
+            raise OpError(f"op {op!r}: input {name!r} must be floating point, got {s.dtype}")

@@ -9,9 +9,8 @@ import math
 
 import numpy as np
 
-from dlrun.ops.config import jit, pjit
+from dlrun.ops.config import jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
-from numba import prange
 
 
 def _float_like(x: Spec, **_) -> list:
@@ -37,22 +36,22 @@ def _unary(name, fwd, bwd, saves, reference, attrs=None, sample=None):
 
 
 # -- relu --------------------------------------------------------------------------------
-@pjit
+@jit
 def relu_fwd_cpu(x, y):
     """y = max(x, 0)"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         yf[i] = xf[i] if xf[i] > 0 else 0.0
 
 
-@pjit
+@jit
 def relu_bwd_cpu(dy, y, dx):
     """dx = dy * (y > 0)"""
     dyf = dy.reshape(-1)
     yf = y.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] if yf[i] > 0 else 0.0
 
 
@@ -60,12 +59,12 @@ _unary("relu", relu_fwd_cpu, relu_bwd_cpu, ("y",), lambda x: (np.maximum(x, 0),)
 
 
 # -- sigmoid -----------------------------------------------------------------------------
-@pjit
+@jit
 def sigmoid_fwd_cpu(x, y):
     """y = 1 / (1 + exp(-x)), evaluated without overflow for either sign"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         v = xf[i]
         if v >= 0:
             yf[i] = 1.0 / (1.0 + math.exp(-v))
@@ -74,13 +73,13 @@ def sigmoid_fwd_cpu(x, y):
             yf[i] = e / (1.0 + e)
 
 
-@pjit
+@jit
 def sigmoid_bwd_cpu(dy, y, dx):
     """dx = dy * y * (1 - y)"""
     dyf = dy.reshape(-1)
     yf = y.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] * yf[i] * (1.0 - yf[i])
 
 
@@ -89,22 +88,22 @@ _unary("sigmoid", sigmoid_fwd_cpu, sigmoid_bwd_cpu, ("y",),
 
 
 # -- tanh --------------------------------------------------------------------------------
-@pjit
+@jit
 def tanh_fwd_cpu(x, y):
     """y = tanh(x)"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         yf[i] = math.tanh(xf[i])
 
 
-@pjit
+@jit
 def tanh_bwd_cpu(dy, y, dx):
     """dx = dy * (1 - y^2)"""
     dyf = dy.reshape(-1)
     yf = y.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] * (1.0 - yf[i] * yf[i])
 
 
@@ -112,22 +111,22 @@ _unary("tanh", tanh_fwd_cpu, tanh_bwd_cpu, ("y",), lambda x: (np.tanh(x),))
 
 
 # -- leaky_relu --------------------------------------------------------------------------
-@pjit
+@jit
 def leaky_relu_fwd_cpu(x, alpha, y):
     """y = x if x > 0 else alpha * x"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         yf[i] = xf[i] if xf[i] > 0 else alpha * xf[i]
 
 
-@pjit
+@jit
 def leaky_relu_bwd_cpu(dy, x, alpha, dx):
     """dx = dy if x > 0 else alpha * dy"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] if xf[i] > 0 else alpha * dyf[i]
 
 
@@ -136,23 +135,23 @@ _unary("leaky_relu", leaky_relu_fwd_cpu, leaky_relu_bwd_cpu, ("x",),
 
 
 # -- elu ---------------------------------------------------------------------------------
-@pjit
+@jit
 def elu_fwd_cpu(x, alpha, y):
     """y = x if x > 0 else alpha * (exp(x) - 1)"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         yf[i] = xf[i] if xf[i] > 0 else alpha * math.expm1(xf[i])
 
 
-@pjit
+@jit
 def elu_bwd_cpu(dy, x, y, alpha, dx):
     """dx = dy if x > 0 else dy * (y + alpha)"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] if xf[i] > 0 else dyf[i] * (yf[i] + alpha)
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrun.ops.config import jit, pjit
+from dlrun.ops.config import jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
-from numba import prange
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -42,26 +41,26 @@ def _dropout_shape(x: Spec, rate: float = 0.5, seed: int = 0) -> list:
     return [Spec(x.shape, x.dtype), Spec(x.shape, x.dtype)]
 
 
-@pjit
+@jit
 def dropout_fwd_cpu(x, rate, seed, y, mask):
     """mask = (u >= rate) / (1 - rate) ; y = x * mask"""
     xf = x.reshape(-1)
     yf = y.reshape(-1)
     mf = mask.reshape(-1)
     scale = 1.0 / (1.0 - rate)
-    for i in prange(xf.size):
+    for i in range(xf.size):
         m = scale if uniform_hash(seed, i) >= rate else 0.0
         mf[i] = m
         yf[i] = xf[i] * m
 
 
-@pjit
+@jit
 def dropout_bwd_cpu(dy, mask, rate, dx):
     """dx = dy * mask"""
     dyf = dy.reshape(-1)
     mf = mask.reshape(-1)
     dxf = dx.reshape(-1)
-    for i in prange(dyf.size):
+    for i in range(dyf.size):
         dxf[i] = dyf[i] * mf[i]
 
 

@@ -2,17 +2,48 @@
 
 >>> import dlrun as dl
 >>> model = dl.Sequential([dl.layers.Dense(10, activation="softmax", input_shape=(64,))])
+
+The names below are imported on first use, so ``import dlrun`` (and ``dlrun --help``)
+stays instant; Numba loads when the first model or op is touched.
 """
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
 
-from dlrun import errors, ops  # noqa: E402
-from dlrun.engine import callbacks, initializers, layers, losses, optimizers  # noqa: E402
-from dlrun.engine.model import Model, Sequential  # noqa: E402
-from dlrun.engine.random import set_seed  # noqa: E402
-from dlrun.engine.saving import load_model  # noqa: E402
-from dlrun.engine.threads import set_threads  # noqa: E402
-from dlrun.errors import DlrunError  # noqa: E402
+# public name -> (module, attribute or None for the module itself)
+_EXPORTS = {
+    "Sequential": ("dlrun.engine.model", "Sequential"),
+    "Model": ("dlrun.engine.model", "Model"),
+    "load_model": ("dlrun.engine.saving", "load_model"),
+    "set_seed": ("dlrun.engine.random", "set_seed"),
+    "set_threads": ("dlrun.engine.threads", "set_threads"),
+    "layers": ("dlrun.engine.layers", None),
+    "optimizers": ("dlrun.engine.optimizers", None),
+    "losses": ("dlrun.engine.losses", None),
+    "callbacks": ("dlrun.engine.callbacks", None),
+    "initializers": ("dlrun.engine.initializers", None),
+    "ops": ("dlrun.ops", None),
+    "datasets": ("dlrun.datasets", None),
+    "errors": ("dlrun.errors", None),
+    "DlrunError": ("dlrun.errors", "DlrunError"),
+}
 
-__all__ = ["Sequential", "Model", "layers", "optimizers", "losses", "callbacks",
-           "initializers", "ops", "errors", "DlrunError", "load_model", "set_seed",
-           "set_threads", "__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'dlrun' has no attribute {name!r}") from None
+    value = importlib.import_module(module)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

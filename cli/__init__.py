@@ -1,0 +1,1 @@
+"""The ``dlrun`` command line (click)."""

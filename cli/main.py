@@ -1,0 +1,121 @@
+"""The ``dlrun`` command line. Thin: each command parses its options, then calls library
+functions. Heavy imports (Numba, zarr, Ray) happen inside the commands, so
+``dlrun --help`` answers at once."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+
+def friendly_errors(fn):
+    """Show a dlrun error as one line on stderr and exit 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dlrun.errors import DlrunError
+
+        try:
+            return fn(*args, **kwargs)
+        except DlrunError as e:
+            raise click.ClickException(str(e)) from None
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dlrun")
+def main():
+    """dlrun: train deep-learning models on the CPU, a GPU or a Ray cluster.
+
+    Start with `dlrun train`: it trains an MLP on a handwritten-digit dataset shipped
+    with the package.
+    """
+
+
+@main.command()
+@click.option("--dataset", default="mnist-5k", show_default=True,
+              help="A shipped dataset (mnist-5k, digits) or the path of a zarr dataset.")
+@click.option("--model", default="mlp", show_default=True,
+              help="A built-in model: mlp, mlp-sigmoid.")
+@click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd"]))
+@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate.")
+@click.option("--momentum", default=0.9, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True))
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum.")
+@click.option("--seed", default=0, show_default=True, type=int,
+              help="Seed of initial weights, shuffling and dropout.")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="Threads for Numba and BLAS  [default: the cores available].")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help="Run folder for the metrics log and the model  [default: runs/<name>].")
+@click.option("--verbose", default=1, type=click.IntRange(0, 2), show_default=True,
+              help="0 silent, 1 progress bar on a terminal, 2 one line per epoch.")
+@friendly_errors
+def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov, seed,
+          threads, out, verbose):
+    """Train a model on a dataset and write a run folder.
+
+    The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
+    training data and on the dataset's test split), summary.json and the final model
+    (load it with dlrun.load_model). The test split is only evaluated, never trained on.
+    """
+    from dlrun.engine.runs import TrainConfig, run_training
+
+    cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
+                      optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
+                      seed=seed, threads=threads, out=out, verbose=verbose)
+    run_training(cfg, echo=click.echo)
+
+
+@main.command()
+@friendly_errors
+def info():
+    """Versions, cores and threads, BLAS, datasets, and whether CUDA is usable."""
+    from dlrun.cli.info import collect
+
+    for key, value in collect():
+        click.echo(f"{key:<18} {value}")
+
+
+@main.command()
+@click.argument("model", default="mlp", type=click.Choice(["mlp"]))
+@click.option("--threads", default="1,2", show_default=True,
+              help="Comma-separated thread counts.")
+@click.option("--batch", "batches", default="100,10", show_default=True,
+              help="Comma-separated batch sizes.")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+              help="Alternating runs of each program per setting; medians are reported.")
+@click.option("--reference-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder of the reference scripts  [default: $DLRUN_BENCH_REF or "
+                   "shared/bench found from here].")
+@click.option("--reference-python", default=None,
+              help="Python that has torch installed  [default: $DLRUN_REF_PYTHON, then "
+                   "this Python].")
+@click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
+              help="Also write the results to this JSON file.")
+@friendly_errors
+def bench(model, threads, batches, repeats, reference_dir, reference_python, json_out):
+    """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately."""
+    import json
+
+    from dlrun.engine.bench import compare
+
+    try:
+        threads = [int(t) for t in threads.split(",")]
+        batches = [int(b) for b in batches.split(",")]
+    except ValueError:
+        raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
+    click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")
+    rows = compare(model, threads, batches, repeats, reference_dir, reference_python,
+                   echo=click.echo)
+    if json_out:
+        with open(json_out, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Symbolic tensors and the graph they form.
+
+A model is traced into a graph once per (input shape, mode): layers call :func:`apply`
+on symbolic :class:`Tensor` objects, which runs the op's shape rule at once (so a bad
+shape is reported where it is made) and records a :class:`Node`. Nothing is computed here;
+the planner turns the graph into buffers and kernel calls.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from dlrun.errors import ShapeError
+from dlrun.ops import OpError, Spec, get
+
+_ids = itertools.count()
+
+
+class Tensor:
+    """A symbolic array: produced by a node, or a source (placeholder or parameter)."""
+
+    def __init__(self, spec: Spec, node: "Node | None" = None, index: int = 0, name: str = ""):
+        self.spec = spec
+        self.node = node
+        self.index = index
+        self.name = name
+        self.id = next(_ids)
+
+    @property
+    def shape(self) -> tuple:
+        return self.spec.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.spec.dtype
+
+    def __repr__(self):
+        src = self.node.op.name if self.node else type(self).__name__.lower()
+        return f"<Tensor {self.name or src} {self.shape} {self.dtype}>"
+
+
+class Placeholder(Tensor):
+    """Data fed each step (a batch of samples, labels or targets)."""
+
+
+class Parameter(Tensor):
+    """A weight array owned by a layer; the plan reads and the optimizer updates it in place."""
+
+    def __init__(self, value: np.ndarray, name: str, trainable: bool = True):
+        super().__init__(Spec(value.shape, value.dtype), name=name)
+        self.value = value
+        self.trainable = trainable
+
+
+class Node:
+    """One op applied to tensors, with its attributes and output tensors."""
+
+    def __init__(self, op, inputs: list, attrs: dict, specs: list):
+        self.op = op
+        self.inputs = inputs
+        self.attrs = attrs
+        self.outputs = [Tensor(s, self, i) for i, s in enumerate(specs)]
+        self.id = next(_ids)
+
+    def __repr__(self):
+        return f"<Node {self.op.name} {[t.shape for t in self.inputs]}>"
+
+
+def apply(op_name, *inputs: Tensor, **attrs) -> Tensor:
+    """Add a node running ``op_name`` on ``inputs``; returns its first output.
+
+    Further outputs (auxiliaries such as softmax probabilities) are ``result.node.outputs``.
+    """
+    op = get(op_name)
+    attrs = op.resolve_attrs(attrs)
+    try:
+        specs = op.infer([t.spec for t in inputs], attrs)
+    except OpError as e:
+        raise ShapeError(str(e)) from None
+    return Node(op, list(inputs), attrs, specs).outputs[0]
+
+
+def topological_order(outputs: list) -> list:
+    """Nodes that ``outputs`` depend on, each after its inputs' producers (iterative DFS)."""
+    order, done, stack = [], set(), []
+    for t in outputs:
+        if t.node is not None:
+            stack.append((t.node, False))
+    while stack:
+        node, expanded = stack.pop()
+        if node.id in done:
+            continue
+        if expanded:
+            done.add(node.id)
+            order.append(node)
+            continue
+        stack.append((node, True))
+        for t in reversed(node.inputs):
+            if t.node is not None and t.node.id not in done:
+                stack.append((t.node, False))
+    return order

@@ -1,0 +1,232 @@
+"""Keras-style layers: ``build(input_shape)`` makes weights, ``call(x, training)`` traces.
+
+Shapes given to and returned by ``build``/``compute_output_shape`` exclude the batch axis.
+``call`` receives and returns symbolic tensors (with the batch axis) and adds nodes with
+:func:`dlrun.engine.graph.apply`. ``get_config()`` is enough to rebuild a layer, which is
+what a saved model and a Ray worker receive.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from dlrun.engine import initializers
+from dlrun.engine.graph import Parameter, apply
+from dlrun.errors import ConfigError, ShapeError
+
+_counts = itertools.count()
+
+# activation name -> op name (None: identity)
+ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+               "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu"}
+
+
+def activation_op(name):
+    """Op name for an ``activation=`` string; ``None`` means linear."""
+    if name is None:
+        return None
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown activation {name!r}; expected one of "
+                          f"{sorted(ACTIVATIONS)}") from None
+
+
+class Layer:
+    """Base class: a named collection of weights and a ``call`` that traces the forward."""
+
+    def __init__(self, name: str | None = None, trainable: bool = True,
+                 input_shape: tuple | None = None, dtype="float32"):
+        self.name = name or f"{_snake(type(self).__name__)}_{next(_counts)}"
+        self.trainable = trainable
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.dtype = np.dtype(dtype)
+        self.built = False
+        self.built_input_shape = None
+        self._weights: list[Parameter] = []
+
+    # -- to override -----------------------------------------------------------------------
+    def build(self, input_shape: tuple) -> None:
+        """Create the weights for inputs of ``input_shape`` (no batch axis)."""
+
+    def call(self, x, training: bool):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        cfg = {"name": self.name, "trainable": self.trainable}
+        if self.input_shape is not None:
+            cfg["input_shape"] = list(self.input_shape)
+        return cfg
+
+    # -- shared ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        return cls(**config)
+
+    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True):
+        value = initializers.get(initializer)(tuple(shape), self.dtype)
+        value = np.ascontiguousarray(value, self.dtype)
+        p = Parameter(value, f"{self.name}/{name}", trainable and self.trainable)
+        self._weights.append(p)
+        return p
+
+    def ensure_built(self, input_shape: tuple) -> None:
+        input_shape = tuple(input_shape)
+        if not self.built:
+            self.build(input_shape)
+            self.built, self.built_input_shape = True, input_shape
+        elif input_shape != self.built_input_shape:
+            raise ShapeError(f"layer {self.name!r} was built for inputs of shape "
+                             f"{self.built_input_shape} (without the batch axis) but now "
+                             f"receives {input_shape}")
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Freezing a layer freezes its weights: no gradient work, no update."""
+        self._trainable = bool(value)
+        for p in getattr(self, "_weights", ()):
+            p.trainable = self._trainable
+
+    @property
+    def weights(self) -> list:
+        """Every weight parameter, in the documented layout order."""
+        return list(self._weights)
+
+    def get_weights(self) -> list:
+        return [p.value.copy() for p in self._weights]
+
+    def set_weights(self, arrays: list) -> None:
+        if len(arrays) != len(self._weights):
+            raise ShapeError(f"layer {self.name!r} has {len(self._weights)} weight arrays, "
+                             f"got {len(arrays)}")
+        for p, a in zip(self._weights, arrays):
+            a = np.asarray(a)
+            if a.shape != p.value.shape:
+                raise ShapeError(f"weight {p.name!r} has shape {p.value.shape}, got {a.shape}")
+            np.copyto(p.value, a, casting="same_kind")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"
+
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
+                   for i, c in enumerate(name))
+
+
+# ---------------------------------------------------------------------------------------
+class Dense(Layer):
+    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kw):
+        super().__init__(**kw)
+        if not isinstance(units, (int, np.integer)) or units < 1:
+            raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+        self.activation = activation
+        self._act = activation_op(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        initializers.get(kernel_initializer), initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ShapeError(f"Dense layer {self.name!r} expects inputs of shape "
+                             f"(batch, features), got (batch, {', '.join(map(str, input_shape))}); "
+                             "put a Flatten layer before it")
+        self.kernel = self.add_weight("kernel", (input_shape[0], self.units),
+                                      self.kernel_initializer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
+
+    def call(self, x, training):
+        y = apply("matmul", x, self.kernel)
+        if self.use_bias:
+            y = apply("bias_add", y, self.bias)
+        return apply(self._act, y) if self._act else y
+
+    def compute_output_shape(self, input_shape):
+        return (self.units,)
+
+    def get_config(self):
+        return super().get_config() | {
+            "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "bias_initializer": _name(self.bias_initializer)}
+
+
+class Activation(Layer):
+    """Applies an activation function by name."""
+
+    def __init__(self, activation, **kw):
+        super().__init__(**kw)
+        self.activation = activation
+        self._act = activation_op(activation)
+
+    def call(self, x, training):
+        return apply(self._act, x) if self._act else x
+
+    def get_config(self):
+        return super().get_config() | {"activation": self.activation}
+
+
+class Dropout(Layer):
+    """Zeroes a fraction ``rate`` of its inputs while training (scaling the rest by
+    ``1 / (1 - rate)``); the identity at inference."""
+
+    def __init__(self, rate: float, **kw):
+        super().__init__(**kw)
+        if not 0.0 <= float(rate) < 1.0:
+            raise ConfigError(f"Dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+
+    def call(self, x, training):
+        if not training or self.rate == 0.0:
+            return x
+        return apply("dropout", x, rate=self.rate)
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate}
+
+
+class Flatten(Layer):
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+    def call(self, x, training):
+        if len(x.shape) == 2:
+            return x
+        return apply("reshape", x, shape=(x.shape[0], -1))
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+
+def _name(init):
+    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
+
+
+LAYERS = {c.__name__: c for c in (Dense, Activation, Dropout, Flatten)}
+
+
+def register_layer(cls):
+    """Make a user's layer class loadable by ``dl.load_model``."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+
+def layer_from_config(class_name: str, config: dict) -> Layer:
+    try:
+        cls = LAYERS[class_name]
+    except KeyError:
+        raise ConfigError(f"unknown layer class {class_name!r}; known: {sorted(LAYERS)} "
+                          "(register your own with dlrun.layers.register_layer)") from None
+    return cls.from_config(dict(config))

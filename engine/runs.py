@@ -1,0 +1,127 @@
+"""A training run as ``dlrun train`` does it: dataset + zoo model -> fit -> run folder.
+
+The run folder gets ``config.json`` first, ``metrics.csv`` one row per epoch as training
+goes (so an interrupted run keeps its log), then ``model/`` and ``summary.json``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from dlrun.engine.callbacks import Callback
+from dlrun.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "mnist-5k"
+    model: str = "mlp"
+    epochs: int = 20
+    batch_size: int = 100
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    seed: int = 0
+    threads: int | None = None
+    out: str | None = None
+    verbose: int = 1
+
+
+class MetricsLog(Callback):
+    """Appends one CSV row per epoch (epoch, seconds, then every logged metric)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = path
+        self.first_step_s = None
+
+    def on_train_begin(self, logs=None):
+        self.t0 = self.t_epoch = time.perf_counter()
+        self.file = open(self.path, "w", newline="")
+        self.writer = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.t_epoch = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.first_step_s is None:
+            self.first_step_s = time.perf_counter() - self.t0
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - self.t_epoch, 4)}
+        row |= {k: round(float(v), 6) for k, v in (logs or {}).items()}
+        if self.writer is None:
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row))
+            self.writer.writeheader()
+        self.writer.writerow(row)
+        self.file.flush()
+
+    def on_train_end(self, logs=None):
+        self.file.close()
+
+
+def run_folder(cfg: TrainConfig) -> Path:
+    if cfg.out:
+        out = Path(cfg.out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"run folder {out} already exists and is not empty; "
+                              "choose another --out")
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = Path(cfg.dataset).name.removesuffix(".zarr")
+        out = Path("runs") / f"{name}-{cfg.model}-{stamp}"
+        k = 1
+        while out.exists():
+            out = out.with_name(f"{name}-{cfg.model}-{stamp}-{k}")
+            k += 1
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_training(cfg: TrainConfig, echo=print) -> dict:
+    """Train a zoo model on a dataset as configured; returns the summary dict."""
+    t_start = time.perf_counter()
+    import dlrun as dl
+    from dlrun.datasets import open_dataset
+    from dlrun.engine import optimizers, zoo
+
+    threads = dl.set_threads(cfg.threads)
+    dl.set_seed(cfg.seed)
+    ds = open_dataset(cfg.dataset)
+    if "train" not in ds.splits:
+        raise ConfigError(f"dataset {cfg.dataset!r} has no 'train' split (it has "
+                          f"{ds.splits}); dlrun train needs train and test splits")
+    x, y = ds.split("train")
+    test = ds.split("test") if "test" in ds.splits else None
+    model = zoo.build(cfg.model, x.shape[1:], ds.classes)
+    opt = optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    out = run_folder(cfg)
+    (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
+    echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
+         f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
+         f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr} momentum "
+         f"{cfg.momentum}, {threads} threads")
+    log = MetricsLog(out / "metrics.csv")
+    t_fit = time.perf_counter()
+    model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
+              validation_data=test, callbacks=[log])
+    fit_s = time.perf_counter() - t_fit
+    summary = {"dataset": ds.name, "model": cfg.model, "epochs": cfg.epochs,
+               "train_seconds": round(fit_s, 3),
+               "samples_per_second": round(cfg.epochs * len(x) / fit_s, 1),
+               "first_step_seconds": round(log.first_step_s + (t_fit - t_start), 3),
+               "python": platform.python_version(), "dlrun": dl.__version__}
+    if test is not None:
+        loss, acc = model.evaluate(*test, batch_size=500)
+        summary |= {"test_loss": round(loss, 6), "test_accuracy": round(acc, 6)}
+        echo(f"test accuracy: {acc:.4f} (loss {loss:.4f})")
+    model.save(out / "model")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    echo(f"run folder: {out}  (metrics.csv, summary.json, model/)")
+    return summary

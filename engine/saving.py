@@ -1,0 +1,130 @@
+"""Saving and loading models: a folder with ``model.json`` and ``weights.npz``.
+
+Nothing is pickled: the JSON describes the model (class, layer configs, compile
+settings) and the arrays are read with ``allow_pickle=False``, so loading a model cannot
+run code. A save is written under a temporary name and renamed into place, so a crash
+mid-save leaves the previous model intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from dlrun.errors import DlrunError, ModelFileError
+
+FORMAT = "dlrun.model"
+VERSION = 1
+
+
+def save_model(model, path) -> Path:
+    from dlrun import __version__
+
+    model._require_built()
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and ((path / "model.json").exists()
+                                                 or not any(path.iterdir()))):
+        raise ModelFileError(f"{path} exists and is not a dlrun model folder; "
+                             "refusing to overwrite it")
+    params = model.weights_params()
+    arrays = {f"w{i}": p.value for i, p in enumerate(params)}
+    opt_keys = []
+    if model.optimizer is not None:
+        for i, (k, v) in enumerate(sorted(model.optimizer.get_state().items())):
+            arrays[f"o{i}"] = v
+            opt_keys.append(k)
+    meta = {
+        "format": FORMAT, "format_version": VERSION, "dlrun_version": __version__,
+        "class_name": type(model).__name__, "config": model.get_config(),
+        "weights": [p.name for p in params],
+        "compile": None if model.loss is None else {
+            "loss": model.loss, "metrics": [m.name for m in model.metrics],
+            "optimizer": {"class_name": type(model.optimizer).__name__,
+                          "config": model.optimizer.get_config(),
+                          "iterations": model.optimizer.iterations},
+            "optimizer_state": opt_keys},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with open(tmp / "weights.npz", "wb") as f:
+            np.savez(f, **arrays)
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        _replace_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``; an existing ``dst`` is swapped out first, then removed."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"no saved model at {path}")
+    if not path.is_dir() or not (path / "model.json").is_file():
+        raise ModelFileError(f"{path} is not a dlrun model: expected a folder with "
+                             "model.json and weights.npz (written by model.save)")
+    try:
+        meta = json.loads((path / "model.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{path}/model.json cannot be read as JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path}/model.json does not describe a dlrun model")
+    if meta.get("format_version", 0) > VERSION:
+        raise ModelFileError(f"{path} was written by a newer dlrun (format "
+                             f"{meta['format_version']}); upgrade dlrun to load it")
+    return meta
+
+
+def load_model(path, compile: bool = True):
+    """Rebuild a model saved with ``model.save(path)``: layers, weights, and (with
+    ``compile=True``) its loss, metrics, optimizer and optimizer state."""
+    from dlrun.engine import layers as layers_mod
+    from dlrun.engine import optimizers
+    from dlrun.engine.model import Sequential
+
+    path = Path(path)
+    meta = read_meta(path)
+    if meta.get("class_name") != "Sequential":
+        raise ModelFileError(f"{path}: unknown model class {meta.get('class_name')!r}")
+    try:
+        cfg = meta["config"]
+        model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
+                            for l in cfg["layers"]], name=cfg.get("name"))
+        if cfg.get("input_shape"):
+            model.build(cfg["input_shape"])
+        c = meta.get("compile")
+        if compile and c:
+            opt = optimizers.from_config(c["optimizer"]["class_name"],
+                                         c["optimizer"]["config"])
+            model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"])
+    except DlrunError as e:
+        raise ModelFileError(f"{path}: the saved model cannot be rebuilt: {e}") from None
+    except (KeyError, TypeError) as e:
+        raise ModelFileError(f"{path}/model.json is malformed (missing {e})") from None
+    try:
+        with np.load(path / "weights.npz", allow_pickle=False) as z:
+            n = len(meta["weights"])
+            weights = [z[f"w{i}"] for i in range(n)]
+            if compile and c:
+                model.optimizer.set_state({k: z[f"o{i}"] for i, k
+                                           in enumerate(c.get("optimizer_state", []))})
+                model.optimizer.iterations = c["optimizer"].get("iterations", 0)
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelFileError(f"{path}/weights.npz is missing or damaged ({e})") from None
+    if model.input_shape is not None:
+        model.set_weights(weights)
+    return model

@@ -1,0 +1,109 @@
+"""The dlrun command through click's CliRunner: help, train, info, bad input."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dlrun.cli.main import main
+
+COMMANDS = [[], ["train"], ["info"], ["bench"]]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a) or "dlrun")
+def test_help(runner, args):
+    res = runner.invoke(main, args + ["--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage: " in res.output and "--help" in res.output
+
+
+def test_help_does_not_import_numba_or_ray():
+    code = ("import sys; from click.testing import CliRunner; from dlrun.cli.main import main;"
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0;"
+            "print(sorted(m for m in ('numba', 'ray', 'zarr') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_train_digits_writes_run_folder(runner, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--epochs", "3",
+                               "--batch-size", "50", "--lr", "0.1", "--out", str(out),
+                               "--verbose", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("Epoch ") == 3
+    assert "test accuracy:" in res.output
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(rows[0])
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.5          # 3 epochs on 8x8 digits: far above chance
+    import dlrun as dl
+    from dlrun.datasets import open_dataset
+
+    model = dl.load_model(out / "model")
+    xt, yt = open_dataset("digits").split("test")
+    acc = (model.predict(xt).argmax(1) == yt).mean()
+    assert acc == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_train_refuses_non_empty_out(runner, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--epochs", "1",
+                               "--out", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "not empty" in res.output
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "no-such-dataset"], "no-such-dataset"),
+    (["--model", "transformer"], "unknown model 'transformer'"),
+    (["--epochs", "0"], "--epochs"),
+    (["--lr", "-1"], "--lr"),
+    (["--optimizer", "adamax"], "adamax"),
+])
+def test_train_bad_input_is_one_clear_error(runner, tmp_path, args, message):
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--epochs", "1",
+                               "--out", str(tmp_path / "r"), *args])
+    assert res.exit_code != 0
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
+def test_train_malformed_dataset_path(runner, tmp_path):
+    bad = tmp_path / "bad.zarr"
+    bad.mkdir()
+    (bad / "zarr.json").write_text("{not json")
+    res = runner.invoke(main, ["train", "--dataset", str(bad), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1
+    assert str(bad) in res.output and "Traceback" not in res.output
+
+
+def test_info(runner):
+    res = runner.invoke(main, ["info"])
+    assert res.exit_code == 0, res.output
+    for key in ("dlrun", "numba", "cores available", "blas", "cuda", "mnist-5k"):
+        assert key in res.output
+
+
+def test_bench_without_references_runs_dlrun(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("DLRUN_BENCH_REF", str(tmp_path))       # no scripts there
+    out = tmp_path / "bench.json"
+    res = runner.invoke(main, ["bench", "mlp", "--threads", "1", "--batch", "10",
+                               "--repeats", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert rows[0]["dlrun"] > 0 and rows[0]["torch"] is None
+    assert np.isfinite(rows[0]["dlrun"])

@@ -1,0 +1,1 @@
+"""Distributed training on Ray (data-parallel SGD with parameter averaging): coming."""

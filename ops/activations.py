@@ -9,8 +9,12 @@ import math
 
 import numpy as np
 
-from dlrun.ops.config import jit
+from dlrun.ops import config
+from dlrun.ops.config import cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
 
 
 def _float_like(x: Spec, **_) -> list:
@@ -27,10 +31,11 @@ def _sample(lo=-2.0, hi=2.0, **attrs):
     return sample
 
 
-def _unary(name, fwd, bwd, saves, reference, attrs=None, sample=None):
+def _unary(name, fwd, bwd, saves, reference, attrs=None, sample=None, cuda_twins=(None, None)):
     return register(Op(
         name=name, inputs=("x",), shape=_float_like, saves=saves,
-        forward=fwd, backward=bwd, attrs=attrs or {},
+        forward=fwd, backward=bwd, cuda_forward=cuda_twins[0], cuda_backward=cuda_twins[1],
+        attrs=attrs or {},
         sample=sample or _sample(**(attrs or {})), reference=reference,
     ))
 
@@ -45,6 +50,20 @@ def relu_fwd_cpu(x, y):
         yf[i] = xf[i] if xf[i] > 0 else 0.0
 
 
+@cuda_kernel
+def _relu_fwd(x, y):
+    """y = max(x, 0)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] if xf[i] > 0 else 0.0
+
+
+def relu_fwd_cuda(x, y):
+    """Launch _relu_fwd (grid-stride)."""
+    _relu_fwd[config.grid_1d(x.size)](x, y)
+
+
 @jit
 def relu_bwd_cpu(dy, y, dx):
     """dx = dy * (y > 0)"""
@@ -55,7 +74,23 @@ def relu_bwd_cpu(dy, y, dx):
         dxf[i] = dyf[i] if yf[i] > 0 else 0.0
 
 
-_unary("relu", relu_fwd_cpu, relu_bwd_cpu, ("y",), lambda x: (np.maximum(x, 0),))
+@cuda_kernel
+def _relu_bwd(dy, y, dx):
+    """dx = dy * (y > 0)"""
+    dyf = dy.reshape(-1)
+    yf = y.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] if yf[i] > 0 else 0.0
+
+
+def relu_bwd_cuda(dy, y, dx):
+    """Launch _relu_bwd (grid-stride)."""
+    _relu_bwd[config.grid_1d(dy.size)](dy, y, dx)
+
+
+_unary("relu", relu_fwd_cpu, relu_bwd_cpu, ("y",), lambda x: (np.maximum(x, 0),),
+       cuda_twins=(relu_fwd_cuda, relu_bwd_cuda))
 
 
 # -- sigmoid -----------------------------------------------------------------------------
@@ -73,6 +108,25 @@ def sigmoid_fwd_cpu(x, y):
             yf[i] = e / (1.0 + e)
 
 
+@cuda_kernel
+def _sigmoid_fwd(x, y):
+    """y = 1 / (1 + exp(-x)), evaluated without overflow for either sign"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        v = xf[i]
+        if v >= 0:
+            yf[i] = 1.0 / (1.0 + math.exp(-v))
+        else:
+            e = math.exp(v)
+            yf[i] = e / (1.0 + e)
+
+
+def sigmoid_fwd_cuda(x, y):
+    """Launch _sigmoid_fwd (grid-stride)."""
+    _sigmoid_fwd[config.grid_1d(x.size)](x, y)
+
+
 @jit
 def sigmoid_bwd_cpu(dy, y, dx):
     """dx = dy * y * (1 - y)"""
@@ -83,8 +137,23 @@ def sigmoid_bwd_cpu(dy, y, dx):
         dxf[i] = dyf[i] * yf[i] * (1.0 - yf[i])
 
 
+@cuda_kernel
+def _sigmoid_bwd(dy, y, dx):
+    """dx = dy * y * (1 - y)"""
+    dyf = dy.reshape(-1)
+    yf = y.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] * yf[i] * (1.0 - yf[i])
+
+
+def sigmoid_bwd_cuda(dy, y, dx):
+    """Launch _sigmoid_bwd (grid-stride)."""
+    _sigmoid_bwd[config.grid_1d(dy.size)](dy, y, dx)
+
+
 _unary("sigmoid", sigmoid_fwd_cpu, sigmoid_bwd_cpu, ("y",),
-       lambda x: (1.0 / (1.0 + np.exp(-x)),))
+       lambda x: (1.0 / (1.0 + np.exp(-x)),), cuda_twins=(sigmoid_fwd_cuda, sigmoid_bwd_cuda))
 
 
 # -- tanh --------------------------------------------------------------------------------
@@ -97,6 +166,20 @@ def tanh_fwd_cpu(x, y):
         yf[i] = math.tanh(xf[i])
 
 
+@cuda_kernel
+def _tanh_fwd(x, y):
+    """y = tanh(x)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = math.tanh(xf[i])
+
+
+def tanh_fwd_cuda(x, y):
+    """Launch _tanh_fwd (grid-stride)."""
+    _tanh_fwd[config.grid_1d(x.size)](x, y)
+
+
 @jit
 def tanh_bwd_cpu(dy, y, dx):
     """dx = dy * (1 - y^2)"""
@@ -107,7 +190,23 @@ def tanh_bwd_cpu(dy, y, dx):
         dxf[i] = dyf[i] * (1.0 - yf[i] * yf[i])
 
 
-_unary("tanh", tanh_fwd_cpu, tanh_bwd_cpu, ("y",), lambda x: (np.tanh(x),))
+@cuda_kernel
+def _tanh_bwd(dy, y, dx):
+    """dx = dy * (1 - y^2)"""
+    dyf = dy.reshape(-1)
+    yf = y.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] * (1.0 - yf[i] * yf[i])
+
+
+def tanh_bwd_cuda(dy, y, dx):
+    """Launch _tanh_bwd (grid-stride)."""
+    _tanh_bwd[config.grid_1d(dy.size)](dy, y, dx)
+
+
+_unary("tanh", tanh_fwd_cpu, tanh_bwd_cpu, ("y",), lambda x: (np.tanh(x),),
+       cuda_twins=(tanh_fwd_cuda, tanh_bwd_cuda))
 
 
 # -- leaky_relu --------------------------------------------------------------------------
@@ -120,6 +219,20 @@ def leaky_relu_fwd_cpu(x, alpha, y):
         yf[i] = xf[i] if xf[i] > 0 else alpha * xf[i]
 
 
+@cuda_kernel
+def _leaky_relu_fwd(x, alpha, y):
+    """y = x if x > 0 else alpha * x"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] if xf[i] > 0 else alpha * xf[i]
+
+
+def leaky_relu_fwd_cuda(x, alpha, y):
+    """Launch _leaky_relu_fwd (grid-stride)."""
+    _leaky_relu_fwd[config.grid_1d(x.size)](x, alpha, y)
+
+
 @jit
 def leaky_relu_bwd_cpu(dy, x, alpha, dx):
     """dx = dy if x > 0 else alpha * dy"""
@@ -130,8 +243,24 @@ def leaky_relu_bwd_cpu(dy, x, alpha, dx):
         dxf[i] = dyf[i] if xf[i] > 0 else alpha * dyf[i]
 
 
+@cuda_kernel
+def _leaky_relu_bwd(dy, x, alpha, dx):
+    """dx = dy if x > 0 else alpha * dy"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] if xf[i] > 0 else alpha * dyf[i]
+
+
+def leaky_relu_bwd_cuda(dy, x, alpha, dx):
+    """Launch _leaky_relu_bwd (grid-stride)."""
+    _leaky_relu_bwd[config.grid_1d(dy.size)](dy, x, alpha, dx)
+
+
 _unary("leaky_relu", leaky_relu_fwd_cpu, leaky_relu_bwd_cpu, ("x",),
-       lambda x, alpha: (np.where(x > 0, x, alpha * x),), attrs={"alpha": 0.3})
+       lambda x, alpha: (np.where(x > 0, x, alpha * x),), attrs={"alpha": 0.3},
+       cuda_twins=(leaky_relu_fwd_cuda, leaky_relu_bwd_cuda))
 
 
 # -- elu ---------------------------------------------------------------------------------
@@ -142,6 +271,20 @@ def elu_fwd_cpu(x, alpha, y):
     yf = y.reshape(-1)
     for i in range(xf.size):
         yf[i] = xf[i] if xf[i] > 0 else alpha * math.expm1(xf[i])
+
+
+@cuda_kernel
+def _elu_fwd(x, alpha, y):
+    """y = x if x > 0 else alpha * (exp(x) - 1)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] if xf[i] > 0 else alpha * math.expm1(xf[i])
+
+
+def elu_fwd_cuda(x, alpha, y):
+    """Launch _elu_fwd (grid-stride)."""
+    _elu_fwd[config.grid_1d(x.size)](x, alpha, y)
 
 
 @jit
@@ -155,9 +298,25 @@ def elu_bwd_cpu(dy, x, y, alpha, dx):
         dxf[i] = dyf[i] if xf[i] > 0 else dyf[i] * (yf[i] + alpha)
 
 
+@cuda_kernel
+def _elu_bwd(dy, x, y, alpha, dx):
+    """dx = dy if x > 0 else dy * (y + alpha)"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] if xf[i] > 0 else dyf[i] * (yf[i] + alpha)
+
+
+def elu_bwd_cuda(dy, x, y, alpha, dx):
+    """Launch _elu_bwd (grid-stride)."""
+    _elu_bwd[config.grid_1d(dy.size)](dy, x, y, alpha, dx)
+
+
 _unary("elu", elu_fwd_cpu, elu_bwd_cpu, ("x", "y"),
        lambda x, alpha: (np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),),
-       attrs={"alpha": 1.0})
+       attrs={"alpha": 1.0}, cuda_twins=(elu_fwd_cuda, elu_bwd_cuda))
 
 
 # -- softmax (last axis) -----------------------------------------------------------------
@@ -192,6 +351,32 @@ def softmax_fwd_cpu(x, y):
     softmax_rows(x.reshape(-1, n), y.reshape(-1, n))
 
 
+@cuda_kernel
+def _softmax_fwd(x, y):
+    """y = softmax(x) along the last axis, one thread per row"""
+    n = x.shape[x.ndim - 1]  # not shape[-1]: the simulator refuses negative indices
+    x2 = x.reshape(-1, n)
+    y2 = y.reshape(-1, n)
+    for i in range(cuda.grid(1), x2.shape[0], cuda.gridsize(1)):
+        m = x2[i, 0]
+        for j in range(1, n):
+            if x2[i, j] > m:  # noqa: PLR1730  (max() fails to compile for CUDA, numba 0.66+)
+                m = x2[i, j]
+        s = 0.0
+        for j in range(n):
+            e = math.exp(x2[i, j] - m)
+            y2[i, j] = e
+            s += e
+        inv = 1.0 / s
+        for j in range(n):
+            y2[i, j] *= inv
+
+
+def softmax_fwd_cuda(x, y):
+    """Launch _softmax_fwd (grid-stride over rows)."""
+    _softmax_fwd[config.grid_1d(x.size // x.shape[x.ndim - 1])](x, y)
+
+
 @jit
 def softmax_bwd_cpu(dy, y, dx):
     """dx = y * (dy - sum(dy * y))  along the last axis"""
@@ -207,6 +392,26 @@ def softmax_bwd_cpu(dy, y, dx):
             dx2[i, j] = y2[i, j] * (dy2[i, j] - s)
 
 
+@cuda_kernel
+def _softmax_bwd(dy, y, dx):
+    """dx = y * (dy - sum(dy * y))  along the last axis, one thread per row"""
+    n = y.shape[y.ndim - 1]
+    dy2 = dy.reshape(-1, n)
+    y2 = y.reshape(-1, n)
+    dx2 = dx.reshape(-1, n)
+    for i in range(cuda.grid(1), y2.shape[0], cuda.gridsize(1)):
+        s = 0.0
+        for j in range(n):
+            s += dy2[i, j] * y2[i, j]
+        for j in range(n):
+            dx2[i, j] = y2[i, j] * (dy2[i, j] - s)
+
+
+def softmax_bwd_cuda(dy, y, dx):
+    """Launch _softmax_bwd (grid-stride over rows)."""
+    _softmax_bwd[config.grid_1d(y.size // y.shape[y.ndim - 1])](dy, y, dx)
+
+
 def _softmax_ref(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True),)
@@ -215,5 +420,6 @@ def _softmax_ref(x):
 register(Op(
     name="softmax", inputs=("x",), shape=_softmax_shape, saves=("y",),
     forward=softmax_fwd_cpu, backward=softmax_bwd_cpu,
+    cuda_forward=softmax_fwd_cuda, cuda_backward=softmax_bwd_cuda,
     sample=_sample(-3.0, 3.0), reference=_softmax_ref,
 ))

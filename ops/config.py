@@ -25,6 +25,9 @@ PARALLEL_MIN = 1 << 16
 # several blocks run under the simulator.
 CUDA_BLOCK = 256
 CUDA_MAX_BLOCKS = 1024
+# CUDA's limit on threads per block: block reductions size their shared buffers by it, so
+# they work for any CUDA_BLOCK chosen at run time.
+CUDA_MAX_THREADS = 1024
 
 
 def jit(fn=None, **kw):
@@ -42,15 +45,17 @@ def pjit(fn=None, **kw):
 
 
 class cuda_kernel:
-    """A ``numba.cuda.jit`` kernel compiled on first launch.
+    """A ``numba.cuda.jit`` kernel, or with ``device=True`` a device function, compiled on
+    first use.
 
     ``numba.cuda`` is imported only when a CUDA kernel is first launched, so importing
     dlrun stays fast and ``NUMBA_ENABLE_CUDASIM`` can still be chosen by the caller.
     The kernel's module refers to ``cuda`` as a global; it is bound here.
     """
 
-    def __init__(self, fn):
+    def __init__(self, fn, device: bool = False):
         self.fn = fn
+        self.device = device
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self._compiled = None
@@ -59,12 +64,29 @@ class cuda_kernel:
         if self._compiled is None:
             from numba import cuda
 
-            self.fn.__globals__["cuda"] = cuda
-            self._compiled = cuda.jit(fastmath=False)(self.fn)
+            # Unless bound already: under the simulator a device function compiles while
+            # its kernel runs, with the simulator's stand-in bound there.
+            if self.fn.__globals__.get("cuda") is None:
+                self.fn.__globals__["cuda"] = cuda
+            self._compiled = cuda.jit(device=self.device, fastmath=False)(self.fn)
         return self._compiled
 
     def __getitem__(self, launch):
         return self.compiled()[launch]
+
+    # A device function is called from inside kernels: Numba types the global through
+    # ``_numba_type_`` (which compiles it), and the simulator calls it as plain Python.
+    @property
+    def _numba_type_(self):
+        return self.compiled()._numba_type_
+
+    def __call__(self, *args):
+        return self.compiled()(*args)
+
+
+def cuda_device(fn):
+    """A ``numba.cuda`` device function compiled on first use (see :class:`cuda_kernel`)."""
+    return cuda_kernel(fn, device=True)
 
 
 def grid_1d(n: int) -> tuple[int, int]:

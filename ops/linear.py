@@ -1,10 +1,18 @@
-"""Dense-layer primitives: matrix product (BLAS) and bias add."""
+"""Dense-layer primitives: matrix product (BLAS; a tiled kernel on CUDA) and bias add."""
 from __future__ import annotations
 
 import numpy as np
 
-from dlrun.ops.config import jit
+from dlrun.ops import config
+from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+from dlrun.ops.shape import copy_cuda
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
+
+# Side of the square tiles the CUDA matmul stages through shared memory (TILE x TILE threads).
+TILE = 16
 
 
 # -- matmul ------------------------------------------------------------------------------
@@ -22,12 +30,66 @@ def matmul_fwd_cpu(a, b, y):
     np.dot(a, b, out=y)
 
 
+@cuda_device
+def _load_tile_device(tile, m, transposed, r0, c0):
+    """tile = op(m)[r0:r0+TILE, c0:c0+TILE], zero past the edges; op(m) = m.T if transposed"""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    if transposed:  # op(m)[r, c] = m[c, r]: neighbouring threads still read neighbouring memory
+        r = r0 + tx
+        c = c0 + ty
+        tile[tx, ty] = m[c, r] if c < m.shape[0] and r < m.shape[1] else 0
+    else:
+        r = r0 + ty
+        c = c0 + tx
+        tile[ty, tx] = m[r, c] if r < m.shape[0] and c < m.shape[1] else 0
+
+
+@cuda_kernel
+def _matmul_tiled(a, b, y, ta, tb):
+    """y = op(a) @ op(b), op = transpose where flagged; TILE x TILE tiles in shared memory"""
+    sa = cuda.shared.array((TILE, TILE), a.dtype)
+    sb = cuda.shared.array((TILE, TILE), b.dtype)
+    row0 = cuda.blockIdx.y * TILE
+    col0 = cuda.blockIdx.x * TILE
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    acc = y.dtype.type(0)
+    for k0 in range(0, a.shape[0] if ta else a.shape[1], TILE):
+        _load_tile_device(sa, a, ta, row0, k0)
+        _load_tile_device(sb, b, tb, k0, col0)
+        cuda.syncthreads()
+        for k in range(TILE):
+            acc += sa[ty, k] * sb[k, tx]
+        cuda.syncthreads()
+    if row0 + ty < y.shape[0] and col0 + tx < y.shape[1]:
+        y[row0 + ty, col0 + tx] = acc
+
+
+def _matmul_cuda(a, b, y, ta, tb):
+    blocks = ((y.shape[1] + TILE - 1) // TILE, (y.shape[0] + TILE - 1) // TILE)
+    _matmul_tiled[blocks, (TILE, TILE)](a, b, y, ta, tb)
+
+
+def matmul_fwd_cuda(a, b, y):
+    """Launch _matmul_tiled: y = a @ b."""
+    _matmul_cuda(a, b, y, False, False)
+
+
 def matmul_bwd_cpu(dy, a, b, da, db):
     """da = dy @ b.T ; db = a.T @ dy  (BLAS; transposes are views, not copies)"""
     if da is not None:
         np.dot(dy, b.T, out=da)
     if db is not None:
         np.dot(a.T, dy, out=db)
+
+
+def matmul_bwd_cuda(dy, a, b, da, db):
+    """Launch _matmul_tiled: da = dy @ b.T ; db = a.T @ dy (transposes are flags, not copies)."""
+    if da is not None:
+        _matmul_cuda(dy, b, da, False, True)
+    if db is not None:
+        _matmul_cuda(a, dy, db, True, False)
 
 
 def _matmul_sample(rng, dtype):
@@ -38,6 +100,7 @@ def _matmul_sample(rng, dtype):
 register(Op(
     name="matmul", inputs=("a", "b"), shape=_matmul_shape, saves=("a", "b"),
     forward=matmul_fwd_cpu, backward=matmul_bwd_cpu,
+    cuda_forward=matmul_fwd_cuda, cuda_backward=matmul_bwd_cuda,
     sample=_matmul_sample, reference=lambda a, b: (a @ b,),
 ))
 
@@ -61,6 +124,20 @@ def bias_add_fwd_cpu(x, b, y):
             y2[i, j] = x2[i, j] + b[j]
 
 
+@cuda_kernel
+def _bias_add_fwd(x, b, y):
+    """y[i, j] = x[i, j] + b[j]  (bias along the last axis; grid-stride over the elements)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] + b[i % b.size]
+
+
+def bias_add_fwd_cuda(x, b, y):
+    """Launch _bias_add_fwd (grid-stride)."""
+    _bias_add_fwd[config.grid_1d(x.size)](x, b, y)
+
+
 @jit
 def bias_add_bwd_cpu(dy, dx, db):
     """dx = dy ; db[j] = sum_i dy[i, j]"""
@@ -79,6 +156,46 @@ def bias_add_bwd_cpu(dy, dx, db):
                 db[j] += dy2[i, j]
 
 
+@cuda_kernel
+def _column_sums(dy, db):
+    """db[j] = sum_i dy[i, j]: threads.x take columns, threads.y split rows, a tree over y"""
+    buf = cuda.shared.array(CUDA_MAX_THREADS, dy.dtype)
+    dy2 = dy.reshape(-1, db.size)
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    bx = cuda.blockDim.x
+    for j0 in range(cuda.blockIdx.x * bx, db.size, cuda.gridDim.x * bx):
+        j = j0 + tx
+        s = dy.dtype.type(0)
+        if j < db.size:
+            for i in range(ty, dy2.shape[0], cuda.blockDim.y):
+                s += dy2[i, j]
+        buf[ty * bx + tx] = s
+        n = cuda.blockDim.y
+        while n > 1:  # fixed pairs, so the sum is deterministic
+            cuda.syncthreads()
+            half = (n + 1) // 2
+            if ty < n - half:
+                buf[ty * bx + tx] += buf[(ty + half) * bx + tx]
+            n = half
+        if ty == 0 and j < db.size:
+            db[j] = buf[tx]
+        cuda.syncthreads()  # before the next columns overwrite buf
+
+
+def bias_add_bwd_cuda(dy, dx, db):
+    """dx = dy by copy_cuda ; db by _column_sums, a warp's width of columns per block."""
+    if dx is not None:
+        copy_cuda(dy, dx)
+    if db is not None:
+        # up to 32 neighbouring columns per block so row reads coalesce; the other
+        # threads of the block split the rows
+        cols = max(1, min(32, config.CUDA_BLOCK // 4))
+        rows = config.CUDA_BLOCK // cols
+        blocks = min(config.CUDA_MAX_BLOCKS, (db.size + cols - 1) // cols)
+        _column_sums[blocks, (cols, rows)](dy, db)
+
+
 def _bias_add_sample(rng, dtype):
     return (rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)), {}
 
@@ -86,5 +203,6 @@ def _bias_add_sample(rng, dtype):
 register(Op(
     name="bias_add", inputs=("x", "b"), shape=_bias_add_shape,
     forward=bias_add_fwd_cpu, backward=bias_add_bwd_cpu,
+    cuda_forward=bias_add_fwd_cuda, cuda_backward=bias_add_bwd_cuda,
     sample=_bias_add_sample, reference=lambda x, b: (x + b,),
 ))

@@ -10,8 +10,12 @@ import math
 
 import numpy as np
 
-from dlrun.ops.config import jit
+from dlrun.ops import config
+from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
 
 # Keras clips probabilities into [EPS, 1 - EPS] before taking logs.
 EPS = 1e-7
@@ -25,6 +29,26 @@ def _ce_shape(logits: Spec, labels: Spec) -> list:
         raise OpError(f"softmax_ce needs integer labels of shape ({logits.shape[0]},); got "
                       f"{labels.shape} {labels.dtype}")
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
+
+
+# The CUDA losses reduce to the scalar in one block: each thread sums its share in float64,
+# as the CPU kernels do, then a tree adds the partial sums. Device helpers that call
+# ``cuda.*`` stay in the module of the kernels using them: numba 0.68's simulator swaps
+# ``cuda`` into a helper's module per call, which races when that module is another one.
+@cuda_device
+def _block_sum_device(partial):
+    """sum of `partial` over the threads of a 1-D block, by a tree (valid in thread 0)"""
+    buf = cuda.shared.array(CUDA_MAX_THREADS, np.float64)
+    t = cuda.threadIdx.x
+    buf[t] = partial
+    n = cuda.blockDim.x
+    while n > 1:  # fixed pairs, so the sum is deterministic; any n, not only powers of 2
+        cuda.syncthreads()
+        half = (n + 1) // 2
+        if t < n - half:
+            buf[t] += buf[t + half]
+        n = half
+    return buf[0]
 
 
 @jit
@@ -50,6 +74,45 @@ def softmax_ce_fwd_cpu(logits, labels, loss, p):
     loss[()] = total / n
 
 
+@cuda_device
+def _softmax_row_device(logits, p, i):
+    """p[i] = softmax(logits[i]); returns log sum_j exp(logits[i, j])"""
+    c = logits.shape[1]
+    m = logits[i, 0]
+    for j in range(1, c):
+        if logits[i, j] > m:  # noqa: PLR1730  (max() fails to compile for CUDA, numba 0.66+)
+            m = logits[i, j]
+    s = 0.0
+    for j in range(c):
+        e = math.exp(logits[i, j] - m)
+        p[i, j] = e
+        s += e
+    for j in range(c):
+        p[i, j] /= s
+    return math.log(s) + m
+
+
+@cuda_kernel
+def _softmax_ce_fwd(logits, labels, loss, p):
+    """loss = mean_i -log softmax(logits_i)[labels_i] ; p = softmax(logits), one block"""
+    n, c = logits.shape
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(t, n, cuda.blockDim.x):
+        lse = _softmax_row_device(logits, p, i)
+        k = labels[i]
+        # a kernel cannot raise: a label outside [0, classes) makes the loss NaN
+        total += lse - logits[i, k] if 0 <= k < c else math.nan
+    total = _block_sum_device(total)
+    if t == 0:
+        loss[()] = total / n
+
+
+def softmax_ce_fwd_cuda(logits, labels, loss, p):
+    """Launch _softmax_ce_fwd (one block, a thread per row)."""
+    _softmax_ce_fwd[1, config.CUDA_BLOCK](logits, labels, loss, p)
+
+
 @jit
 def softmax_ce_bwd_cpu(dy, labels, p, dlogits):
     """dlogits = dy * (p - onehot(labels)) / n"""
@@ -59,6 +122,24 @@ def softmax_ce_bwd_cpu(dy, labels, p, dlogits):
         for j in range(c):
             dlogits[i, j] = g * p[i, j]
         dlogits[i, labels[i]] -= g
+
+
+@cuda_kernel
+def _softmax_ce_bwd(dy, labels, p, dlogits):
+    """dlogits = dy * (p - onehot(labels)) / n"""
+    n, c = p.shape
+    g = dy[()] / n
+    for k in range(cuda.grid(1), n * c, cuda.gridsize(1)):
+        i = k // c
+        j = k - i * c
+        dlogits[i, j] = g * p[i, j]
+        if j == labels[i]:
+            dlogits[i, j] -= g
+
+
+def softmax_ce_bwd_cuda(dy, labels, p, dlogits):
+    """Launch _softmax_ce_bwd (grid-stride over the elements)."""
+    _softmax_ce_bwd[config.grid_1d(p.size)](dy, labels, p, dlogits)
 
 
 def _ce_ref(logits, labels):
@@ -72,6 +153,7 @@ register(Op(
     name="softmax_ce", inputs=("logits", "labels"), outputs=("loss", "p"),
     shape=_ce_shape, saves=("labels", "p"), diff=("logits",),
     forward=softmax_ce_fwd_cpu, backward=softmax_ce_bwd_cpu,
+    cuda_forward=softmax_ce_fwd_cuda, cuda_backward=softmax_ce_bwd_cuda,
     sample=lambda rng, dt: ((rng.standard_normal((5, 4)).astype(dt),
                              rng.integers(0, 4, 5).astype(np.int64)), {}),
     reference=_ce_ref,
@@ -108,6 +190,26 @@ def softmax_ce_onehot_fwd_cpu(logits, targets, loss, p):
     loss[()] = total / n
 
 
+@cuda_kernel
+def _softmax_ce_onehot_fwd(logits, targets, loss, p):
+    """loss = mean_i -sum_j t_ij log softmax(logits_i)_j ; p = softmax(logits), one block"""
+    n, c = logits.shape
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(t, n, cuda.blockDim.x):
+        lse = _softmax_row_device(logits, p, i)
+        for j in range(c):
+            total += targets[i, j] * (lse - logits[i, j])
+    total = _block_sum_device(total)
+    if t == 0:
+        loss[()] = total / n
+
+
+def softmax_ce_onehot_fwd_cuda(logits, targets, loss, p):
+    """Launch _softmax_ce_onehot_fwd (one block, a thread per row)."""
+    _softmax_ce_onehot_fwd[1, config.CUDA_BLOCK](logits, targets, loss, p)
+
+
 @jit
 def softmax_ce_onehot_bwd_cpu(dy, targets, p, dlogits):
     """dlogits = dy * (p * sum_j t_j - t) / n   (= p - t for one-hot rows)"""
@@ -119,6 +221,24 @@ def softmax_ce_onehot_bwd_cpu(dy, targets, p, dlogits):
             st += targets[i, j]
         for j in range(c):
             dlogits[i, j] = g * (p[i, j] * st - targets[i, j])
+
+
+@cuda_kernel
+def _softmax_ce_onehot_bwd(dy, targets, p, dlogits):
+    """dlogits = dy * (p * sum_j t_j - t) / n, a thread per row"""
+    n, c = p.shape
+    g = dy[()] / n
+    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
+        st = 0.0
+        for j in range(c):
+            st += targets[i, j]
+        for j in range(c):
+            dlogits[i, j] = g * (p[i, j] * st - targets[i, j])
+
+
+def softmax_ce_onehot_bwd_cuda(dy, targets, p, dlogits):
+    """Launch _softmax_ce_onehot_bwd (grid-stride over rows)."""
+    _softmax_ce_onehot_bwd[config.grid_1d(p.shape[0])](dy, targets, p, dlogits)
 
 
 def _ce1h_ref(logits, targets):
@@ -136,6 +256,7 @@ register(Op(
     name="softmax_ce_onehot", inputs=("logits", "targets"), outputs=("loss", "p"),
     shape=_ce1h_shape, saves=("targets", "p"), diff=("logits",),
     forward=softmax_ce_onehot_fwd_cpu, backward=softmax_ce_onehot_bwd_cpu,
+    cuda_forward=softmax_ce_onehot_fwd_cuda, cuda_backward=softmax_ce_onehot_bwd_cuda,
     sample=_ce1h_sample, reference=_ce1h_ref,
 ))
 
@@ -163,6 +284,26 @@ def mse_fwd_cpu(pred, target, loss):
     loss[()] = total / pf.size
 
 
+@cuda_kernel
+def _mse_fwd(pred, target, loss):
+    """loss = mean (pred - target)^2, one block"""
+    pf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(t, pf.size, cuda.blockDim.x):
+        d = pf[i] - tf[i]
+        total += d * d
+    total = _block_sum_device(total)
+    if t == 0:
+        loss[()] = total / pf.size
+
+
+def mse_fwd_cuda(pred, target, loss):
+    """Launch _mse_fwd (one block)."""
+    _mse_fwd[1, config.CUDA_BLOCK](pred, target, loss)
+
+
 @jit
 def mse_bwd_cpu(dy, pred, target, dpred, dtarget):
     """dpred = 2 dy (pred - target) / N ; dtarget = -dpred"""
@@ -179,6 +320,25 @@ def mse_bwd_cpu(dy, pred, target, dpred, dtarget):
             dt[i] = g * (tf[i] - pf[i])
 
 
+@cuda_kernel
+def _mse_grad(dy, a, b, da):
+    """da = 2 dy (a - b) / N  (dpred with a = pred; dtarget with a, b swapped)"""
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    df = da.reshape(-1)
+    g = 2.0 * dy[()] / af.size
+    for i in range(cuda.grid(1), af.size, cuda.gridsize(1)):
+        df[i] = g * (af[i] - bf[i])
+
+
+def mse_bwd_cuda(dy, pred, target, dpred, dtarget):
+    """Launch _mse_grad for each gradient wanted (grid-stride)."""
+    if dpred is not None:
+        _mse_grad[config.grid_1d(pred.size)](dy, pred, target, dpred)
+    if dtarget is not None:
+        _mse_grad[config.grid_1d(pred.size)](dy, target, pred, dtarget)
+
+
 def _pair_sample(lo, hi):
     def sample(rng, dt):
         return (rng.uniform(lo, hi, (4, 3)).astype(dt), rng.uniform(lo, hi, (4, 3)).astype(dt)), {}
@@ -188,6 +348,7 @@ def _pair_sample(lo, hi):
 register(Op(
     name="mse", inputs=("pred", "target"), outputs=("loss",), shape=_pair_shape("mse"),
     saves=("pred", "target"), forward=mse_fwd_cpu, backward=mse_bwd_cpu,
+    cuda_forward=mse_fwd_cuda, cuda_backward=mse_bwd_cuda,
     sample=_pair_sample(-1.0, 1.0),
     reference=lambda p, t: (np.asarray(((p - t) ** 2).mean(), p.dtype),),
 ))
@@ -206,6 +367,30 @@ def binary_ce_fwd_cpu(pred, target, loss):
     loss[()] = total / pf.size
 
 
+@cuda_kernel
+def _binary_ce_fwd(pred, target, loss):
+    """loss = -mean t log p + (1 - t) log(1 - p), p clipped into [EPS, 1 - EPS], one block"""
+    pf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(t, pf.size, cuda.blockDim.x):
+        p = float(pf[i])  # clipped without min/max: numba 0.66+ fails on them for CUDA
+        if p < EPS:
+            p = EPS
+        elif p > 1.0 - EPS:
+            p = 1.0 - EPS
+        total -= tf[i] * math.log(p) + (1.0 - tf[i]) * math.log(1.0 - p)
+    total = _block_sum_device(total)
+    if t == 0:
+        loss[()] = total / pf.size
+
+
+def binary_ce_fwd_cuda(pred, target, loss):
+    """Launch _binary_ce_fwd (one block)."""
+    _binary_ce_fwd[1, config.CUDA_BLOCK](pred, target, loss)
+
+
 @jit
 def binary_ce_bwd_cpu(dy, pred, target, dpred):
     """dpred = dy (p - t) / (p (1 - p)) / N inside the clip range, 0 outside"""
@@ -221,6 +406,26 @@ def binary_ce_bwd_cpu(dy, pred, target, dpred):
             df[i] = g * (p - tf[i]) / (p * (1.0 - p))
 
 
+@cuda_kernel
+def _binary_ce_bwd(dy, pred, target, dpred):
+    """dpred = dy (p - t) / (p (1 - p)) / N inside the clip range, 0 outside"""
+    pf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    df = dpred.reshape(-1)
+    g = dy[()] / pf.size
+    for i in range(cuda.grid(1), pf.size, cuda.gridsize(1)):
+        p = pf[i]
+        if p < EPS or p > 1.0 - EPS:
+            df[i] = 0.0
+        else:
+            df[i] = g * (p - tf[i]) / (p * (1.0 - p))
+
+
+def binary_ce_bwd_cuda(dy, pred, target, dpred):
+    """Launch _binary_ce_bwd (grid-stride)."""
+    _binary_ce_bwd[config.grid_1d(pred.size)](dy, pred, target, dpred)
+
+
 def _bce_ref(p, t):
     q = np.clip(p, EPS, 1 - EPS)
     return (np.asarray(-(t * np.log(q) + (1 - t) * np.log(1 - q)).mean(), p.dtype),)
@@ -230,5 +435,6 @@ register(Op(
     name="binary_ce", inputs=("pred", "target"), outputs=("loss",),
     shape=_pair_shape("binary_ce"), saves=("pred", "target"), diff=("pred",),
     forward=binary_ce_fwd_cpu, backward=binary_ce_bwd_cpu,
+    cuda_forward=binary_ce_fwd_cuda, cuda_backward=binary_ce_bwd_cuda,
     sample=_pair_sample(0.1, 0.9), reference=_bce_ref,
 ))

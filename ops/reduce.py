@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrun.ops.config import jit
+from dlrun.ops import config
+from dlrun.ops.config import CUDA_MAX_THREADS, cuda_kernel, jit
 from dlrun.ops.registry import Op, Spec, check_float, register
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
 
 
 def _scalar(x: Spec) -> list:
@@ -21,6 +25,32 @@ def sum_fwd_cpu(x, y):
     y[()] = total
 
 
+@cuda_kernel
+def _sum_scaled(x, divisor, y):
+    """y = sum x / divisor, in one block: strided partial sums, then a tree"""
+    buf = cuda.shared.array(CUDA_MAX_THREADS, np.float64)
+    xf = x.reshape(-1)
+    t = cuda.threadIdx.x
+    total = 0.0
+    for i in range(t, xf.size, cuda.blockDim.x):
+        total += xf[i]
+    buf[t] = total
+    n = cuda.blockDim.x
+    while n > 1:  # fixed pairs, so the sum is deterministic; any n, not only powers of 2
+        cuda.syncthreads()
+        half = (n + 1) // 2
+        if t < n - half:
+            buf[t] += buf[t + half]
+        n = half
+    if t == 0:
+        y[()] = buf[0] / divisor
+
+
+def sum_fwd_cuda(x, y):
+    """Launch _sum_scaled (one block)."""
+    _sum_scaled[1, config.CUDA_BLOCK](x, 1, y)
+
+
 @jit
 def fill_cpu(dx, value):
     """dx[:] = value"""
@@ -34,6 +64,20 @@ def sum_bwd_cpu(dy, dx):
     fill_cpu(dx, dy[()])
 
 
+@cuda_kernel
+def _fill_scaled(dy, divisor, dx):
+    """dx[:] = dy / divisor (grid-stride)"""
+    dxf = dx.reshape(-1)
+    value = dy[()] / divisor
+    for i in range(cuda.grid(1), dxf.size, cuda.gridsize(1)):
+        dxf[i] = value
+
+
+def sum_bwd_cuda(dy, dx):
+    """Launch _fill_scaled (grid-stride over dx)."""
+    _fill_scaled[config.grid_1d(dx.size)](dy, 1, dx)
+
+
 @jit
 def mean_fwd_cpu(x, y):
     """y = sum x / N"""
@@ -43,9 +87,19 @@ def mean_fwd_cpu(x, y):
     y[()] = total / x.size
 
 
+def mean_fwd_cuda(x, y):
+    """Launch _sum_scaled (one block)."""
+    _sum_scaled[1, config.CUDA_BLOCK](x, x.size, y)
+
+
 def mean_bwd_cpu(dy, dx):
     """dx = dy / N (broadcast)"""
     fill_cpu(dx, dy[()] / dx.size)
+
+
+def mean_bwd_cuda(dy, dx):
+    """Launch _fill_scaled (grid-stride over dx)."""
+    _fill_scaled[config.grid_1d(dx.size)](dy, dx.size, dx)
 
 
 def _sample(rng, dt):
@@ -53,8 +107,10 @@ def _sample(rng, dt):
 
 
 register(Op(name="sum", inputs=("x",), shape=_scalar, forward=sum_fwd_cpu,
-            backward=sum_bwd_cpu, sample=_sample,
+            backward=sum_bwd_cpu, cuda_forward=sum_fwd_cuda, cuda_backward=sum_bwd_cuda,
+            sample=_sample,
             reference=lambda x: (np.asarray(x.sum(), x.dtype),)))
 register(Op(name="mean", inputs=("x",), shape=_scalar, forward=mean_fwd_cpu,
-            backward=mean_bwd_cpu, sample=_sample,
+            backward=mean_bwd_cpu, cuda_forward=mean_fwd_cuda, cuda_backward=mean_bwd_cuda,
+            sample=_sample,
             reference=lambda x: (np.asarray(x.mean(), x.dtype),)))

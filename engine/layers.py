@@ -185,9 +185,13 @@ class Dropout(Layer):
 
     def __init__(self, rate: float, **kw):
         super().__init__(**kw)
-        if not 0.0 <= float(rate) < 1.0:
+        try:
+            value = float(rate)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Dropout rate must be a number in [0, 1), got {rate!r}") from None
+        if not 0.0 <= value < 1.0:
             raise ConfigError(f"Dropout rate must be in [0, 1), got {rate!r}")
-        self.rate = float(rate)
+        self.rate = value
 
     def call(self, x, training):
         if not training or self.rate == 0.0:

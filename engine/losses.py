@@ -73,7 +73,7 @@ def check_targets(name: str, y: np.ndarray, output_shape: tuple) -> np.ndarray:
         classes = output_shape[-1]
         bad = np.flatnonzero((y < 0) | (y >= classes))
         if bad.size:
-            raise DataError(f"label {y[bad[0]]!r} at sample {bad[0]} is out of range for "
+            raise DataError(f"label {y[bad[0]].item()!r} at sample {bad[0]} is out of range for "
                             f"a model with {classes} outputs (expected 0..{classes - 1})")
         return np.ascontiguousarray(y, np.int64)
     if tuple(y.shape[1:]) != tuple(output_shape):

@@ -174,7 +174,8 @@ class Model:
         if not 0.0 <= validation_split < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
-            cut = len(x) - int(math.ceil(len(x) * validation_split))
+            # round first: 100 * 0.07 is 7.000000000000001, which must not hold out 8
+            cut = len(x) - int(math.ceil(round(len(x) * validation_split, 9)))
             if cut < 1:
                 raise DataError(f"validation_split={validation_split} leaves no training "
                                 f"samples out of {len(x)}")
@@ -200,6 +201,7 @@ class Model:
             tot_loss, counts = 0.0, [[0, 0] for _ in self.metrics]
             for b in range(steps):
                 idx = order[b * batch_size:(b + 1) * batch_size]
+                cbs.on_train_batch_begin(b)
                 loss, c = self._run_batch("train", x, y, idx)
                 tot_loss += loss * len(idx)
                 for acc, (k, n) in zip(counts, c):
@@ -340,6 +342,10 @@ class Sequential(Model):
             self.input_shape = layer.input_shape
         self._layers.append(layer)
         self._plans = {}
+        if self.input_shape is not None:
+            # draw the weights now (as Keras does), so that set_seed() just before
+            # construction fixes them whatever else draws random numbers later
+            self.build(self.input_shape)
 
     def trace(self, x, training):
         out = x

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from dlrun.errors import DlrunError, ModelFileError
+from dlrun.errors import DlrunError, ModelFileError, ShapeError
 
 FORMAT = "dlrun.model"
 VERSION = 1
@@ -40,6 +41,7 @@ def save_model(model, path) -> Path:
         "format": FORMAT, "format_version": VERSION, "dlrun_version": __version__,
         "class_name": type(model).__name__, "config": model.get_config(),
         "weights": [p.name for p in params],
+        "training": {"seed": model._seed, "step": model._step},
         "compile": None if model.loss is None else {
             "loss": model.loss, "metrics": [m.name for m in model.metrics],
             "optimizer": {"class_name": type(model.optimizer).__name__,
@@ -83,6 +85,9 @@ def read_meta(path) -> dict:
         raise ModelFileError(f"{path}/model.json cannot be read as JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFileError(f"{path}/model.json does not describe a dlrun model")
+    if not isinstance(meta.get("format_version", 0), int):
+        raise ModelFileError(f"{path}/model.json has a malformed format_version "
+                             f"{meta['format_version']!r}")
     if meta.get("format_version", 0) > VERSION:
         raise ModelFileError(f"{path} was written by a newer dlrun (format "
                              f"{meta['format_version']}); upgrade dlrun to load it")
@@ -111,10 +116,14 @@ def load_model(path, compile: bool = True):
             opt = optimizers.from_config(c["optimizer"]["class_name"],
                                          c["optimizer"]["config"])
             model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"])
+        t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+        model._seed = int(t.get("seed", model._seed))
+        model._step = int(t.get("step", 0))
     except DlrunError as e:
         raise ModelFileError(f"{path}: the saved model cannot be rebuilt: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise ModelFileError(f"{path}/model.json is malformed (missing {e})") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}/model.json is malformed ({type(e).__name__}: {e})") \
+            from None
     try:
         with np.load(path / "weights.npz", allow_pickle=False) as z:
             n = len(meta["weights"])
@@ -123,8 +132,11 @@ def load_model(path, compile: bool = True):
                 model.optimizer.set_state({k: z[f"o{i}"] for i, k
                                            in enumerate(c.get("optimizer_state", []))})
                 model.optimizer.iterations = c["optimizer"].get("iterations", 0)
-    except (OSError, KeyError, ValueError) as e:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise ModelFileError(f"{path}/weights.npz is missing or damaged ({e})") from None
     if model.input_shape is not None:
-        model.set_weights(weights)
+        try:
+            model.set_weights(weights)
+        except ShapeError as e:
+            raise ModelFileError(f"{path}/weights.npz does not fit the model ({e})") from None
     return model

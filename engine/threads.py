@@ -12,13 +12,11 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-_controller = {}
-
-
 def set_threads(n: int | None = None) -> int:
     """Use ``n`` threads (default: every available core) in Numba kernels and in BLAS."""
     import numba
-    from threadpoolctl import ThreadpoolController
+    import scipy.linalg  # noqa: F401  loads SciPy's BLAS (np.dot in @njit) to limit it too
+    from threadpoolctl import threadpool_limits
 
     from dlrun.errors import ConfigError
 
@@ -26,6 +24,6 @@ def set_threads(n: int | None = None) -> int:
     if n < 1:
         raise ConfigError(f"threads must be >= 1, got {n}")
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    ctl = _controller.setdefault("c", ThreadpoolController())
-    ctl.limit(limits=n, user_api="blas")
+    # a fresh scan every call: a controller made once misses libraries loaded after it
+    threadpool_limits(limits=n, user_api="blas")
     return n

@@ -1,8 +1,12 @@
+import threading
+import time
+import tracemalloc
+
 import numpy as np
 import pytest
 
 import dlrun.datasets.loader as loader_module
-from dlrun.datasets import Loader, open_dataset
+from dlrun.datasets import Loader, open_dataset, write_dataset
 from dlrun.errors import ConfigError, DataError
 
 N = 50  # the toy train split: 50 samples in chunks of 7 (the last one 1)
@@ -140,6 +144,104 @@ def test_bad_arguments(toy):
         Loader(x, y, 8, worker=(2, 2))
     with pytest.raises(ConfigError, match="numbered from 0"):
         Loader(x, y, 8).epoch(-1)
-    zx, zy = open_dataset(toy[0]).arrays("train")
-    with pytest.raises(ConfigError, match="8 chunks, fewer than the 9 workers"):
-        Loader(zx, zy, 8, worker=(0, 9))
+    with pytest.raises(ConfigError, match="prefetch=-1"):
+        Loader(x, y, 8, prefetch=-1)
+
+
+@pytest.mark.parametrize("n_workers", [2, 8, 9, 20, 60])
+def test_zarr_workers_balanced_even_with_more_workers_than_chunks(toy, n_workers):
+    """8 chunks: up to 8 workers get whole chunks; more split the samples in equal ranges."""
+    x, y = open_dataset(toy[0]).arrays("train")
+    seen = []
+    for i in range(n_workers):
+        ids = sample_ids(x, y, Loader(x, y, 3, seed=2, worker=(i, n_workers)).epoch(1))
+        seen.append(ids)
+    assert sorted(i for ids in seen for i in ids) == list(range(N))
+    sizes = [len(ids) for ids in seen]
+    assert max(sizes) - min(sizes) <= (7 if n_workers <= 8 else 1), sizes
+
+
+def test_drop_last_per_worker(toy):
+    x, y = open_dataset(toy[0]).arrays("train")
+    for i in range(3):
+        loader = Loader(x, y, 4, worker=(i, 3), drop_last=True)
+        sizes = [len(xb) for xb, _ in loader.epoch(0)]
+        assert sizes == [4] * (loader.num_samples // 4) == [4] * len(loader)
+
+
+def test_prefetch_does_not_change_the_order(toy):
+    x, y = open_dataset(toy[0]).arrays("train")
+    orders = [
+        sample_ids(x, y, Loader(x, y, 5, seed=4, window=3, prefetch=p).epoch(2)) for p in (0, 1, 3)
+    ]
+    assert orders[0] == orders[1] == orders[2]
+
+
+def test_background_error_reaches_the_consumer():
+    def items():
+        yield 1
+        raise DataError("chunk 3 of array 'x' is missing")
+
+    got = []
+    with pytest.raises(DataError, match="chunk 3 of array 'x' is missing"):
+        for item in loader_module.in_background(items(), 1):
+            got.append(item)
+    assert got == [1]
+
+
+def prefetch_threads():
+    return [t for t in threading.enumerate() if t.name == "dlrun-loader-prefetch"]
+
+
+def test_abandoned_epoch_stops_its_thread(toy):
+    x, y = open_dataset(toy[0]).arrays("train")
+    loader = Loader(x, y, 2, prefetch=1)
+    for _ in range(3):
+        batches = loader.epoch(0)
+        next(batches)
+        assert len(prefetch_threads()) == 1
+        del batches  # abandoned after one batch
+        deadline = time.monotonic() + 5
+        while prefetch_threads() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert prefetch_threads() == []
+    list(loader.epoch(1))  # and a full epoch ends its thread too
+    time.sleep(0.05)
+    assert prefetch_threads() == []
+
+
+def test_streaming_memory_is_bounded_by_the_window(tmp_path, monkeypatch):
+    """A dataset 20x larger than the window: never more than a few windows in memory,
+    and never more than (prefetch + 2) windows read ahead of the consumer."""
+    n, k = 4000, 100  # 40 chunks of 100 samples of 2,000 bytes: 200 kB a chunk, 8 MB in all
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (n, 2000), dtype=np.uint8)
+    path = write_dataset(tmp_path / "big.zarr", (x, np.zeros(n, np.uint8)), name="big",
+                         classes=1, chunk_samples=k)
+    zx, zy = open_dataset(path).arrays()
+    window, prefetch = 2, 1
+    window_bytes = window * k * 2000
+    reads, consumed = [], [0]
+    original = loader_module.read_chunk
+
+    def read_chunk(arr, index, **kwargs):
+        if arr.ndim == 2:
+            reads.append(index)
+            assert len(reads) - consumed[0] / k <= window * (prefetch + 2)
+        return original(arr, index, **kwargs)
+
+    monkeypatch.setattr(loader_module, "read_chunk", read_chunk)
+    loader = Loader(zx, zy, 50, window=window, prefetch=prefetch, seed=0)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for xb, _ in loader.epoch(0):
+            consumed[0] += len(xb)
+            time.sleep(0.002)  # a consumer slower than the reader
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert consumed[0] == n and sorted(reads) == list(range(40))
+    assert x.nbytes == 20 * window_bytes
+    assert peak < 8 * window_bytes, f"peak {peak / 1e6:.1f} MB for a {window_bytes / 1e6} MB window"

@@ -181,7 +181,9 @@ def raw_store(path: Path, attrs: dict | None, arrays: dict[str, np.ndarray]) -> 
     return path
 
 
-GOOD_ATTRS = {"dlrun_format": 1, "name": "raw", "classes": 3, "splits": ["train", "test"]}
+GOOD_ATTRS = {
+    "dlrun_format": 1, "name": "raw", "classes": 3, "splits": ["train", "test"], "complete": True
+}
 X4, Y4 = np.zeros((4, 2), np.uint8), np.array([0, 1, 2, 0], np.uint8)
 GOOD_ARRAYS = {"train/x": X4, "train/y": Y4, "test/x": X4, "test/y": Y4}
 
@@ -271,7 +273,7 @@ def test_corrupt_chunk_is_refused(toy):
         ds.split("train")
     with pytest.raises(DataError, match="chunk 2"):
         ds.verify()
-    with pytest.raises(DataError, match="train/x: chunk 2"):
+    with pytest.raises(DataError, match="array 'train/x': chunk 2.*dlrun data verify"):
         for _ in ds.loader("train", 5, shuffle=False).epoch(0):
             pass
     ds.split("test")
@@ -284,14 +286,89 @@ def test_corrupt_label_chunk_is_refused(toy):
         open_dataset(path).split("test")
 
 
-def test_deleted_chunk_fails_the_checksum(toy):
+def test_deleted_chunk_is_named(toy):
     path, _ = toy
-    chunk_file(path, "train/x", 0).unlink()  # zarr would read the fill value instead
+    chunk_file(path, "train/x", 3).unlink()  # zarr would read the fill value instead
+    ds = open_dataset(path)
+    missing = "array 'train/x': chunk 3 \\(samples 21..27\\) is missing"
+    with pytest.raises(DataError, match=missing):
+        ds.split("train")
+    with pytest.raises(DataError, match=missing):
+        for _ in ds.loader("train", 5).epoch(0):
+            pass
+    with pytest.raises(DataError, match=missing):
+        ds.verify()
+
+
+def test_deleted_chunk_without_chunk_checksums_fails_the_sha256(toy):
+    path, _ = toy
+    x = zarr.open_array(path / "train" / "x", mode="r+")
+    del x.attrs["chunk_crc32"]
+    chunk_file(path, "train/x", 0).unlink()
     ds = open_dataset(path)
     with pytest.raises(DataError, match="'train/x' does not match its recorded sha256"):
         ds.split("train")
     with pytest.raises(DataError, match="sha256"):
         ds.verify()
+
+
+def test_changed_chunk_that_still_decodes_is_caught(toy):
+    """A chunk rewritten through zarr (valid codec CRC, wrong numbers) fails its CRC-32."""
+    path, _ = toy
+    x = zarr.open_array(path / "train" / "x", mode="r+")
+    x[7] = x[7] + 1  # chunk 1
+    with pytest.raises(DataError, match="chunk 1 .* does not match its recorded CRC-32"):
+        open_dataset(path).split("train")
+
+
+def test_verify_names_every_problem(toy):
+    path, _ = toy
+    flip_byte(chunk_file(path, "train/x", 2))
+    chunk_file(path, "train/x", 5).unlink()
+    flip_byte(chunk_file(path, "test/y", 1), at=0)
+    ds = open_dataset(path)
+    problems = ds.problems()
+    assert len(problems) == 3, problems
+    assert problems[0].startswith("array 'train/x': chunk 2 (samples 14..20) is corrupt")
+    assert problems[1].startswith("array 'train/x': chunk 5 (samples 35..41) is missing")
+    assert problems[2].startswith("array 'test/y': chunk 1 (samples 7..13) is corrupt")
+    with pytest.raises(DataError, match="3 problem") as info:
+        ds.verify()
+    assert all(p in str(info.value) for p in problems)
+
+
+def test_verify_names_bad_labels_by_chunk(tmp_path):
+    y = np.array([0, 1, 2, 7, 9], np.uint8)
+    arrays = {**GOOD_ARRAYS, "train/x": np.ones((5, 2), np.uint8), "train/y": y}
+    ds = open_dataset(raw_store(tmp_path / "bad.zarr", GOOD_ATTRS, arrays))
+    assert ds.problems() == [
+        "array 'train/y': chunk 0: label 7 at sample 3 is outside [0, 3) (2 bad labels in the chunk)"
+    ]
+
+
+def test_unfinished_write_is_refused(toy):
+    path, _ = toy
+    root = zarr.open_group(path, mode="r+")
+    del root.attrs["complete"]
+    with pytest.raises(DataError, match="unfinished write.*'complete' marker"):
+        open_dataset(path)
+
+
+def test_complete_marker_is_written_last(tmp_path, monkeypatch):
+    """Interrupted after the last array: the temporary store has no marker yet."""
+    seen = {}
+    original = store._replace
+
+    def replace(tmp, path):
+        seen["attrs"] = dict(zarr.open_group(tmp, mode="r").attrs)
+        original(tmp, path)
+
+    monkeypatch.setattr(store, "_replace", replace)
+    x, y = np.zeros((4, 2), np.uint8), np.zeros(4, np.uint8)
+    path = write_dataset(tmp_path / "a.zarr", (x, y), name="a", classes=1)
+    assert seen["attrs"]["complete"] is True
+    assert list(seen["attrs"])[-1] == "complete"
+    assert open_dataset(path).attrs["complete"] is True
 
 
 def test_verify_passes_on_a_good_store(toy):

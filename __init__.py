@@ -23,6 +23,7 @@ _EXPORTS = {
     "optimizers": ("dlrun.engine.optimizers", None),
     "losses": ("dlrun.engine.losses", None),
     "callbacks": ("dlrun.engine.callbacks", None),
+    "schedules": ("dlrun.engine.schedules", None),
     "initializers": ("dlrun.engine.initializers", None),
     "ops": ("dlrun.ops", None),
     "datasets": ("dlrun.datasets", None),

@@ -1,22 +1,107 @@
-"""Optimizers: Keras names and arguments, fused in-place update kernels."""
+"""Optimizers: Keras 3 names, arguments and update rules, as fused in-place kernels.
+
+Every update runs as Keras 3 does it: the gradients are clipped (``clipnorm`` per
+variable, or ``global_clipnorm`` over all of them, or ``clipvalue`` elementwise; one of
+the three at most), the weights decay (``w -= lr * weight_decay * w``, decoupled from the
+gradient), then each variable takes its ``update_step``. The learning rate may be a
+:mod:`~dlrun.engine.schedules` schedule, evaluated at ``iterations`` before each update.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
+from dlrun.engine import schedules
 from dlrun.errors import ConfigError
-from dlrun.ops.updates import sgd_momentum_update_cpu, sgd_update_cpu
+from dlrun.ops.updates import (adagrad_update_cpu, adam_update_cpu, clip_gradient_cpu,
+                               decay_weights_cpu, rmsprop_momentum_update_cpu,
+                               rmsprop_update_cpu, sgd_momentum_update_cpu, sgd_update_cpu,
+                               sum_squares_cpu)
+
+
+def _number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False,
+            optional=False) -> float | None:
+    """``value`` as a float within bounds, or a ConfigError naming it."""
+    if value is None and optional:
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    ok = math.isfinite(x)
+    if lo is not None:
+        ok = ok and (x > lo if lo_open else x >= lo)
+    if hi is not None:
+        ok = ok and (x < hi if hi_open else x <= hi)
+    if not ok:
+        lo_s = "" if lo is None else f"{'(' if lo_open else '['}{lo}"
+        hi_s = "" if hi is None else f"{hi}{')' if hi_open else ']'}"
+        where = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else \
+            (f"{'>' if lo_open else '>='} {lo}" if lo is not None else "finite")
+        raise ConfigError(f"{name} must be {where}, got {value!r}")
+    return x
 
 
 class Optimizer:
-    """Base class: one ``update_step`` per variable, state arrays kept per parameter."""
+    """Base class: clipping, weight decay, the learning rate (or schedule), and one
+    ``update_step`` per variable with state arrays kept per parameter name.
 
-    def __init__(self, learning_rate: float = 0.01, lr: float | None = None):
-        self.learning_rate = float(lr if lr is not None else learning_rate)
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+    Parameters
+    ----------
+    learning_rate : a number > 0 or a :class:`dlrun.schedules.LearningRateSchedule`
+        (``lr`` is accepted as its old name).
+    weight_decay : decoupled weight decay: before each update ``w -= lr * weight_decay * w``.
+    clipnorm : scale each gradient down to an L2 norm of at most this.
+    clipvalue : clip each gradient element to ``[-clipvalue, clipvalue]``.
+    global_clipnorm : scale all gradients together down to a joint L2 norm of at most this.
+    """
+
+    def __init__(self, learning_rate=0.01, lr=None, *, weight_decay=None, clipnorm=None,
+                 clipvalue=None, global_clipnorm=None):
+        self.learning_rate = lr if lr is not None else learning_rate
+        self.weight_decay = _number("weight_decay", weight_decay, lo=0, optional=True)
+        self.clipnorm = _number("clipnorm", clipnorm, lo=0, lo_open=True, optional=True)
+        self.clipvalue = _number("clipvalue", clipvalue, lo=0, lo_open=True, optional=True)
+        self.global_clipnorm = _number("global_clipnorm", global_clipnorm, lo=0,
+                                       lo_open=True, optional=True)
+        given = [k for k in ("clipnorm", "clipvalue", "global_clipnorm")
+                 if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ConfigError(f"give at most one of clipnorm, clipvalue and global_clipnorm; "
+                              f"got {', '.join(f'{k}={getattr(self, k)}' for k in given)}")
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.iterations = 0
+        self._clipped: dict[str, np.ndarray] = {}     # scratch for clipped gradients
 
+    # -- the learning rate -----------------------------------------------------------------
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate of the next update (a schedule is evaluated at ``iterations``)."""
+        if isinstance(self._learning_rate, schedules.LearningRateSchedule):
+            return float(self._learning_rate(self.iterations))
+        return self._learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        if isinstance(value, schedules.LearningRateSchedule):
+            self._learning_rate = value
+            return
+        if isinstance(getattr(self, "_learning_rate", None), schedules.LearningRateSchedule):
+            raise ConfigError(f"this optimizer's learning rate follows the schedule "
+                              f"{self._learning_rate!r}; it cannot be set to {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating,
+                                                             np.integer)):
+            raise ConfigError(f"learning_rate must be a number > 0 or a "
+                              f"dlrun.schedules.LearningRateSchedule, got {value!r}")
+        self._learning_rate = _number("learning_rate", value, lo=0, lo_open=True)
+
+    @property
+    def schedule(self) -> "schedules.LearningRateSchedule | None":
+        lr = self._learning_rate
+        return lr if isinstance(lr, schedules.LearningRateSchedule) else None
+
+    # -- state -----------------------------------------------------------------------------
     def build(self, params: list) -> None:
         """Create state arrays for parameters that have none yet (keyed by name)."""
         for p in params:
@@ -26,17 +111,62 @@ class Optimizer:
     def make_state(self, w: np.ndarray) -> dict:
         return {}
 
+    # -- one update ------------------------------------------------------------------------
     def apply(self, params_and_grads: list) -> None:
-        """Update every (parameter, gradient) pair in place."""
-        for p, g in params_and_grads:
-            self.update_step(p.value, g, self.state[p.name])
+        """Update every (parameter, gradient) pair in place; the gradients are not changed."""
+        pairs = list(params_and_grads)
+        lr = self.learning_rate
+        grads = self._clip(pairs)
+        for (p, _), g in zip(pairs, grads):
+            if self.weight_decay:
+                decay_weights_cpu(p.value, lr * self.weight_decay)
+            self.update_step(p.value, g, self.state[p.name], lr)
         self.iterations += 1
 
-    def update_step(self, w, g, state) -> None:
+    def _clip(self, pairs) -> list:
+        """The gradients after clipping (into scratch buffers), or as given."""
+        grads = [g for _, g in pairs]
+        if self.clipnorm is None and self.clipvalue is None and self.global_clipnorm is None:
+            return grads
+        if self.global_clipnorm is not None:
+            norm = math.sqrt(sum(sum_squares_cpu(g) for g in grads))
+            scales = [min(1.0, self.global_clipnorm / norm) if norm > 0 else 1.0] * len(grads)
+            if not math.isfinite(norm):     # Keras: an inf/NaN norm makes every update NaN
+                scales = [math.nan] * len(grads)
+        elif self.clipnorm is not None:
+            scales = []
+            for g in grads:
+                norm = math.sqrt(sum_squares_cpu(g))
+                scales.append(self.clipnorm / max(norm, self.clipnorm))
+        else:
+            scales = [1.0] * len(grads)
+        limit = self.clipvalue if self.clipvalue is not None else math.inf
+        out = []
+        for (p, g), s in zip(pairs, scales):
+            buf = self._clipped.get(p.name)
+            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
+                buf = self._clipped[p.name] = np.empty_like(g)
+            clip_gradient_cpu(g, s, limit, buf)
+            out.append(buf)
+        return out
+
+    def update_step(self, w, g, state, lr: float) -> None:
+        """Update one variable ``w`` in place from its gradient ``g`` and ``state``."""
         raise NotImplementedError
 
+    # -- config and checkpoints ------------------------------------------------------------
     def get_config(self) -> dict:
-        return {"learning_rate": self.learning_rate}
+        lr = self._learning_rate
+        return {"learning_rate": schedules.serialize(lr) if self.schedule else lr,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+                "clipvalue": self.clipvalue, "global_clipnorm": self.global_clipnorm}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Optimizer":
+        config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"])
+        return cls(**config)
 
     def get_state(self) -> dict:
         """Flat name -> array map of the optimizer state (for checkpoints)."""
@@ -47,48 +177,142 @@ class Optimizer:
             p, k = key.rsplit("/", 1)
             self.state.setdefault(p, {})[k] = np.array(value)
 
+    def __repr__(self):
+        return f"{type(self).__name__}(learning_rate={self._learning_rate!r})"
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional (Nesterov) momentum, Keras' formulation:
     ``v = momentum * v - lr * g; w += v`` (Nesterov: ``w += momentum * v - lr * g``)."""
 
-    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.0,
-                 nesterov: bool = False, lr: float | None = None):
-        super().__init__(learning_rate, lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ConfigError(f"momentum must be in [0, 1), got {momentum}")
-        if nesterov and momentum == 0.0:
+    def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
+                 lr=None, **kw):
+        super().__init__(learning_rate, lr, **kw)
+        self.momentum = _number("momentum", momentum, lo=0, hi=1, hi_open=True)
+        if nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True needs a momentum > 0")
-        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+        self.nesterov = bool(nesterov)
 
     def make_state(self, w):
         return {"velocity": np.zeros_like(w)} if self.momentum else {}
 
-    def update_step(self, w, g, state):
+    def update_step(self, w, g, state, lr):
         if self.momentum:
-            sgd_momentum_update_cpu(w, g, state["velocity"], self.learning_rate,
-                                    self.momentum, self.nesterov)
+            sgd_momentum_update_cpu(w, g, state["velocity"], lr, self.momentum, self.nesterov)
         else:
-            sgd_update_cpu(w, g, self.learning_rate)
+            sgd_update_cpu(w, g, lr)
 
     def get_config(self):
         return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
 
 
-OPTIMIZERS = {"sgd": SGD, "SGD": SGD}
+class Adagrad(Optimizer):
+    """Adagrad (Keras 3): ``acc += g^2; w -= lr * g / sqrt(acc + epsilon)``, with the
+    accumulator starting at ``initial_accumulator_value``."""
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value: float = 0.1,
+                 epsilon: float = 1e-7, lr=None, **kw):
+        super().__init__(learning_rate, lr, **kw)
+        self.initial_accumulator_value = _number("initial_accumulator_value",
+                                                 initial_accumulator_value, lo=0)
+        self.epsilon = _number("epsilon", epsilon, lo=0)
+
+    def make_state(self, w):
+        return {"accumulator": np.full_like(w, self.initial_accumulator_value)}
+
+    def update_step(self, w, g, state, lr):
+        adagrad_update_cpu(w, g, state["accumulator"], lr, self.epsilon)
+
+    def get_config(self):
+        return super().get_config() | {
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon}
+
+
+class RMSprop(Optimizer):
+    """RMSprop (Keras 3): ``v = rho v + (1 - rho) g^2``, then ``w -= lr g / sqrt(v + eps)``;
+    with ``momentum`` the step goes through ``m = momentum m + lr g / sqrt(v + eps)``."""
+
+    def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,
+                 epsilon: float = 1e-7, lr=None, **kw):
+        super().__init__(learning_rate, lr, **kw)
+        self.rho = _number("rho", rho, lo=0, hi=1, hi_open=True)
+        self.momentum = _number("momentum", momentum, lo=0, hi=1, hi_open=True)
+        self.epsilon = _number("epsilon", epsilon, lo=0)
+
+    def make_state(self, w):
+        state = {"velocity": np.zeros_like(w)}
+        if self.momentum:
+            state["momentum"] = np.zeros_like(w)
+        return state
+
+    def update_step(self, w, g, state, lr):
+        if self.momentum:
+            rmsprop_momentum_update_cpu(w, g, state["velocity"], state["momentum"], lr,
+                                        self.rho, self.momentum, self.epsilon)
+        else:
+            rmsprop_update_cpu(w, g, state["velocity"], lr, self.rho, self.epsilon)
+
+    def get_config(self):
+        return super().get_config() | {"rho": self.rho, "momentum": self.momentum,
+                                       "epsilon": self.epsilon}
+
+
+class Adam(Optimizer):
+    """Adam (Keras 3): ``m += (1 - b1)(g - m); v += (1 - b2)(g^2 - v)``, then
+    ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + epsilon)`` at step ``t``
+    (counted from 1): the bias correction folded into the step size."""
+
+    def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
+                 epsilon: float = 1e-7, lr=None, **kw):
+        super().__init__(learning_rate, lr, **kw)
+        self.beta_1 = _number("beta_1", beta_1, lo=0, hi=1, hi_open=True)
+        self.beta_2 = _number("beta_2", beta_2, lo=0, hi=1, hi_open=True)
+        self.epsilon = _number("epsilon", epsilon, lo=0)
+
+    def make_state(self, w):
+        return {"momentum": np.zeros_like(w), "velocity": np.zeros_like(w)}
+
+    def update_step(self, w, g, state, lr):
+        t = self.iterations + 1
+        alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
+        adam_update_cpu(w, g, state["momentum"], state["velocity"], alpha, self.beta_1,
+                        self.beta_2, self.epsilon)
+
+    def get_config(self):
+        return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2,
+                                       "epsilon": self.epsilon}
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Keras 3's AdamW: ``weight_decay=0.004``)."""
+
+    def __init__(self, learning_rate=0.001, weight_decay: float = 0.004, beta_1: float = 0.9,
+                 beta_2: float = 0.999, epsilon: float = 1e-7, lr=None, **kw):
+        if weight_decay is None:
+            raise ConfigError("AdamW needs a weight_decay (a number >= 0), got None")
+        super().__init__(learning_rate, beta_1, beta_2, epsilon, lr,
+                         weight_decay=weight_decay, **kw)
+
+
+OPTIMIZERS = {c.__name__: c for c in (SGD, Adagrad, RMSprop, Adam, AdamW)}
+NAMES = {name.lower(): cls for name, cls in OPTIMIZERS.items()}
 
 
 def get(opt) -> Optimizer:
-    """An optimizer instance, by name (with default settings) or as given."""
+    """An optimizer instance, by name (``"adam"``, with default settings) or as given."""
     if isinstance(opt, Optimizer):
         return opt
-    if isinstance(opt, str) and opt in OPTIMIZERS:
-        return OPTIMIZERS[opt]()
-    raise ConfigError(f"unknown optimizer {opt!r}; expected one of "
-                      f"{sorted(set(k.lower() for k in OPTIMIZERS))} or a dlrun optimizer")
+    if isinstance(opt, str):
+        cls = OPTIMIZERS.get(opt) or NAMES.get(opt.lower())
+        if cls is not None:
+            return cls()
+    raise ConfigError(f"unknown optimizer {opt!r}; expected one of {sorted(NAMES)} "
+                      "or a dlrun optimizer")
 
 
 def from_config(class_name: str, config: dict) -> Optimizer:
     if class_name not in OPTIMIZERS:
-        raise ConfigError(f"unknown optimizer class {class_name!r}")
-    return OPTIMIZERS[class_name](**config)
+        raise ConfigError(f"unknown optimizer class {class_name!r}; known: "
+                          f"{sorted(OPTIMIZERS)}")
+    return OPTIMIZERS[class_name].from_config(config)

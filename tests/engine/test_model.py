@@ -443,7 +443,7 @@ def test_length_mismatch():
 
 @pytest.mark.parametrize("kw,name", [
     (dict(loss="msee"), "msee"),
-    (dict(loss="mse", optimizer="adamw"), "adamw"),
+    (dict(loss="mse", optimizer="adamax"), "adamax"),
     (dict(loss="mse", metrics=["f1"]), "f1"),
     (dict(loss=None), "loss"),
 ])

@@ -139,19 +139,51 @@ def op_case(op, inputs, attrs, rng) -> list:
 
 
 def sgd_case(kind: str, shape, dt, rng) -> list:
-    w, g, v = (rng.standard_normal(shape).astype(dt) for _ in range(3))
-    dw, dg, dv = (cuda.to_device(a) for a in (w, g, v))
+    """One optimizer update kernel (or clip/decay helper) on both devices, same inputs."""
+    w, g, a, b = (rng.standard_normal(shape).astype(dt) for _ in range(4))
+    a2 = np.abs(a)                     # accumulators / second moments are >= 0
+    host = {"w": w, "a": a if kind in ("momentum", "nesterov") else a2, "b": b}
+    dev = {k: cuda.to_device(v) for k, v in host.items()}
+    dg = cuda.to_device(g)
     if kind == "sgd":
         updates.sgd_update_cpu(w, g, 0.1)
-        updates.sgd_update_cuda(dw, dg, 0.1)
-    else:
+        updates.sgd_update_cuda(dev["w"], dg, 0.1)
+    elif kind in ("momentum", "nesterov"):
         nesterov = kind == "nesterov"
-        updates.sgd_momentum_update_cpu(w, g, v, 0.1, 0.9, nesterov)
-        updates.sgd_momentum_update_cuda(dw, dg, dv, 0.1, 0.9, nesterov)
+        updates.sgd_momentum_update_cpu(w, g, host["a"], 0.1, 0.9, nesterov)
+        updates.sgd_momentum_update_cuda(dev["w"], dg, dev["a"], 0.1, 0.9, nesterov)
+    elif kind == "adagrad":
+        updates.adagrad_update_cpu(w, g, host["a"], 0.1, 1e-7)
+        updates.adagrad_update_cuda(dev["w"], dg, dev["a"], 0.1, 1e-7)
+    elif kind == "rmsprop":
+        updates.rmsprop_update_cpu(w, g, host["a"], 0.01, 0.9, 1e-7)
+        updates.rmsprop_update_cuda(dev["w"], dg, dev["a"], 0.01, 0.9, 1e-7)
+    elif kind == "rmsprop momentum":
+        updates.rmsprop_momentum_update_cpu(w, g, host["a"], b, 0.01, 0.9, 0.5, 1e-7)
+        updates.rmsprop_momentum_update_cuda(dev["w"], dg, dev["a"], dev["b"], 0.01, 0.9,
+                                             0.5, 1e-7)
+    elif kind == "adam":
+        updates.adam_update_cpu(w, g, b, host["a"], 0.003, 0.9, 0.999, 1e-7)
+        updates.adam_update_cuda(dev["w"], dg, dev["b"], dev["a"], 0.003, 0.9, 0.999, 1e-7)
+    elif kind == "decay":
+        updates.decay_weights_cpu(w, 0.01)
+        updates.decay_weights_cuda(dev["w"], 0.01)
+    elif kind == "clip":
+        updates.clip_gradient_cpu(g, 0.7, 0.5, w)
+        updates.clip_gradient_cuda(dg, 0.7, 0.5, dev["w"])
+    elif kind == "sum squares":
+        out = cuda.to_device(np.full(1, np.nan))
+        updates.sum_squares_cuda(dg, out)
+        want = np.array([updates.sum_squares_cpu(g)])
+        return [("sum", compare(out.copy_to_host(), want))]
     results = []
-    check(results, "w", dw.copy_to_host(), w)
-    check(results, "v", dv.copy_to_host(), v)
+    for name in host:
+        check(results, name, dev[name].copy_to_host(), host[name])
     return results
+
+
+UPDATE_KINDS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "rmsprop momentum",
+                "adam", "decay", "clip", "sum squares")
 
 
 def report(failures: list, label: str, case, *args) -> None:
@@ -201,7 +233,7 @@ def main() -> int:
                     label = f"{name} {case} {np.dtype(dt).name} block={block}"
                     report(failures, label, op_case, op, inputs, attrs, rng)
     config.CUDA_BLOCK = 8
-    for kind in ("sgd", "momentum", "nesterov"):
+    for kind in UPDATE_KINDS:
         for dt in (np.float32, np.float64):
             for shape in ((4, 5), (9, 11)):
                 rng = np.random.default_rng(1)

@@ -40,12 +40,17 @@ def main():
               help="A built-in model: mlp, mlp-sigmoid.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd"]))
-@click.option("--lr", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Learning rate.")
-@click.option("--momentum", default=0.9, show_default=True,
-              type=click.FloatRange(0, 1, max_open=True))
-@click.option("--nesterov", is_flag=True, help="Nesterov momentum.")
+@click.option("--optimizer", default="sgd", show_default=True,
+              type=click.Choice(["sgd", "adam", "rmsprop", "adagrad", "adamw"]))
+@click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate  [default: 0.05 for sgd, 0.01 for adagrad, 0.001 for "
+                   "adam, adamw and rmsprop].")
+@click.option("--momentum", default=None, type=click.FloatRange(0, 1, max_open=True),
+              help="Momentum of sgd or rmsprop  [default: 0.9 for sgd, 0 for rmsprop].")
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum (sgd).")
+@click.option("--weight-decay", default=None, type=click.FloatRange(min=0),
+              help="Decoupled weight decay: w -= lr * weight_decay * w before each update  "
+                   "[default: none; 0.004 for adamw].")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of initial weights, shuffling and dropout.")
 @click.option("--threads", default=None, type=click.IntRange(1),
@@ -55,8 +60,8 @@ def main():
 @click.option("--verbose", default=1, type=click.IntRange(0, 2), show_default=True,
               help="0 silent, 1 progress bar on a terminal, 2 one line per epoch.")
 @friendly_errors
-def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov, seed,
-          threads, out, verbose):
+def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
+          weight_decay, seed, threads, out, verbose):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -67,7 +72,8 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
 
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
-                      seed=seed, threads=threads, out=out, verbose=verbose)
+                      weight_decay=weight_decay, seed=seed, threads=threads, out=out,
+                      verbose=verbose)
     run_training(cfg, echo=click.echo)
 
 

@@ -23,13 +23,55 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 100
     optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
+    lr: float | None = None          # None: DEFAULT_LR of the optimizer
+    momentum: float | None = None    # None: 0.9 for sgd, 0 for rmsprop
     nesterov: bool = False
+    weight_decay: float | None = None
     seed: int = 0
     threads: int | None = None
     out: str | None = None
     verbose: int = 1
+
+
+# Learning rates that train the zoo's models on the shipped datasets in a few epochs.
+DEFAULT_LR = {"sgd": 0.05, "adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001, "adamw": 0.001}
+
+
+def make_optimizer(cfg: TrainConfig):
+    """The optimizer a TrainConfig names, with its defaults filled in (in ``cfg`` too)."""
+    from dlrun.engine import optimizers
+
+    name = cfg.optimizer.lower()
+    if name not in DEFAULT_LR:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; expected one of "
+                          f"{sorted(DEFAULT_LR)}")
+    if cfg.lr is None:
+        cfg.lr = DEFAULT_LR[name]
+    kw = {"learning_rate": cfg.lr, "weight_decay": cfg.weight_decay}
+    if name in ("sgd", "rmsprop"):
+        if cfg.momentum is None:
+            cfg.momentum = 0.9 if name == "sgd" else 0.0
+        kw["momentum"] = cfg.momentum
+    elif cfg.momentum is not None:
+        raise ConfigError(f"momentum={cfg.momentum} applies to sgd and rmsprop, not to "
+                          f"{name} (which keeps its own moment estimates)")
+    if cfg.nesterov:
+        if name != "sgd":
+            raise ConfigError(f"nesterov applies to sgd, not to {name}")
+        kw["nesterov"] = True
+    if name == "adamw" and cfg.weight_decay is None:
+        del kw["weight_decay"]                       # AdamW's own default, 0.004
+    return optimizers.NAMES[name].from_config(kw)
+
+
+def describe_optimizer(opt) -> str:
+    cfg = opt.get_config()
+    text = f"{type(opt).__name__} lr {cfg['learning_rate']}"
+    if cfg.get("momentum"):
+        text += f" momentum {cfg['momentum']}" + (" (Nesterov)" if cfg.get("nesterov") else "")
+    if cfg.get("weight_decay"):
+        text += f" weight decay {cfg['weight_decay']}"
+    return text
 
 
 class MetricsLog(Callback):
@@ -88,7 +130,7 @@ def run_training(cfg: TrainConfig, echo=print) -> dict:
     t_start = time.perf_counter()
     import dlrun as dl
     from dlrun.datasets import open_dataset
-    from dlrun.engine import optimizers, zoo
+    from dlrun.engine import zoo
 
     threads = dl.set_threads(cfg.threads)
     dl.set_seed(cfg.seed)
@@ -99,14 +141,14 @@ def run_training(cfg: TrainConfig, echo=print) -> dict:
     x, y = ds.split("train")
     test = ds.split("test") if "test" in ds.splits else None
     model = zoo.build(cfg.model, x.shape[1:], ds.classes)
-    opt = optimizers.SGD(learning_rate=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    opt = make_optimizer(cfg)
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     out = run_folder(cfg)
     (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
     echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
-         f"{cfg.epochs} epochs, batch {cfg.batch_size}, SGD lr {cfg.lr} momentum "
-         f"{cfg.momentum}, {threads} threads")
+         f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
+         f"{threads} threads")
     log = MetricsLog(out / "metrics.csv")
     t_fit = time.perf_counter()
     model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,

@@ -84,6 +84,36 @@ def test_resumed_training_equals_uninterrupted(tmp_path, data, opt, rate):
     assert_same_weights(straight, resumed)
 
 
+OPTIMIZERS = {
+    "adam_schedule": lambda: dl.optimizers.Adam(
+        learning_rate=dl.schedules.LinearWarmup(dl.schedules.CosineDecay(0.01, 10), 2)),
+    "adamw_clipnorm": lambda: dl.optimizers.AdamW(learning_rate=0.01, clipnorm=0.5),
+    "rmsprop_momentum": lambda: dl.optimizers.RMSprop(momentum=0.5, clipvalue=0.1),
+    "adagrad_decay": lambda: dl.optimizers.Adagrad(learning_rate=0.05, weight_decay=0.01,
+                                                   global_clipnorm=1.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_resumes_bitwise(tmp_path, data, name):
+    """Optimizer state, iterations (Adam's bias correction, the schedule's step) and
+    config survive a save: 3 steps + save/load + 3 steps == 6 steps, bitwise."""
+    x, y = data
+    straight = make_model(optimizer=OPTIMIZERS[name](), rate=0.3)
+    resumed = make_model(optimizer=OPTIMIZERS[name](), rate=0.3)
+    for _ in range(3):
+        straight.train_on_batch(x, y)
+        resumed.train_on_batch(x, y)
+    resumed.save(tmp_path / "ckpt")
+    resumed = dl.load_model(tmp_path / "ckpt")
+    assert type(resumed.optimizer) is type(straight.optimizer)
+    assert resumed.optimizer.get_config() == straight.optimizer.get_config()
+    assert resumed.optimizer.learning_rate == straight.optimizer.learning_rate
+    for _ in range(3):
+        assert straight.train_on_batch(x, y) == resumed.train_on_batch(x, y)
+    assert_same_weights(straight, resumed)
+
+
 def test_file_layout_is_json_and_npz_without_pickle(tmp_path, data):
     model = make_model()
     model.train_on_batch(*data)

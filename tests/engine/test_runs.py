@@ -1,0 +1,57 @@
+"""What `dlrun train` does with its optimizer options (engine.runs), through the CLI too."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import dlrun as dl
+from dlrun.cli.main import main
+from dlrun.engine.runs import TrainConfig, make_optimizer
+from dlrun.errors import ConfigError
+
+
+@pytest.mark.parametrize("kw, cls, config", [
+    (dict(), "SGD", {"learning_rate": 0.05, "momentum": 0.9, "nesterov": False}),
+    (dict(optimizer="adam"), "Adam", {"learning_rate": 0.001, "weight_decay": None}),
+    (dict(optimizer="adamw"), "AdamW", {"learning_rate": 0.001, "weight_decay": 0.004}),
+    (dict(optimizer="rmsprop", momentum=0.5), "RMSprop", {"momentum": 0.5}),
+    (dict(optimizer="rmsprop"), "RMSprop", {"momentum": 0.0}),
+    (dict(optimizer="adagrad", lr=0.2, weight_decay=0.01), "Adagrad",
+     {"learning_rate": 0.2, "weight_decay": 0.01}),
+    (dict(optimizer="sgd", nesterov=True, momentum=0.5), "SGD", {"nesterov": True}),
+])
+def test_make_optimizer(kw, cls, config):
+    cfg = TrainConfig(**kw)
+    opt = make_optimizer(cfg)
+    assert type(opt).__name__ == cls
+    assert config.items() <= opt.get_config().items()
+    assert cfg.lr == opt.learning_rate                  # the run's config.json says what ran
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(optimizer="adam", momentum=0.5), "momentum=0.5.*adam"),
+    (dict(optimizer="rmsprop", nesterov=True), "nesterov.*rmsprop"),
+    (dict(optimizer="nadam"), "'nadam'"),
+])
+def test_make_optimizer_refuses_what_does_not_apply(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        make_optimizer(TrainConfig(**kw))
+
+
+def test_train_with_adam_from_the_cli(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--epochs", "2",
+                                    "--optimizer", "adam", "--lr", "0.005", "--out", str(out),
+                                    "--verbose", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "Adam lr 0.005" in res.output
+    assert json.loads((out / "config.json").read_text())["optimizer"] == "adam"
+    model = dl.load_model(out / "model")
+    assert type(model.optimizer).__name__ == "Adam"
+    assert model.optimizer.iterations > 0
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.5
+    res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--optimizer", "adagrad",
+                                    "--momentum", "0.5", "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and "momentum=0.5" in res.output

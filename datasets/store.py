@@ -446,6 +446,13 @@ class Dataset:
             x[start : start + len(raw)] = self.normalize(raw)
         return x, self._labels(split)
 
+    def raw(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Load a split as stored (x in its own dtype, not normalized), checks as in :meth:`split`."""
+        x = np.empty(self.arrays(split)[0].shape, dtype=self.arrays(split)[0].dtype)
+        for start, raw in self._read(split, "x"):
+            x[start : start + len(raw)] = raw
+        return x, self._labels(split)
+
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         """Raw samples as float32: ``raw * scale + offset``."""
         scale, offset = self.normalization

@@ -24,6 +24,7 @@ _EXPORTS = {
     "losses": ("dlrun.engine.losses", None),
     "callbacks": ("dlrun.engine.callbacks", None),
     "schedules": ("dlrun.engine.schedules", None),
+    "regularizers": ("dlrun.engine.regularizers", None),
     "initializers": ("dlrun.engine.initializers", None),
     "ops": ("dlrun.ops", None),
     "datasets": ("dlrun.datasets", None),

@@ -47,10 +47,12 @@ class Placeholder(Tensor):
 class Parameter(Tensor):
     """A weight array owned by a layer; the plan reads and the optimizer updates it in place."""
 
-    def __init__(self, value: np.ndarray, name: str, trainable: bool = True):
+    def __init__(self, value: np.ndarray, name: str, trainable: bool = True,
+                 regularizer=None):
         super().__init__(Spec(value.shape, value.dtype), name=name)
         self.value = value
         self.trainable = trainable
+        self.regularizer = regularizer      # adds a penalty on this weight to the loss
 
 
 class Node:

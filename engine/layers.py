@@ -11,7 +11,7 @@ import itertools
 
 import numpy as np
 
-from dlrun.engine import initializers
+from dlrun.engine import initializers, regularizers
 from dlrun.engine.graph import Parameter, apply
 from dlrun.errors import ConfigError, ShapeError
 
@@ -67,10 +67,14 @@ class Layer:
     def from_config(cls, config: dict) -> "Layer":
         return cls(**config)
 
-    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True):
+    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True,
+                   regularizer=None):
+        """A new weight; ``regularizer`` (a :mod:`dlrun.regularizers` penalty) adds its
+        penalty to the loss while the weight is trainable."""
         value = initializers.get(initializer)(tuple(shape), self.dtype)
         value = np.ascontiguousarray(value, self.dtype)
-        p = Parameter(value, f"{self.name}/{name}", trainable and self.trainable)
+        p = Parameter(value, f"{self.name}/{name}", trainable and self.trainable,
+                      regularizers.get(regularizer))
         self._weights.append(p)
         return p
 
@@ -127,7 +131,8 @@ class Dense(Layer):
     """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
 
     def __init__(self, units: int, activation=None, use_bias: bool = True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kw):
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kw):
         super().__init__(**kw)
         if not isinstance(units, (int, np.integer)) or units < 1:
             raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
@@ -137,6 +142,8 @@ class Dense(Layer):
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         initializers.get(kernel_initializer), initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def build(self, input_shape):
         if len(input_shape) != 1:
@@ -144,9 +151,11 @@ class Dense(Layer):
                              f"(batch, features), got (batch, {', '.join(map(str, input_shape))}); "
                              "put a Flatten layer before it")
         self.kernel = self.add_weight("kernel", (input_shape[0], self.units),
-                                      self.kernel_initializer)
+                                      self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
         if self.use_bias:
-            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer,
+                                        regularizer=self.bias_regularizer)
 
     def call(self, x, training):
         y = apply("matmul", x, self.kernel)
@@ -161,7 +170,9 @@ class Dense(Layer):
         return super().get_config() | {
             "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
             "kernel_initializer": _name(self.kernel_initializer),
-            "bias_initializer": _name(self.bias_initializer)}
+            "bias_initializer": _name(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
 
 
 class Activation(Layer):

@@ -10,7 +10,7 @@ from dlrun.engine import losses as losses_mod
 from dlrun.engine import metrics as metrics_mod
 from dlrun.engine import optimizers as optimizers_mod
 from dlrun.engine.callbacks import CallbackList, History, ProgressBar
-from dlrun.engine.graph import Placeholder
+from dlrun.engine.graph import Placeholder, apply
 from dlrun.engine.layers import Layer
 from dlrun.engine.plan import Plan
 from dlrun.engine.random import new_seed
@@ -78,6 +78,7 @@ class Model:
             else:
                 y = losses_mod.target_placeholder(self.loss, out)
                 loss, pred = losses_mod.loss_node(self.loss, out, y)
+                loss = self._add_penalties(loss, params)
                 entry.update(y=y, loss=loss, pred=pred)
                 if mode == "train":
                     plan = Plan([x, y], [loss, pred], params, loss=loss)
@@ -89,6 +90,15 @@ class Model:
                 entry["plan"] = plan
             self._plans[key] = entry
         return self._plans[key]
+
+    @staticmethod
+    def _add_penalties(loss, params):
+        """The loss plus the penalty of every trainable weight that has a regularizer (as
+        Keras does, in training and evaluation alike)."""
+        for p in params:
+            if p.regularizer is not None and p.trainable:
+                loss = apply("add", loss, p.regularizer(p))
+        return loss
 
     def weights_params(self) -> list:
         return [p for layer in self.layers for p in layer.weights]

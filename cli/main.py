@@ -123,5 +123,8 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
             json.dump(rows, f, indent=2)
 
 
+from dlrun.cli.data import data  # noqa: E402 - `dlrun data` (click-level code only)
+main.add_command(data)
+
 if __name__ == "__main__":
     sys.exit(main())

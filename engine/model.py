@@ -219,7 +219,9 @@ class Model:
                     acc[1] += n
                 seen = min((b + 1) * batch_size, len(x))
                 cbs.on_train_batch_end(b, self._logs(tot_loss / seen, counts))
-            logs = self._logs(tot_loss / len(x), counts)
+                if self.stop_training:          # e.g. TerminateOnNaN, as Keras does
+                    break
+            logs = self._logs(tot_loss / seen, counts)
             if not math.isfinite(logs["loss"]):
                 warnings.warn(f"the training loss became {logs['loss']} in epoch {epoch + 1}; "
                               "try a smaller learning rate", RuntimeWarning, stacklevel=2)
@@ -330,6 +332,18 @@ class Model:
         from dlrun.engine.saving import save_model
 
         save_model(self, path)
+
+    def save_weights(self, path) -> None:
+        """Write the weights alone to one ``.npz`` file (by weight name; no pickle)."""
+        from dlrun.engine.saving import save_weights
+
+        save_weights(self, path)
+
+    def load_weights(self, path) -> None:
+        """Set the weights from a file written by :meth:`save_weights`."""
+        from dlrun.engine.saving import load_weights
+
+        load_weights(self, path)
 
 
 class Sequential(Model):

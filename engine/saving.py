@@ -140,3 +140,42 @@ def load_model(path, compile: bool = True):
         except ShapeError as e:
             raise ModelFileError(f"{path}/weights.npz does not fit the model ({e})") from None
     return model
+
+
+def save_weights(model, path) -> Path:
+    """Write every weight array, in :meth:`Model.get_weights` order, to one ``.npz`` file
+    (``w0``, ``w1``, ...) via a temporary name and a rename, so a crash mid-write leaves
+    the previous file intact."""
+    model._require_built()
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; save_weights writes one .npz file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"w{i}": p.value for i, p in enumerate(model.weights_params())})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_weights(model, path) -> None:
+    """Set a model's weights from a file written by :func:`save_weights` (same layers)."""
+    model._require_built()
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise ModelFileError(f"{path} is not a readable weights file ({e})") from None
+    need = len(model.weights_params())
+    if sorted(arrays) != sorted(f"w{i}" for i in range(need)):
+        raise ModelFileError(f"{path} holds {len(arrays)} arrays {sorted(arrays)[:4]}...; "
+                             f"this model needs {need} (w0..w{need - 1}, from save_weights)")
+    try:
+        model.set_weights([arrays[f"w{i}"] for i in range(need)])
+    except ShapeError as e:
+        raise ModelFileError(f"{path} does not fit the model ({e})") from None

@@ -18,7 +18,9 @@ shuffles and hands to workers.
 
 Every array uses the codec chain ``[BytesCodec(), ZstdCodec(), Crc32cCodec()]``: zstd
 compression, then a CRC-32C of the compressed bytes, so a damaged chunk file is refused on
-read instead of silently decoding to wrong numbers.
+read instead of silently decoding to wrong numbers. A large array may group its chunks
+into shard files (zarr 3 sharding, same codecs inside each shard) to keep the file count
+small; the chunk stays the unit of reading.
 
 Group attributes
 ----------------

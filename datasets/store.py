@@ -105,6 +105,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 SPLIT_NAMES = ("train", "validation", "test")
 CHUNK_BYTES = 1_000_000  # the smallest chunk of x worth a file of its own
+SHARD_CHUNKS = 64  # arrays of more chunks than this store them 64 to a file (zarr sharding)
 DATA_DIR = Path(__file__).parent / "data"
 DATA_HOME_ENV = "DLRUN_DATA"  # where `dlrun data import/fetch` put datasets by name
 
@@ -192,7 +193,8 @@ def write_dataset(
     normalization : ``{"scale": s, "offset": o}``, float value = raw * s + o; default 1, 0.
     chunk_samples : samples per chunk; default: about 1 MB of ``x`` per chunk.
     shard_chunks : store this many chunks per file (zarr 3 sharding), to keep the file
-        count of a large dataset small; default: one file per chunk.
+        count of a large dataset small; default: 64 when an array has more than 64
+        chunks, else one file per chunk (1: never shard).
     overwrite : replace an existing dlrun dataset at ``path`` (never anything else).
 
     Returns
@@ -326,9 +328,12 @@ def _write_array(
     group: zarr.Group, key: str, a: np.ndarray, chunk_samples: int, shard_chunks: int | None = None
 ) -> None:
     k = min(chunk_samples, len(a))
+    chunks_in_a = ceil(len(a) / k)
+    if shard_chunks is None:
+        shard_chunks = SHARD_CHUNKS if chunks_in_a > SHARD_CHUNKS else 1
     shards = None
-    if shard_chunks and shard_chunks > 1:
-        shards = (min(k * shard_chunks, k * ceil(len(a) / k)), *a.shape[1:])
+    if shard_chunks > 1:
+        shards = (k * min(shard_chunks, chunks_in_a), *a.shape[1:])
     crcs = [chunk_crc32(a[lo : lo + k]) for lo in range(0, len(a), k)]
     group.create_array(
         key,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dlrun.datasets import open_dataset
+import dlrun.datasets.fetch as fetch_module
 from dlrun.datasets.fetch import SOURCES, fetch
 from dlrun.datasets.importers import write_idx
 from dlrun.errors import DataError
@@ -140,13 +141,16 @@ def test_fetch_mirror_from_the_environment(tmp_path, idx_files, monkeypatch):
     check_dataset("kmnist", arrays)  # opens by name from DLRUN_DATA
 
 
-def test_fetch_refuses_a_wrong_checksum(tmp_path, idx_files):
+def test_fetch_refuses_a_wrong_checksum(tmp_path, idx_files, monkeypatch):
     blobs, digests, _ = idx_files
+    waits = []
+    monkeypatch.setattr(fetch_module.time, "sleep", waits.append)
     with Server(blobs, mode="corrupt") as server:
-        with pytest.raises(DataError, match="in 3 attempts: sha256 .* is not the expected"):
+        with pytest.raises(DataError, match="in 4 attempts: sha256 .* is not the expected"):
             fetch("mnist", mirror=server.url, out=tmp_path / "ds", downloads=tmp_path / "dl",
-                  sha256=digests, retries=2, backoff=0)
-    assert len(server.requests) == 3
+                  sha256=digests, retries=3, backoff=0.5)
+    assert waits == [0.5, 1.0, 2.0]  # exponential backoff
+    assert [r for _, r in server.requests] == [None] * 4  # never resumes wrong bytes
     assert not (tmp_path / "ds").exists() or list((tmp_path / "ds").iterdir()) == []
     assert list((tmp_path / "dl").iterdir()) == []  # neither the file nor a .part
 

@@ -325,14 +325,17 @@ def test_verify_names_every_problem(toy):
     path, _ = toy
     flip_byte(chunk_file(path, "train/x", 2))
     chunk_file(path, "train/x", 5).unlink()
+    truncated = chunk_file(path, "train/y", 6)
+    truncated.write_bytes(truncated.read_bytes()[:-3])
     flip_byte(chunk_file(path, "test/y", 1), at=0)
     ds = open_dataset(path)
     problems = ds.problems()
-    assert len(problems) == 3, problems
+    assert len(problems) == 4, problems
     assert problems[0].startswith("array 'train/x': chunk 2 (samples 14..20) is corrupt")
     assert problems[1].startswith("array 'train/x': chunk 5 (samples 35..41) is missing")
-    assert problems[2].startswith("array 'test/y': chunk 1 (samples 7..13) is corrupt")
-    with pytest.raises(DataError, match="3 problem") as info:
+    assert problems[2].startswith("array 'train/y': chunk 6 (samples 42..48) is corrupt")
+    assert problems[3].startswith("array 'test/y': chunk 1 (samples 7..13) is corrupt")
+    with pytest.raises(DataError, match="4 problem") as info:
         ds.verify()
     assert all(p in str(info.value) for p in problems)
 
@@ -386,3 +389,27 @@ def test_copied_store_still_opens(toy, tmp_path):
     path, _ = toy
     copy = shutil.copytree(path, tmp_path / "elsewhere" / "copy.zarr")
     assert open_dataset(copy).name == "toy"
+
+
+def test_many_chunks_are_sharded(tmp_path, monkeypatch):
+    """More than SHARD_CHUNKS chunks: SHARD_CHUNKS to a file; the chunk stays the unit."""
+    monkeypatch.setattr(store, "SHARD_CHUNKS", 4)
+    x = np.arange(30 * 2, dtype=np.uint16).reshape(30, 2)
+    y = np.arange(30) % 3
+    path = write_dataset(tmp_path / "s.zarr", (x, y), name="s", classes=3, chunk_samples=3)
+    ds = open_dataset(path)
+    zx, zy = ds.arrays()
+    assert zx.chunks == (3, 2) and zx.shards == (12, 2) and zy.shards == (12,)
+    assert sorted(p.name for p in (path / "x" / "c").iterdir()) == ["0", "1", "2"]
+    np.testing.assert_array_equal(ds.split()[0], x)
+    ds.verify()
+    small = open_dataset(write_dataset(tmp_path / "t.zarr", (x[:12], y[:12]), name="t",
+                                       classes=3, chunk_samples=3))
+    assert small.arrays()[0].shards is None
+    # a lost shard file: each of its chunks is named
+    shutil.rmtree(path / "x" / "c" / "1") if (path / "x" / "c" / "1").is_dir() else \
+        (path / "x" / "c" / "1").unlink()
+    problems = open_dataset(path).problems()
+    assert [p.split(" (")[0] for p in problems] == [
+        f"array 'x': chunk {c}" for c in (4, 5, 6, 7)]
+    assert all("is missing" in p for p in problems)

@@ -47,10 +47,10 @@ def list_():
 
 
 @data.command()
-@click.argument("name")
+@click.argument("name", default="mnist-5k")
 @friendly_errors
 def info(name):
-    """Attributes, splits, shapes, dtypes and chunking of dataset NAME."""
+    """Attributes, splits, shapes, dtypes and chunking of dataset NAME (default mnist-5k)."""
     from dlrun.datasets import open_dataset
 
     ds = open_dataset(name)
@@ -71,10 +71,10 @@ def info(name):
 
 
 @data.command()
-@click.argument("name")
+@click.argument("name", default="mnist-5k")
 @friendly_errors
 def verify(name):
-    """Read every chunk of NAME; list every problem found (exit status 1 if any).
+    """Read every chunk of NAME (default mnist-5k); list every problem (exit status 1 if any).
 
     Checks that every chunk decodes and matches the CRC-32 recorded when it was written
     (a deleted chunk file reads back as zeros), that labels lie in [0, classes), and that

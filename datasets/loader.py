@@ -73,7 +73,7 @@ class Loader:
         seed: int = 0,
         drop_last: bool = False,
         worker: tuple[int, int] | None = None,
-        window: int = 1,
+        window: int = 4,
         prefetch: int = 2,
         transform: Callable[[np.ndarray, np.ndarray], Batch] | None = None,
     ):
@@ -228,7 +228,8 @@ def in_background(items: Iterator, depth: int) -> Iterator:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             put(_Failed(exc))
         finally:
-            items.close() if hasattr(items, "close") else None
+            if hasattr(items, "close"):
+                items.close()
 
     thread = threading.Thread(target=produce, name="dlrun-loader-prefetch", daemon=True)
     thread.start()

@@ -463,12 +463,11 @@ class Dataset:
     def normalize(self, raw: np.ndarray) -> np.ndarray:
         """Raw samples as float32: ``raw * scale + offset``."""
         scale, offset = self.normalization
-        if raw.dtype in (np.uint8, np.int8):
-            # A table of the 256 values, computed as below: the same numbers, 5x faster.
+        if raw.dtype == np.uint8:
+            # A table of the 256 values, computed as below: the same numbers, faster.
             if self._table is None:
                 self._table = _normalize(np.arange(256, dtype=np.uint8), scale, offset)
-            return self._table[raw.view(np.uint8)] if raw.dtype == np.uint8 else \
-                _normalize(raw, scale, offset)
+            return self._table[raw]
         return _normalize(raw, scale, offset)
 
     def loader(self, split: str | None, batch_size: int, **kwargs) -> Loader:
@@ -738,8 +737,9 @@ class ChunkError(DataError):
     """A chunk that cannot be trusted; ``problem`` says which and why, in a few words."""
 
     def __init__(self, where: str, problem: str):
-        self.problem = f"{where.split(', ', 1)[-1]}: {problem}"
-        dataset = where.split(", array")[0].removeprefix("dataset ")
+        dataset, _, array = where.rpartition(", array ")
+        self.problem = f"array {array}: {problem}"
+        dataset = dataset.removeprefix("dataset ")
         super().__init__(
             f"{where}: {problem}; run `dlrun data verify {dataset}` to list every problem, "
             "then rebuild the dataset or restore it from its source"

@@ -151,3 +151,10 @@ def test_bench_small(runner):
     res = invoke(runner, "bench", "--samples", "3000", "--cores", "0")
     assert res.exit_code == 0, res.output
     assert "samples/s" in res.output and "3,000 samples" in res.output
+
+
+def test_info_and_verify_default_to_a_shipped_dataset(runner):
+    res = invoke(runner, "info")
+    assert res.exit_code == 0 and "name          mnist-5k" in res.output
+    res = invoke(runner, "verify")
+    assert res.exit_code == 0 and "ok (5,000 samples" in res.output

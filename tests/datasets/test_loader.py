@@ -102,7 +102,7 @@ def test_zarr_reads_chunk_by_chunk(toy, monkeypatch):
         return original(arr, index, **kwargs)
 
     monkeypatch.setattr(loader_module, "read_chunk", read_chunk)
-    batches = list(Loader(x, y, 7, seed=1).epoch(0))
+    batches = list(Loader(x, y, 7, seed=1, window=1).epoch(0))
     assert sorted(reads) == sorted(2 * list(range(8)))  # x and y, every chunk once
     assert all(len({i // 7 for i in sample_ids(x, y, [b])}) <= 2 for b in batches)
 

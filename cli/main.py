@@ -88,7 +88,7 @@ def info():
 
 
 @main.command()
-@click.argument("model", default="mlp", type=click.Choice(["mlp"]))
+@click.argument("model", default="mlp", type=click.Choice(["mlp", "loader"]))
 @click.option("--threads", default="1,2", show_default=True,
               help="Comma-separated thread counts.")
 @click.option("--batch", "batches", default="100,10", show_default=True,
@@ -105,7 +105,12 @@ def info():
               help="Also write the results to this JSON file.")
 @friendly_errors
 def bench(model, threads, batches, repeats, reference_dir, reference_python, json_out):
-    """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately."""
+    """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately.
+
+    `dlrun bench loader`: the data loader's samples/s instead (options: `dlrun data bench`).
+    """
+    if model == "loader":
+        return click.get_current_context().invoke(data.commands["bench"])
     import json
 
     from dlrun.engine.bench import compare

@@ -158,3 +158,20 @@ def test_info_and_verify_default_to_a_shipped_dataset(runner):
     assert res.exit_code == 0 and "name          mnist-5k" in res.output
     res = invoke(runner, "verify")
     assert res.exit_code == 0 and "ok (5,000 samples" in res.output
+
+
+def test_bench_loader_is_data_bench(runner, monkeypatch):
+    import dlrun.datasets.bench as bench_module
+
+    calls = []
+
+    def fake(n, **kwargs):
+        calls.append((n, kwargs))
+        return {"samples_per_second": 250_000.0, "epochs": [250_000], "chunk_samples": 1277}
+
+    monkeypatch.setattr(bench_module, "loader_throughput", fake)
+    res = runner.invoke(main, ["bench", "loader"])
+    assert res.exit_code == 0, res.output
+    assert "loader: 250,000 samples/s" in res.output and "1 core(s)" in res.output
+    assert calls == [(60_000, {"batch_size": 100, "window": 4, "prefetch": 2, "cores": 1,
+                               "normalize": True})]

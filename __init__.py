@@ -17,6 +17,7 @@ _EXPORTS = {
     "Sequential": ("dlrun.engine.model", "Sequential"),
     "Model": ("dlrun.engine.model", "Model"),
     "load_model": ("dlrun.engine.saving", "load_model"),
+    "load_checkpoint": ("dlrun.engine.checkpoints", "load_checkpoint"),
     "set_seed": ("dlrun.engine.random", "set_seed"),
     "set_threads": ("dlrun.engine.threads", "set_threads"),
     "layers": ("dlrun.engine.layers", None),

@@ -339,6 +339,76 @@ class ReduceLROnPlateau(Callback):
                     self.cooldown_counter, self.wait = self.cooldown, 0
 
 
+class BackupAndRestore(Callback):
+    """Checkpoint the whole training state every epoch into ``backup_dir``; when ``fit``
+    starts and a checkpoint is there, restore it and continue from the epoch after it.
+
+    An interrupted run (killed, crashed) started again with the same callback, data and
+    batch size then ends with the same weights, bit for bit, as if never interrupted:
+    weights, optimizer state, dropout seeds and the shuffling generator are restored
+    (see :mod:`dlrun.engine.checkpoints`). With ``double_checkpoint`` the previous epoch's
+    checkpoint is kept too, and used when the latest is damaged. Epochs whose loss is NaN
+    or infinite are not saved. ``delete_checkpoint`` removes the backup once training ends
+    normally (Keras' default).
+    """
+
+    def __init__(self, backup_dir, double_checkpoint: bool = True,
+                 delete_checkpoint: bool = True):
+        super().__init__()
+        self.backup_dir = Path(backup_dir)
+        self.double_checkpoint, self.delete_checkpoint = double_checkpoint, delete_checkpoint
+        self.restored_epoch = None
+
+    @property
+    def latest(self) -> Path:
+        return self.backup_dir / "latest"
+
+    @property
+    def previous(self) -> Path:
+        return self.backup_dir / "previous"
+
+    def on_train_begin(self, logs=None):
+        from dlrun.engine.checkpoints import restore_checkpoint
+        from dlrun.errors import ModelFileError
+
+        self.restored_epoch, self._last_loss = None, None
+        if not (self.latest.exists() or self.previous.exists()):
+            return
+        try:
+            epoch = restore_checkpoint(self.model, self.latest)
+        except ModelFileError as e:
+            if not (self.double_checkpoint and self.previous.exists()):
+                raise
+            warnings.warn(f"{e}; resuming from the previous checkpoint instead",
+                          RuntimeWarning, stacklevel=2)
+            epoch = restore_checkpoint(self.model, self.previous)
+        self.model._resume["override"] = True
+        self.restored_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        from dlrun.engine.checkpoints import save_checkpoint
+        from dlrun.engine.saving import _replace_dir
+
+        self._last_loss = (logs or {}).get("loss")
+        if self._last_loss is not None and not math.isfinite(self._last_loss):
+            warnings.warn(f"BackupAndRestore: not saving epoch {epoch + 1}, whose loss is "
+                          f"{self._last_loss}; the last checkpoint stays", RuntimeWarning,
+                          stacklevel=2)
+            return
+        if self.model.completed_epochs != epoch + 1:
+            return                                 # stopped mid-epoch: nothing to resume
+        if self.double_checkpoint and self.latest.exists():
+            _replace_dir(self.latest, self.previous)
+        save_checkpoint(self.model, self.latest, epoch + 1)
+
+    def on_train_end(self, logs=None):
+        import shutil
+
+        finite = self._last_loss is None or math.isfinite(self._last_loss)
+        if self.delete_checkpoint and finite:
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+
 def format_logs(logs: dict) -> str:
     return " - ".join(f"{k}: {v:.4f}" for k, v in logs.items())
 

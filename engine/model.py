@@ -31,6 +31,9 @@ class Model:
         self._step = 0
         self._seed = new_seed()
         self.input_shape = None            # per sample, without the batch axis
+        self._shuffle_rng = None           # the generator of fit's epoch permutations
+        self._resume = None                # set by a checkpoint: epoch, generator state
+        self.completed_epochs = 0
 
     # -- tracing ---------------------------------------------------------------------------
     @property
@@ -204,7 +207,20 @@ class Model:
         cbs = CallbackList(cbs, self, {"epochs": epochs, "steps": steps, "verbose": verbose})
         rng = np.random.default_rng(new_seed())
         self.stop_training = False
-        cbs.on_train_begin()
+        cbs.on_train_begin()               # BackupAndRestore may restore a checkpoint here
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            if resume.get("override"):
+                initial_epoch = resume["epoch"]
+            if resume["epoch"] == initial_epoch and resume["shuffle_rng"] is not None:
+                rng = np.random.Generator(np.random.PCG64())
+                rng.bit_generator.state = resume["shuffle_rng"]
+            elif shuffle:
+                warnings.warn(f"this model was checkpointed after epoch {resume['epoch']} "
+                              f"but fit starts at initial_epoch={initial_epoch}; the "
+                              "shuffling will not continue the checkpointed run's",
+                              RuntimeWarning, stacklevel=2)
+        self._shuffle_rng = rng
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
             order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
@@ -228,6 +244,8 @@ class Model:
             if validation_data is not None:
                 val = self.evaluate(*validation_data, batch_size=batch_size, return_dict=True)
                 logs |= {"val_" + k: v for k, v in val.items()}
+            if b == steps - 1:                  # not stopped in the middle
+                self.completed_epochs = epoch + 1
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break

@@ -21,7 +21,9 @@ FORMAT = "dlrun.model"
 VERSION = 1
 
 
-def save_model(model, path) -> Path:
+def save_model(model, path, extra=None) -> Path:
+    """Write ``model`` to the folder ``path`` (see the module docstring); ``extra(tmp)``,
+    if given, adds files to the folder before it is renamed into place."""
     from dlrun import __version__
 
     model._require_built()
@@ -49,18 +51,30 @@ def save_model(model, path) -> Path:
                           "iterations": model.optimizer.iterations},
             "optimizer_state": opt_keys},
     }
+    write_dir_atomically(path, lambda tmp: _write_files(tmp, arrays, meta, extra))
+    return path
+
+
+def _write_files(folder: Path, arrays: dict, meta: dict, extra=None) -> None:
+    with open(folder / "weights.npz", "wb") as f:
+        np.savez(f, **arrays)
+    (folder / "model.json").write_text(json.dumps(meta, indent=2))
+    if extra is not None:
+        extra(folder)
+
+
+def write_dir_atomically(path: Path, write) -> None:
+    """Call ``write(tmp)`` to fill a temporary folder beside ``path``, then rename it into
+    place; until that rename, whatever was at ``path`` stays untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        with open(tmp / "weights.npz", "wb") as f:
-            np.savez(f, **arrays)
-        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+        write(tmp)
         _replace_dir(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def _replace_dir(src: Path, dst: Path) -> None:

@@ -113,7 +113,9 @@ def fetch(
     spec = SOURCES[name]
     target = target_path(name, out)
     if target.exists() and not overwrite:
-        raise DataError(f"{target} already exists; pass overwrite=True (--overwrite) to fetch again")
+        raise DataError(
+            f"{target} already exists; pass overwrite=True (--overwrite) to fetch again"
+        )
     base = (mirror or os.environ.get(MIRROR_ENV) or spec["mirror"]).replace("{name}", name)
     folder = Path(downloads) if downloads else data_home() / "downloads" / name
     folder.mkdir(parents=True, exist_ok=True)

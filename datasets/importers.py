@@ -359,7 +359,9 @@ def write_idx(path: str | os.PathLike, a: np.ndarray, *, compress: bool | None =
     a = np.asarray(a)
     native = a.dtype.newbyteorder("=")
     if native not in codes:
-        raise DataError(f"IDX has no type for dtype {a.dtype}; use one of {sorted(map(str, codes))}")
+        raise DataError(
+            f"IDX has no type for dtype {a.dtype}; use one of {sorted(map(str, codes))}"
+        )
     head = bytes([0, 0, codes[native], a.ndim]) + np.asarray(a.shape, ">i4").tobytes()
     data = head + a.astype(a.dtype.newbyteorder(">")).tobytes()
     compress = path.name.endswith(".gz") if compress is None else compress

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import zarr
 
-from dlrun.datasets.store import chunk_checksums, describe, n_chunks, read_chunk
+from dlrun.datasets.store import chunk_checksums, describe, read_chunk
 from dlrun.errors import ConfigError, DataError
 
 Batch = tuple[np.ndarray, np.ndarray]

@@ -454,7 +454,8 @@ class Dataset:
         return x, self._labels(split)
 
     def raw(self, split: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Load a split as stored (x in its own dtype, not normalized), checks as in :meth:`split`."""
+        """Load a split as stored (x in its own dtype, not normalized), checked as by
+        :meth:`split`."""
         x = np.empty(self.arrays(split)[0].shape, dtype=self.arrays(split)[0].dtype)
         for start, raw in self._read(split, "x"):
             x[start : start + len(raw)] = raw

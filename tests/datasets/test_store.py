@@ -345,7 +345,8 @@ def test_verify_names_bad_labels_by_chunk(tmp_path):
     arrays = {**GOOD_ARRAYS, "train/x": np.ones((5, 2), np.uint8), "train/y": y}
     ds = open_dataset(raw_store(tmp_path / "bad.zarr", GOOD_ATTRS, arrays))
     assert ds.problems() == [
-        "array 'train/y': chunk 0: label 7 at sample 3 is outside [0, 3) (2 bad labels in the chunk)"
+        "array 'train/y': chunk 0: label 7 at sample 3 is outside [0, 3) "
+        "(2 bad labels in the chunk)"
     ]
 
 

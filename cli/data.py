@@ -67,7 +67,7 @@ def info(name):
         x, y = ds.arrays(split)
         shards = f", {x.shards[0]} per shard file" if x.shards else ""
         click.echo(f"split {split or '(none)':<8}{x.shape[0]:>9,} samples, chunks of "
-                   f"{x.chunks[0]:,} ({x.nchunks} chunks{shards})")
+                   f"{x.chunks[0]:,} ({x.nchunks} chunk{'s' * (x.nchunks != 1)}{shards})")
 
 
 @data.command()

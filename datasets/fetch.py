@@ -171,7 +171,8 @@ def download(
         last = f"sha256 {digest} is not the expected {sha256}"
     raise DataError(
         f"could not download {url} in {retries + 1} attempts: {last}; check the network "
-        f"or choose another mirror (--mirror or ${MIRROR_ENV})"
+        f"or choose another mirror (--mirror or ${MIRROR_ENV}); fetching again resumes "
+        "what was downloaded"
     )
 
 

@@ -59,17 +59,29 @@ def main():
               help="Run folder for the metrics log and the model  [default: runs/<name>].")
 @click.option("--verbose", default=1, type=click.IntRange(0, 2), show_default=True,
               help="0 silent, 1 progress bar on a terminal, 2 one line per epoch.")
+@click.option("--resume", "resume_dir", default=None,
+              type=click.Path(exists=True, file_okay=False),
+              help="Continue the run in this folder from its last checkpoint, with its own "
+                   "settings (--epochs, --threads and --verbose may change).")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
-          weight_decay, seed, threads, out, verbose):
+          weight_decay, seed, threads, out, verbose, resume_dir):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
-    training data and on the dataset's test split), summary.json and the final model
-    (load it with dlrun.load_model). The test split is only evaluated, never trained on.
+    training data and on the dataset's test split), summary.json, the final model
+    (load it with dlrun.load_model) and checkpoint/, from which --resume continues an
+    interrupted run exactly as if it had not stopped. The test split is only evaluated,
+    never trained on.
     """
-    from dlrun.engine.runs import TrainConfig, run_training
+    from dlrun.engine.runs import TrainConfig, resume_training, run_training
 
+    if resume_dir is not None:
+        ctx = click.get_current_context()
+        given = {name: value for name, value in ctx.params.items() if name != "resume_dir"
+                 and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+        resume_training(resume_dir, echo=click.echo, **given)
+        return
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
                       weight_decay=weight_decay, seed=seed, threads=threads, out=out,

@@ -1,7 +1,10 @@
 """A training run as ``dlrun train`` does it: dataset + zoo model -> fit -> run folder.
 
 The run folder gets ``config.json`` first, ``metrics.csv`` one row per epoch as training
-goes (so an interrupted run keeps its log), then ``model/`` and ``summary.json``.
+goes (so an interrupted run keeps its log), ``checkpoint/`` after every epoch (the last two
+epochs' full training state), then ``model/`` and ``summary.json``. ``dlrun train --resume
+RUN_DIR`` (:func:`resume_training`) continues an interrupted run from its checkpoint and
+ends with the weights the uninterrupted run would have had, bit for bit.
 """
 from __future__ import annotations
 
@@ -77,14 +80,16 @@ def describe_optimizer(opt) -> str:
 class MetricsLog(Callback):
     """Appends one CSV row per epoch (epoch, seconds, then every logged metric)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         super().__init__()
         self.path = path
+        self.append = append
         self.first_step_s = None
 
     def on_train_begin(self, logs=None):
         self.t0 = self.t_epoch = time.perf_counter()
-        self.file = open(self.path, "w", newline="")
+        self.header = not (self.append and self.path.exists() and self.path.stat().st_size)
+        self.file = open(self.path, "a" if self.append else "w", newline="")
         self.writer = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -99,7 +104,8 @@ class MetricsLog(Callback):
         row |= {k: round(float(v), 6) for k, v in (logs or {}).items()}
         if self.writer is None:
             self.writer = csv.DictWriter(self.file, fieldnames=list(row))
-            self.writer.writeheader()
+            if self.header:
+                self.writer.writeheader()
         self.writer.writerow(row)
         self.file.flush()
 
@@ -127,10 +133,60 @@ def run_folder(cfg: TrainConfig) -> Path:
 
 def run_training(cfg: TrainConfig, echo=print) -> dict:
     """Train a zoo model on a dataset as configured; returns the summary dict."""
+    return _train(cfg, echo)
+
+
+# what --resume may change: how long and how the run is watched, not what it computes
+RESUME_OVERRIDES = ("epochs", "threads", "verbose")
+
+
+def resume_training(run_dir, echo=print, **overrides) -> dict:
+    """Continue the run in ``run_dir`` from its last checkpoint, with its own settings
+    (``epochs``, ``threads`` and ``verbose`` may be changed; any other setting given
+    must match the run's); returns the summary dict."""
+    out = Path(run_dir)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        cfg = TrainConfig(**saved)
+    except FileNotFoundError:
+        raise ConfigError(f"{out} is not a dlrun run folder (it has no config.json)") \
+            from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{out}/config.json is not a dlrun train config ({e})") from None
+    bad = sorted(k for k, v in overrides.items()
+                 if k not in RESUME_OVERRIDES and getattr(cfg, k, None) != v)
+    if bad:
+        raise ConfigError(f"--resume continues the run with its own settings; it cannot "
+                          f"change {', '.join(bad)} (only {', '.join(RESUME_OVERRIDES)})")
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
+    done = checkpoint_epoch(out / "checkpoint")
+    if done >= cfg.epochs:
+        raise ConfigError(f"the run in {out} has already trained {done} epochs; pass "
+                          f"--epochs with more than {done} to train it further")
+    cfg.out = str(out)
+    return _train(cfg, echo, out=out, done=done)
+
+
+def checkpoint_epoch(folder: Path) -> int:
+    """Epochs done by the newest readable checkpoint in a BackupAndRestore folder."""
+    from dlrun.engine.checkpoints import read_checkpoint
+    from dlrun.errors import ModelFileError
+
+    for name in ("latest", "previous"):
+        try:
+            return int(read_checkpoint(folder / name)["epoch"])
+        except ModelFileError:
+            continue
+    return 0
+
+
+def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> dict:
     t_start = time.perf_counter()
     import dlrun as dl
     from dlrun.datasets import open_dataset
     from dlrun.engine import zoo
+    from dlrun.engine.callbacks import BackupAndRestore
 
     threads = dl.set_threads(cfg.threads)
     dl.set_seed(cfg.seed)
@@ -143,27 +199,34 @@ def run_training(cfg: TrainConfig, echo=print) -> dict:
     model = zoo.build(cfg.model, x.shape[1:], ds.classes)
     opt = make_optimizer(cfg)
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    out = run_folder(cfg)
+    resuming = out is not None
+    out = out if resuming else run_folder(cfg)
     (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
     echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
          f"{threads} threads")
-    log = MetricsLog(out / "metrics.csv")
+    if resuming:
+        echo(f"resuming {out} after epoch {done}")
+    log = MetricsLog(out / "metrics.csv", append=resuming)
+    backup = BackupAndRestore(out / "checkpoint", delete_checkpoint=False)
     t_fit = time.perf_counter()
     model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
-              validation_data=test, callbacks=[log])
+              validation_data=test, callbacks=[log, backup])
     fit_s = time.perf_counter() - t_fit
+    ran = cfg.epochs - (backup.restored_epoch or 0)
     summary = {"dataset": ds.name, "model": cfg.model, "epochs": cfg.epochs,
                "train_seconds": round(fit_s, 3),
-               "samples_per_second": round(cfg.epochs * len(x) / fit_s, 1),
+               "samples_per_second": round(ran * len(x) / fit_s, 1),
                "first_step_seconds": round(log.first_step_s + (t_fit - t_start), 3),
                "python": platform.python_version(), "dlrun": dl.__version__}
+    if backup.restored_epoch:
+        summary["resumed_after_epoch"] = backup.restored_epoch
     if test is not None:
         loss, acc = model.evaluate(*test, batch_size=500)
         summary |= {"test_loss": round(loss, 6), "test_accuracy": round(acc, 6)}
         echo(f"test accuracy: {acc:.4f} (loss {loss:.4f})")
     model.save(out / "model")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    echo(f"run folder: {out}  (metrics.csv, summary.json, model/)")
+    echo(f"run folder: {out}  (metrics.csv, summary.json, model/, checkpoint/)")
     return summary

@@ -55,3 +55,46 @@ def test_train_with_adam_from_the_cli(tmp_path):
     res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--optimizer", "adagrad",
                                     "--momentum", "0.5", "--out", str(tmp_path / "r2")])
     assert res.exit_code == 1 and "momentum=0.5" in res.output
+
+
+def train(*args):
+    return CliRunner().invoke(main, ["train", "--dataset", "digits", "--batch-size", "64",
+                                     "--verbose", "0", "--threads", "1", *args])
+
+
+def test_resume_continues_a_run_bitwise(tmp_path):
+    import numpy as np
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    for args in (["--epochs", "3", "--out", str(straight)],
+                 ["--epochs", "2", "--out", str(split)],          # "interrupted" after 2
+                 ["--resume", str(split), "--epochs", "3"]):
+        res = train("--optimizer", "rmsprop", "--momentum", "0.5", *args)
+        assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and "after epoch 2" in res.output
+    a, b = dl.load_model(straight / "model"), dl.load_model(split / "model")
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+    for pa, pb in zip(a.weights_params(), b.weights_params()):
+        sa, sb = a.optimizer.state[pa.name], b.optimizer.state[pb.name]
+        assert sorted(sa) == sorted(sb) == ["momentum", "velocity"]
+        for k in sa:
+            np.testing.assert_array_equal(sa[k], sb[k])
+    assert a.optimizer.iterations == b.optimizer.iterations
+    rows = (split / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
+    cut = lambda line: line.split(",", 2)[2]              # without epoch and seconds
+    assert [cut(r) for r in rows] == [cut(r) for r in
+                                      (straight / "metrics.csv").read_text().splitlines()]
+    assert json.loads((split / "summary.json").read_text())["resumed_after_epoch"] == 2
+
+
+def test_resume_refuses_what_it_cannot_do(tmp_path):
+    run = tmp_path / "run"
+    assert train("--epochs", "1", "--out", str(run)).exit_code == 0
+    res = train("--resume", str(run))                        # 1 of 20 epochs? no: of 1
+    assert res.exit_code == 1 and "already trained 1 epochs" in res.output
+    res = train("--resume", str(run), "--epochs", "2", "--lr", "0.5")
+    assert res.exit_code == 1 and "cannot change lr" in res.output
+    res = train("--resume", str(tmp_path))
+    assert res.exit_code == 1 and "no config.json" in res.output

@@ -383,7 +383,8 @@ def open_dataset(name_or_path: str | os.PathLike) -> Dataset:
     if not path.exists():
         raise DataError(
             f"no dataset at {path}: the path does not exist; pass the path of a dlrun zarr "
-            f"store, or the name of a shipped dataset ({', '.join(SHIPPED)})"
+            f"store, the name of a shipped dataset ({', '.join(SHIPPED)}), or of one "
+            f"imported or fetched into {data_home()} (`dlrun data list` shows them)"
         )
     try:
         root = zarr.open_group(path, mode="r", zarr_format=3)

@@ -51,6 +51,22 @@ def main():
 @click.option("--weight-decay", default=None, type=click.FloatRange(min=0),
               help="Decoupled weight decay: w -= lr * weight_decay * w before each update  "
                    "[default: none; 0.004 for adamw].")
+@click.option("--clipnorm", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="Scale each gradient down to at most this L2 norm.")
+@click.option("--schedule", default="constant", show_default=True,
+              type=click.Choice(["constant", "step", "exponential", "inverse-sqrt", "cosine"]),
+              help="Learning-rate schedule: step halves it every 10 epochs, exponential "
+                   "multiplies it by 0.9 each epoch, inverse-sqrt is lr / sqrt(epoch + 1), "
+                   "cosine decays it to 0 over the run.")
+@click.option("--warmup", default=0, show_default=True, type=click.IntRange(0),
+              help="Epochs of linear learning-rate warm-up from 0 before the schedule.")
+@click.option("--l2", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="L2 penalty l2 * sum(w^2) on every Dense kernel.")
+@click.option("--dropout", default=0.0, show_default=True,
+              type=click.FloatRange(0, 1, max_open=True),
+              help="Dropout rate after each hidden layer.")
+@click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
+              help="Shift training images randomly by up to this fraction of their size.")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of initial weights, shuffling and dropout.")
 @click.option("--threads", default=None, type=click.IntRange(1),
@@ -65,7 +81,8 @@ def main():
                    "settings (--epochs, --threads and --verbose may change).")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
-          weight_decay, seed, threads, out, verbose, resume_dir):
+          weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, out,
+          verbose, resume_dir):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -84,8 +101,9 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
         return
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
-                      weight_decay=weight_decay, seed=seed, threads=threads, out=out,
-                      verbose=verbose)
+                      weight_decay=weight_decay, clipnorm=clipnorm, schedule=schedule,
+                      warmup=warmup, l2=l2, dropout=dropout, augment=augment, seed=seed,
+                      threads=threads, out=out, verbose=verbose)
     run_training(cfg, echo=click.echo)
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from dlrun.engine import schedules
 from dlrun.engine.callbacks import Callback
 from dlrun.errors import ConfigError
 
@@ -30,6 +32,12 @@ class TrainConfig:
     momentum: float | None = None    # None: 0.9 for sgd, 0 for rmsprop
     nesterov: bool = False
     weight_decay: float | None = None
+    clipnorm: float | None = None
+    schedule: str = "constant"       # a key of SCHEDULES
+    warmup: int = 0                  # epochs of linear warm-up before the schedule
+    l2: float = 0.0                  # penalty on every Dense kernel
+    dropout: float = 0.0             # after each hidden layer
+    augment: float = 0.0             # random shifts of training images, fraction of size
     seed: int = 0
     threads: int | None = None
     out: str | None = None
@@ -40,7 +48,33 @@ class TrainConfig:
 DEFAULT_LR = {"sgd": 0.05, "adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001, "adamw": 0.001}
 
 
-def make_optimizer(cfg: TrainConfig):
+# --schedule NAME -> the schedule for (learning rate, batches per epoch, epochs it spans)
+SCHEDULES = {
+    "constant": lambda lr, spe, epochs: lr,
+    "step": lambda lr, spe, epochs: schedules.StepDecay(lr, 10 * spe, 0.5),
+    "exponential": lambda lr, spe, epochs: schedules.ExponentialDecay(lr, spe, 0.9),
+    "inverse-sqrt": lambda lr, spe, epochs: schedules.InverseSqrtDecay(lr, spe),
+    "cosine": lambda lr, spe, epochs: schedules.CosineDecay(lr, max(1, epochs * spe)),
+}
+SCHEDULE_HELP = ("constant; step: halve every 10 epochs; exponential: x0.9 each epoch; "
+                 "inverse-sqrt: lr / sqrt(epoch + 1); cosine: to 0 over the run")
+
+
+def learning_rate(cfg: TrainConfig, steps_per_epoch: int):
+    """The number or schedule that ``cfg.lr``, ``schedule`` and ``warmup`` describe."""
+    if cfg.schedule not in SCHEDULES:
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}; expected one of "
+                          f"{sorted(SCHEDULES)}")
+    if not 0 <= cfg.warmup < cfg.epochs:
+        raise ConfigError(f"warmup must be fewer epochs than the run's {cfg.epochs}, got "
+                          f"{cfg.warmup}")
+    lr = SCHEDULES[cfg.schedule](cfg.lr, steps_per_epoch, cfg.epochs - cfg.warmup)
+    if cfg.warmup:
+        lr = schedules.LinearWarmup(lr, cfg.warmup * steps_per_epoch)
+    return lr
+
+
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int = 1):
     """The optimizer a TrainConfig names, with its defaults filled in (in ``cfg`` too)."""
     from dlrun.engine import optimizers
 
@@ -50,7 +84,8 @@ def make_optimizer(cfg: TrainConfig):
                           f"{sorted(DEFAULT_LR)}")
     if cfg.lr is None:
         cfg.lr = DEFAULT_LR[name]
-    kw = {"learning_rate": cfg.lr, "weight_decay": cfg.weight_decay}
+    kw = {"learning_rate": learning_rate(cfg, steps_per_epoch),
+          "weight_decay": cfg.weight_decay, "clipnorm": cfg.clipnorm}
     if name in ("sgd", "rmsprop"):
         if cfg.momentum is None:
             cfg.momentum = 0.9 if name == "sgd" else 0.0
@@ -69,11 +104,14 @@ def make_optimizer(cfg: TrainConfig):
 
 def describe_optimizer(opt) -> str:
     cfg = opt.get_config()
-    text = f"{type(opt).__name__} lr {cfg['learning_rate']}"
+    lr = opt.schedule if opt.schedule is not None else cfg["learning_rate"]
+    text = f"{type(opt).__name__} lr {lr}"
     if cfg.get("momentum"):
         text += f" momentum {cfg['momentum']}" + (" (Nesterov)" if cfg.get("nesterov") else "")
     if cfg.get("weight_decay"):
         text += f" weight decay {cfg['weight_decay']}"
+    if cfg.get("clipnorm"):
+        text += f" clipnorm {cfg['clipnorm']}"
     return text
 
 
@@ -196,8 +234,9 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
                           f"{ds.splits}); dlrun train needs train and test splits")
     x, y = ds.split("train")
     test = ds.split("test") if "test" in ds.splits else None
-    model = zoo.build(cfg.model, x.shape[1:], ds.classes)
-    opt = make_optimizer(cfg)
+    model = zoo.build(cfg.model, x.shape[1:], ds.classes, l2=cfg.l2, dropout=cfg.dropout,
+                      shift=cfg.augment)
+    opt = make_optimizer(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size))
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     resuming = out is not None
     out = out if resuming else run_folder(cfg)

@@ -163,6 +163,10 @@ class LinearWarmup(LearningRateSchedule):
         return {"after": serialize(self.after), "warmup_steps": self.warmup_steps,
                 "initial_learning_rate": self.initial_learning_rate}
 
+    def __repr__(self):
+        return (f"LinearWarmup({self.after!r}, warmup_steps={self.warmup_steps}, "
+                f"initial_learning_rate={self.initial_learning_rate})")
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -69,7 +70,9 @@ def test_resume_continues_a_run_bitwise(tmp_path):
     for args in (["--epochs", "3", "--out", str(straight)],
                  ["--epochs", "2", "--out", str(split)],          # "interrupted" after 2
                  ["--resume", str(split), "--epochs", "3"]):
-        res = train("--optimizer", "rmsprop", "--momentum", "0.5", *args)
+        res = train("--optimizer", "rmsprop", "--momentum", "0.5", "--schedule", "exponential",
+                    "--warmup", "1", "--dropout", "0.2", "--augment", "0.125", "--l2", "1e-4",
+                    "--clipnorm", "1.0", *args)
         assert res.exit_code == 0, res.output
     assert "resuming" in res.output and "after epoch 2" in res.output
     a, b = dl.load_model(straight / "model"), dl.load_model(split / "model")
@@ -98,3 +101,36 @@ def test_resume_refuses_what_it_cannot_do(tmp_path):
     assert res.exit_code == 1 and "cannot change lr" in res.output
     res = train("--resume", str(tmp_path))
     assert res.exit_code == 1 and "no config.json" in res.output
+
+
+@pytest.mark.parametrize("name, want", [
+    ("constant", lambda t: 0.1),
+    ("step", lambda t: 0.1 * 0.5 ** (t // 50)),
+    ("exponential", lambda t: 0.1 * 0.9 ** (t / 5)),
+    ("inverse-sqrt", lambda t: 0.1 / (t / 5 + 1) ** 0.5),
+    ("cosine", lambda t: 0.1 * 0.5 * (1 + np.cos(np.pi * min(t, 100) / 100))),
+])
+def test_schedules_by_name_per_epoch_with_warmup(name, want):
+    from dlrun.engine.runs import learning_rate
+
+    lr = learning_rate(TrainConfig(lr=0.1, schedule=name, epochs=20), steps_per_epoch=5)
+    for t in (0, 3, 5, 12, 49, 50, 99, 100, 150):
+        assert (lr if isinstance(lr, float) else lr(t)) == pytest.approx(want(t), abs=1e-15)
+    warm = learning_rate(TrainConfig(lr=0.1, schedule=name, epochs=22, warmup=2), 5)
+    assert [warm(t) for t in (0, 5)] == pytest.approx([0.0, 0.05])
+    assert warm(10 + 7) == pytest.approx(want(7), abs=1e-15)
+    with pytest.raises(ConfigError, match="warmup.*30"):
+        learning_rate(TrainConfig(lr=0.1, schedule=name, epochs=20, warmup=30), 5)
+
+
+def test_recipe_options_build_the_model_they_name(tmp_path):
+    res = train("--epochs", "1", "--out", str(tmp_path / "r"), "--l2", "0.001", "--dropout",
+                "0.3", "--augment", "0.1", "--schedule", "cosine", "--optimizer", "adam")
+    assert res.exit_code == 0, res.output
+    model = dl.load_model(tmp_path / "r" / "model")
+    kinds = [type(l).__name__ for l in model.layers]
+    assert kinds == ["RandomTranslation", "Flatten", "Dense", "Dropout", "Dense", "Dropout",
+                     "Dense"]
+    assert all(l.kernel_regularizer.l2 == 0.001 for l in model.layers
+               if type(l).__name__ == "Dense")
+    assert type(model.optimizer.schedule).__name__ == "CosineDecay"

@@ -5,6 +5,9 @@ conclusion (which the test suite asserts)::
     python -m dlrun.engine.experiments                 # list them
     python -m dlrun.engine.experiments optimizers --epochs 10 --out runs/optimizers
 
+With ``--out`` each demonstration also draws its training-loss and test-accuracy curves
+(``NAME-loss.png``, ``NAME-accuracy.png``).
+
 Every run is seeded, so a result is the same on every machine with the same BLAS.
 """
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrun.engine.plot import line_plot
 from dlrun.errors import ConfigError
 
 
@@ -220,6 +224,10 @@ def run(name: str, epochs: int | None = None, out=None, echo=print) -> Result:
                 w.writerow(["epoch", *keys])
                 for e in range(len(hist["loss"])):
                     w.writerow([e + 1, *(hist[k][e] for k in keys)])
+        for metric, what in (("loss", "training loss"), ("val_accuracy", "test accuracy")):
+            line_plot(out / f"{result.name}-{metric.removeprefix('val_')}.png",
+                      {label: hist[metric] for label, hist in result.histories.items()},
+                      title=f"{result.name}: {what}")
     return result
 
 
@@ -230,7 +238,8 @@ def main(argv=None) -> int:
                                 description="The lectures' demonstrations.")
     p.add_argument("name", nargs="?", help=f"one of {', '.join(EXPERIMENTS)}, or all")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--out", default=None, help="folder for one metrics CSV per model")
+    p.add_argument("--out", default=None,
+                   help="folder for one metrics CSV per model and the curves as PNG")
     args = p.parse_args(argv)
     if not args.name:
         for name, fn in EXPERIMENTS.items():

@@ -20,26 +20,18 @@ from dlrun.ops.updates import (adagrad_update_cpu, adam_update_cpu, clip_gradien
                                sum_squares_cpu)
 
 
-def _number(name: str, value, lo=None, hi=None, lo_open=False, hi_open=False,
-            optional=False) -> float | None:
-    """``value`` as a float within bounds, or a ConfigError naming it."""
+def _number(name: str, value, *, positive=False, below_one=False, optional=False):
+    """``value`` as a float >= 0 (> 0 if ``positive``, < 1 if ``below_one``; None allowed
+    if ``optional``), or a ConfigError naming the value received."""
     if value is None and optional:
         return None
     try:
         x = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be a number, got {value!r}") from None
-    ok = math.isfinite(x)
-    if lo is not None:
-        ok = ok and (x > lo if lo_open else x >= lo)
-    if hi is not None:
-        ok = ok and (x < hi if hi_open else x <= hi)
-    if not ok:
-        lo_s = "" if lo is None else f"{'(' if lo_open else '['}{lo}"
-        hi_s = "" if hi is None else f"{hi}{')' if hi_open else ']'}"
-        where = f"in {lo_s}, {hi_s}" if lo is not None and hi is not None else \
-            (f"{'>' if lo_open else '>='} {lo}" if lo is not None else "finite")
-        raise ConfigError(f"{name} must be {where}, got {value!r}")
+    if not (math.isfinite(x) and (x > 0 if positive else x >= 0) and (x < 1 or not below_one)):
+        need = "in [0, 1)" if below_one else "> 0" if positive else ">= 0"
+        raise ConfigError(f"{name} must be {need}, got {value!r}")
     return x
 
 
@@ -60,11 +52,11 @@ class Optimizer:
     def __init__(self, learning_rate=0.01, lr=None, *, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
         self.learning_rate = lr if lr is not None else learning_rate
-        self.weight_decay = _number("weight_decay", weight_decay, lo=0, optional=True)
-        self.clipnorm = _number("clipnorm", clipnorm, lo=0, lo_open=True, optional=True)
-        self.clipvalue = _number("clipvalue", clipvalue, lo=0, lo_open=True, optional=True)
-        self.global_clipnorm = _number("global_clipnorm", global_clipnorm, lo=0,
-                                       lo_open=True, optional=True)
+        self.weight_decay = _number("weight_decay", weight_decay, optional=True)
+        self.clipnorm = _number("clipnorm", clipnorm, positive=True, optional=True)
+        self.clipvalue = _number("clipvalue", clipvalue, positive=True, optional=True)
+        self.global_clipnorm = _number("global_clipnorm", global_clipnorm,
+                                       positive=True, optional=True)
         given = [k for k in ("clipnorm", "clipvalue", "global_clipnorm")
                  if getattr(self, k) is not None]
         if len(given) > 1:
@@ -94,7 +86,7 @@ class Optimizer:
                                                              np.integer)):
             raise ConfigError(f"learning_rate must be a number > 0 or a "
                               f"dlrun.schedules.LearningRateSchedule, got {value!r}")
-        self._learning_rate = _number("learning_rate", value, lo=0, lo_open=True)
+        self._learning_rate = _number("learning_rate", value, positive=True)
 
     @property
     def schedule(self) -> "schedules.LearningRateSchedule | None":
@@ -188,7 +180,7 @@ class SGD(Optimizer):
     def __init__(self, learning_rate=0.01, momentum: float = 0.0, nesterov: bool = False,
                  lr=None, **kw):
         super().__init__(learning_rate, lr, **kw)
-        self.momentum = _number("momentum", momentum, lo=0, hi=1, hi_open=True)
+        self.momentum = _number("momentum", momentum, below_one=True)
         if nesterov and self.momentum == 0.0:
             raise ConfigError("nesterov=True needs a momentum > 0")
         self.nesterov = bool(nesterov)
@@ -214,8 +206,8 @@ class Adagrad(Optimizer):
                  epsilon: float = 1e-7, lr=None, **kw):
         super().__init__(learning_rate, lr, **kw)
         self.initial_accumulator_value = _number("initial_accumulator_value",
-                                                 initial_accumulator_value, lo=0)
-        self.epsilon = _number("epsilon", epsilon, lo=0)
+                                                 initial_accumulator_value)
+        self.epsilon = _number("epsilon", epsilon)
 
     def make_state(self, w):
         return {"accumulator": np.full_like(w, self.initial_accumulator_value)}
@@ -236,9 +228,9 @@ class RMSprop(Optimizer):
     def __init__(self, learning_rate=0.001, rho: float = 0.9, momentum: float = 0.0,
                  epsilon: float = 1e-7, lr=None, **kw):
         super().__init__(learning_rate, lr, **kw)
-        self.rho = _number("rho", rho, lo=0, hi=1, hi_open=True)
-        self.momentum = _number("momentum", momentum, lo=0, hi=1, hi_open=True)
-        self.epsilon = _number("epsilon", epsilon, lo=0)
+        self.rho = _number("rho", rho, below_one=True)
+        self.momentum = _number("momentum", momentum, below_one=True)
+        self.epsilon = _number("epsilon", epsilon)
 
     def make_state(self, w):
         state = {"velocity": np.zeros_like(w)}
@@ -266,9 +258,9 @@ class Adam(Optimizer):
     def __init__(self, learning_rate=0.001, beta_1: float = 0.9, beta_2: float = 0.999,
                  epsilon: float = 1e-7, lr=None, **kw):
         super().__init__(learning_rate, lr, **kw)
-        self.beta_1 = _number("beta_1", beta_1, lo=0, hi=1, hi_open=True)
-        self.beta_2 = _number("beta_2", beta_2, lo=0, hi=1, hi_open=True)
-        self.epsilon = _number("epsilon", epsilon, lo=0)
+        self.beta_1 = _number("beta_1", beta_1, below_one=True)
+        self.beta_2 = _number("beta_2", beta_2, below_one=True)
+        self.epsilon = _number("epsilon", epsilon)
 
     def make_state(self, w):
         return {"momentum": np.zeros_like(w), "velocity": np.zeros_like(w)}

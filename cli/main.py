@@ -78,11 +78,31 @@ def main():
 @click.option("--resume", "resume_dir", default=None,
               type=click.Path(exists=True, file_okay=False),
               help="Continue the run in this folder from its last checkpoint, with its own "
-                   "settings (--epochs, --threads and --verbose may change).")
+                   "settings (--epochs, --threads, --verbose and --address may change).")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Train data-parallel on this many Ray workers, each with its share of the "
+                   "samples and of the cores (--threads is then per worker)  [default: one "
+                   "process, no Ray].")
+@click.option("--address", default=None,
+              help="A running Ray cluster for the workers: auto, or HOST:PORT  [default: "
+                   "$RAY_ADDRESS, else a local Ray instance started for this run].")
+@click.option("--average-every", default=5, show_default=True, type=click.IntRange(1),
+              help="Local steps of each worker between parameter averages (warns above 20).")
+@click.option("--optimizer-state", default="average", show_default=True,
+              type=click.Choice(["average", "reset", "local"]),
+              help="Momentum / Adam moments across workers: averaged like the weights, reset "
+                   "every round, or kept by each worker.")
+@click.option("--lr-scaling", default="none", show_default=True,
+              type=click.Choice(["none", "linear"]),
+              help="linear: multiply the learning rate by the number of workers.")
+@click.option("--sync-warmup", default=0, show_default=True, type=click.IntRange(0),
+              help="Steps averaged after every step before averaging every K "
+                   "(post-local SGD).")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
           weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, out,
-          verbose, resume_dir):
+          verbose, resume_dir, workers, address, average_every, optimizer_state, lr_scaling,
+          sync_warmup):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -90,6 +110,12 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     (load it with dlrun.load_model) and checkpoint/, from which --resume continues an
     interrupted run exactly as if it had not stopped. The test split is only evaluated,
     never trained on.
+
+    With --workers N the samples are shared out among N Ray workers, which train
+    --average-every steps each, then have their weights averaged (a local Ray instance
+    is started unless --address or RAY_ADDRESS names a cluster; workers open the dataset
+    themselves, so a dataset path must be readable on every node). Faults handled (a lost
+    worker replaced, a NaN round redone) are logged in the run folder's events.log.
     """
     from dlrun.engine.runs import TrainConfig, resume_training, run_training
 
@@ -103,7 +129,9 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
                       weight_decay=weight_decay, clipnorm=clipnorm, schedule=schedule,
                       warmup=warmup, l2=l2, dropout=dropout, augment=augment, seed=seed,
-                      threads=threads, out=out, verbose=verbose)
+                      threads=threads, out=out, verbose=verbose, workers=workers,
+                      average_every=average_every, optimizer_state=optimizer_state,
+                      lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address)
     run_training(cfg, echo=click.echo)
 
 

@@ -13,7 +13,8 @@ import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from dlrun.engine import schedules
@@ -39,9 +40,15 @@ class TrainConfig:
     dropout: float = 0.0             # after each hidden layer
     augment: float = 0.0             # random shifts of training images, fraction of size
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None       # per worker with workers
     out: str | None = None
     verbose: int = 1
+    workers: int | None = None       # None: one process; N: N Ray workers (dlrun.cluster)
+    average_every: int = 5
+    optimizer_state: str = "average"
+    lr_scaling: str = "none"
+    sync_warmup: int = 0
+    address: str | None = None       # a running Ray cluster; None: $RAY_ADDRESS or local
 
 
 # Learning rates that train the zoo's models on the shipped datasets in a few epochs.
@@ -175,7 +182,7 @@ def run_training(cfg: TrainConfig, echo=print) -> dict:
 
 
 # what --resume may change: how long and how the run is watched, not what it computes
-RESUME_OVERRIDES = ("epochs", "threads", "verbose")
+RESUME_OVERRIDES = ("epochs", "threads", "verbose", "address")
 
 
 def resume_training(run_dir, echo=print, **overrides) -> dict:
@@ -226,7 +233,16 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     from dlrun.engine import zoo
     from dlrun.engine.callbacks import BackupAndRestore
 
-    threads = dl.set_threads(cfg.threads)
+    distributed = bool(cfg.workers)
+    if distributed:
+        from dlrun.cluster.driver import default_threads
+
+        _check_cluster_options(cfg)
+        # --threads is per worker; the driver only evaluates between epochs
+        threads = cfg.threads or default_threads(cfg.workers)
+        dl.set_threads(threads)
+    else:
+        threads = dl.set_threads(cfg.threads)
     dl.set_seed(cfg.seed)
     ds = open_dataset(cfg.dataset)
     if "train" not in ds.splits:
@@ -236,7 +252,12 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     test = ds.split("test") if "test" in ds.splits else None
     model = zoo.build(cfg.model, x.shape[1:], ds.classes, l2=cfg.l2, dropout=cfg.dropout,
                       shift=cfg.augment)
-    opt = make_optimizer(cfg, steps_per_epoch=math.ceil(len(x) / cfg.batch_size))
+    shard = math.ceil(len(x) / cfg.workers) if distributed else len(x)
+    scaled = cfg
+    if distributed and cfg.lr_scaling == "linear":
+        make_optimizer(cfg)                           # fills in the default lr
+        scaled = replace(cfg, lr=cfg.lr * cfg.workers)
+    opt = make_optimizer(scaled, steps_per_epoch=math.ceil(shard / cfg.batch_size))
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     resuming = out is not None
     out = out if resuming else run_folder(cfg)
@@ -244,14 +265,23 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
-         f"{threads} threads")
+         f"{threads} threads" + (" per worker" if distributed else ""))
+    if distributed:
+        echo(f"{cfg.workers} workers x batch {cfg.batch_size} = global batch "
+             f"{cfg.workers * cfg.batch_size}; average every {cfg.average_every} steps "
+             f"(sync warm-up {cfg.sync_warmup} steps); optimizer state "
+             f"{cfg.optimizer_state}; lr scaling {cfg.lr_scaling}"
+             + (f" (lr {cfg.lr} x {cfg.workers})" if cfg.lr_scaling == "linear" else ""))
     if resuming:
         echo(f"resuming {out} after epoch {done}")
     log = MetricsLog(out / "metrics.csv", append=resuming)
     backup = BackupAndRestore(out / "checkpoint", delete_checkpoint=False)
     t_fit = time.perf_counter()
-    model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
-              validation_data=test, callbacks=[log, backup])
+    if distributed:
+        _fit_distributed(cfg, model, ds, test, [log, backup], out, echo)
+    else:
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
+                  validation_data=test, callbacks=[log, backup])
     fit_s = time.perf_counter() - t_fit
     ran = cfg.epochs - (backup.restored_epoch or 0)
     summary = {"dataset": ds.name, "model": cfg.model, "epochs": cfg.epochs,
@@ -259,6 +289,8 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
                "samples_per_second": round(ran * len(x) / fit_s, 1),
                "first_step_seconds": round(log.first_step_s + (t_fit - t_start), 3),
                "python": platform.python_version(), "dlrun": dl.__version__}
+    if distributed:
+        summary["workers"] = cfg.workers
     if backup.restored_epoch:
         summary["resumed_after_epoch"] = backup.restored_epoch
     if test is not None:
@@ -269,3 +301,46 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     echo(f"run folder: {out}  (metrics.csv, summary.json, model/, checkpoint/)")
     return summary
+
+
+def _check_cluster_options(cfg: TrainConfig) -> None:
+    from dlrun.cluster.driver import LR_SCALINGS, OPTIMIZER_STATES, WARN_AVERAGE_EVERY
+
+    if cfg.workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
+    if cfg.optimizer_state not in OPTIMIZER_STATES:
+        raise ConfigError(f"optimizer_state must be one of {', '.join(OPTIMIZER_STATES)}, "
+                          f"got {cfg.optimizer_state!r}")
+    if cfg.lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, got "
+                          f"{cfg.lr_scaling!r}")
+    if cfg.average_every > WARN_AVERAGE_EVERY:
+        warnings.warn(f"--average-every {cfg.average_every}: workers drift apart over more "
+                      f"than {WARN_AVERAGE_EVERY} local steps, and accuracy usually suffers",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, echo) -> None:
+    """Train on ``cfg.workers`` Ray workers (a local instance unless an address is given);
+    faults handled are echoed and appended to ``events.log`` in the run folder."""
+    from dlrun.cluster.driver import ray_session, train_distributed
+    from dlrun.engine.threads import available_cores
+
+    def on_event(text: str) -> None:
+        with open(out / "events.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    with ray_session(cfg.address, num_cpus=max(available_cores(), cfg.workers)) as session:
+        echo(f"Ray: {session.kind}")
+        # workers open the dataset themselves: a shipped name, or a path every node reads
+        data = cfg.dataset if ds.path.is_relative_to(Path(__file__).parents[1]) \
+            else str(ds.path.resolve())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "average_every", RuntimeWarning)
+            train_distributed(model, data, workers=cfg.workers,
+                              average_every=cfg.average_every,
+                              optimizer_state=cfg.optimizer_state, lr_scaling="none",
+                              sync_warmup=cfg.sync_warmup, epochs=cfg.epochs,
+                              batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads,
+                              validation_data=test, callbacks=callbacks, verbose=cfg.verbose,
+                              echo=echo, on_event=on_event, announce=False)

@@ -6,6 +6,7 @@ Importing this package registers the built-in ops. Users add their own with
 from dlrun.ops.registry import Op, OpError, Spec, get, names, register, same_shape, unregister
 from dlrun.ops import activations, dropout, linear, losses, reduce, shape  # noqa: F401
 from dlrun.ops import arith, augment, regularizers  # noqa: F401
+from dlrun.ops import conv, norm, pool  # noqa: F401
 from dlrun.ops.gradcheck import GradcheckError, gradcheck
 
 __all__ = ["Op", "OpError", "Spec", "get", "names", "register", "unregister", "same_shape",

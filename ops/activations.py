@@ -1,4 +1,5 @@
-"""Activation functions: relu, sigmoid, tanh, leaky_relu, elu (elementwise) and softmax.
+"""Activation functions: relu, sigmoid, tanh, leaky_relu, elu and prelu (learned slope),
+elementwise; maxout (the max over groups of units) and softmax.
 
 Each forward and its derivative sit a few lines apart. Elementwise kernels work on the
 flattened arrays; the engine hands them contiguous buffers.
@@ -422,4 +423,189 @@ register(Op(
     forward=softmax_fwd_cpu, backward=softmax_bwd_cpu,
     cuda_forward=softmax_fwd_cuda, cuda_backward=softmax_bwd_cuda,
     sample=_sample(-3.0, 3.0), reference=_softmax_ref,
+))
+
+
+# -- prelu (learned slope) ---------------------------------------------------------------
+def _prelu_shape(x: Spec, alpha: Spec) -> list:
+    check_float("prelu", x=x, alpha=alpha)
+    if tuple(x.shape[1:]) != tuple(alpha.shape):
+        raise OpError(f"prelu needs one slope per element of a sample: alpha of shape "
+                      f"{x.shape[1:]} for input {x.shape}; got {alpha.shape}")
+    return [Spec(x.shape, x.dtype)]
+
+
+@jit
+def prelu_fwd_cpu(x, alpha, y):
+    """y = x if x > 0 else alpha * x  (alpha: one slope per element of a sample)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    af = alpha.reshape(-1)
+    for i in range(xf.size):
+        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+
+
+@cuda_kernel
+def _prelu_fwd(x, alpha, y):
+    """y = x if x > 0 else alpha * x"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    af = alpha.reshape(-1)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+
+
+def prelu_fwd_cuda(x, alpha, y):
+    """Launch _prelu_fwd (grid-stride)."""
+    _prelu_fwd[config.grid_1d(x.size)](x, alpha, y)
+
+
+@jit
+def prelu_bwd_cpu(dy, x, alpha, dx, dalpha):
+    """dx = dy if x > 0 else alpha * dy ; dalpha = sum over the batch of dy * x * (x <= 0)"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    af = alpha.reshape(-1)
+    if dx is not None:
+        dxf = dx.reshape(-1)
+        for i in range(dyf.size):
+            dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
+    if dalpha is not None:
+        daf = dalpha.reshape(-1)
+        for k in range(daf.size):
+            daf[k] = 0.0
+        for i in range(dyf.size):
+            if xf[i] <= 0:
+                daf[i % daf.size] += dyf[i] * xf[i]
+
+
+@cuda_kernel
+def _prelu_bwd_x(dy, x, alpha, dx):
+    """dx = dy if x > 0 else alpha * dy"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    af = alpha.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
+
+
+@cuda_kernel
+def _prelu_bwd_alpha(dy, x, dalpha):
+    """dalpha[k] = sum_n dy[n, k] * x[n, k] * (x[n, k] <= 0)  (one thread per slope)"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    daf = dalpha.reshape(-1)
+    for k in range(cuda.grid(1), daf.size, cuda.gridsize(1)):
+        s = dy.dtype.type(0)
+        for i in range(k, dyf.size, daf.size):
+            if xf[i] <= 0:
+                s += dyf[i] * xf[i]
+        daf[k] = s
+
+
+def prelu_bwd_cuda(dy, x, alpha, dx, dalpha):
+    """Launch _prelu_bwd_x (grid-stride) and _prelu_bwd_alpha (per slope)."""
+    if dx is not None:
+        _prelu_bwd_x[config.grid_1d(dy.size)](dy, x, alpha, dx)
+    if dalpha is not None:
+        _prelu_bwd_alpha[config.grid_1d(dalpha.size)](dy, x, dalpha)
+
+
+def _prelu_sample(rng, dtype):
+    (x,), _ = _sample()(rng, dtype)
+    return (x, rng.uniform(0.05, 0.5, x.shape[1:]).astype(dtype)), {}
+
+
+register(Op(
+    name="prelu", inputs=("x", "alpha"), shape=_prelu_shape, saves=("x", "alpha"),
+    forward=prelu_fwd_cpu, backward=prelu_bwd_cpu,
+    cuda_forward=prelu_fwd_cuda, cuda_backward=prelu_bwd_cuda,
+    sample=_prelu_sample, reference=lambda x, alpha: (np.where(x > 0, x, alpha * x),),
+))
+
+
+# -- maxout ------------------------------------------------------------------------------
+def _maxout_shape(x: Spec, pieces: int = 2) -> list:
+    check_float("maxout", x=x)
+    if len(x.shape) != 2 or pieces < 1 or x.shape[1] % pieces:
+        raise OpError(f"maxout needs (batch, units * pieces) inputs; got {x.shape} with "
+                      f"pieces={pieces}")
+    return [Spec((x.shape[0], x.shape[1] // pieces), x.dtype)]
+
+
+@jit
+def maxout_fwd_cpu(x, pieces, y):
+    """y[n, u] = max_k x[n, u * pieces + k]"""
+    for n in range(y.shape[0]):
+        for u in range(y.shape[1]):
+            m = x[n, u * pieces]
+            for k in range(1, pieces):
+                if x[n, u * pieces + k] > m:
+                    m = x[n, u * pieces + k]
+            y[n, u] = m
+
+
+@cuda_kernel
+def _maxout_fwd(x, pieces, y):
+    """y[n, u] = max_k x[n, u * pieces + k]"""
+    yf = y.reshape(-1)
+    xf = x.reshape(-1)
+    for i in range(cuda.grid(1), yf.size, cuda.gridsize(1)):
+        m = xf[i * pieces]
+        for k in range(1, pieces):
+            if xf[i * pieces + k] > m:
+                m = xf[i * pieces + k]
+        yf[i] = m
+
+
+def maxout_fwd_cuda(x, pieces, y):
+    """Launch _maxout_fwd (grid-stride over the outputs)."""
+    _maxout_fwd[config.grid_1d(y.size)](x, pieces, y)
+
+
+@jit
+def maxout_bwd_cpu(dy, x, pieces, dx):
+    """dx[n, u * pieces + k] = dy[n, u] for the first maximal piece k, else 0"""
+    for n in range(dy.shape[0]):
+        for u in range(dy.shape[1]):
+            best = 0
+            for k in range(pieces):
+                dx[n, u * pieces + k] = 0.0
+                if x[n, u * pieces + k] > x[n, u * pieces + best]:
+                    best = k
+            dx[n, u * pieces + best] = dy[n, u]
+
+
+@cuda_kernel
+def _maxout_bwd(dy, x, pieces, dx):
+    """dx[n, u * pieces + k] = dy[n, u] for the first maximal piece k, else 0"""
+    dyf = dy.reshape(-1)
+    xf = x.reshape(-1)
+    dxf = dx.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        best = 0
+        for k in range(pieces):
+            dxf[i * pieces + k] = 0.0
+            if xf[i * pieces + k] > xf[i * pieces + best]:
+                best = k
+        dxf[i * pieces + best] = dyf[i]
+
+
+def maxout_bwd_cuda(dy, x, pieces, dx):
+    """Launch _maxout_bwd (grid-stride over the outputs)."""
+    _maxout_bwd[config.grid_1d(dy.size)](dy, x, pieces, dx)
+
+
+def _maxout_sample(rng, dtype):
+    x = rng.permutation(4 * 6).reshape(4, 6).astype(dtype) / 4.0   # distinct: no ties
+    return (x,), {"pieces": 3}
+
+
+register(Op(
+    name="maxout", inputs=("x",), shape=_maxout_shape, saves=("x",), attrs={"pieces": 2},
+    forward=maxout_fwd_cpu, backward=maxout_bwd_cpu,
+    cuda_forward=maxout_fwd_cuda, cuda_backward=maxout_bwd_cuda,
+    sample=_maxout_sample,
+    reference=lambda x, pieces: (x.reshape(x.shape[0], -1, pieces).max(axis=2),),
 ))

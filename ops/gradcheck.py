@@ -24,7 +24,7 @@ def run_forward(op: Op, inputs, attrs: dict, seed: int = 0, device: str = "cpu")
 
     attrs = op.resolve_attrs(attrs)
     specs = op.infer([Spec(np.shape(x), np.asarray(x).dtype) for x in inputs], attrs)
-    outs = [np.full(s.shape, np.nan, s.dtype) for s in specs]
+    outs = [np.full(s.shape, np.nan if s.dtype.kind == "f" else 0, s.dtype) for s in specs]
     fwd, _ = op.kernels(device)
     fwd(*inputs, *attrs.values(), *((seed,) if op.rng else ()), *outs)
     return outs

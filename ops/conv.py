@@ -1,0 +1,345 @@
+"""Convolution on NCHW images: conv2d (im2col by Numba, the product by BLAS) and the
+per-channel bias add that follows it.
+
+The CPU forward lays one sample's receptive fields out as columns (``im2col``) and
+multiplies them by the weights with numpy's BLAS, so each product lands directly in NCHW
+order; the backward does the reverse (``col2im``). The columns of one sample live in a
+per-thread workspace reused across samples and steps, so the working set stays in cache
+and a step allocates nothing after its first. The CUDA twins are direct convolutions,
+one thread per output element.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from dlrun.ops import config
+from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+from dlrun.ops.shape import copy_cuda
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
+
+_workspaces: dict = {}
+
+
+def workspace(tag: str, shape: tuple, dtype) -> np.ndarray:
+    """A scratch array of ``shape`` for a kernel driver, kept per (tag, dtype, thread) and
+    grown on demand: reused from step to step, so drivers do not allocate per call."""
+    key = (tag, np.dtype(dtype), threading.get_ident())
+    size = int(np.prod(shape))
+    buf = _workspaces.get(key)
+    if buf is None or buf.size < size:
+        buf = np.empty(size, dtype)
+        _workspaces[key] = buf
+    return buf[:size].reshape(shape)
+
+
+def window_geometry(size: int, k: int, stride: int, padding: str) -> tuple[int, int]:
+    """(output size, padding before) along one axis, as Keras/TensorFlow define them:
+    ``valid`` uses whole windows only; ``same`` gives ceil(size / stride) outputs, padding
+    split evenly with the odd element after."""
+    if padding == "valid":
+        return (size - k) // stride + 1, 0
+    out = -(-size // stride)
+    total = max((out - 1) * stride + k - size, 0)
+    return out, total // 2
+
+
+def check_window_attrs(op: str, kernel: tuple, strides: tuple, padding: str) -> None:
+    if padding not in ("valid", "same"):
+        raise OpError(f"op {op!r}: padding must be 'valid' or 'same', got {padding!r}")
+    if len(strides) != 2 or min(strides) < 1 or len(kernel) != 2 or min(kernel) < 1:
+        raise OpError(f"op {op!r}: window {tuple(kernel)} and strides {tuple(strides)} must "
+                      "be two positive integers each")
+
+
+# -- conv2d ------------------------------------------------------------------------------
+def _conv2d_shape(x: Spec, w: Spec, strides=(1, 1), padding="valid") -> list:
+    check_float("conv2d", x=x, w=w)
+    if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[1]:
+        raise OpError(f"conv2d needs x (batch, channels, height, width) and w (out, "
+                      f"channels, kh, kw) with the same channels; got {x.shape} and {w.shape}")
+    if x.dtype != w.dtype:
+        raise OpError(f"conv2d inputs differ in dtype: {x.dtype} and {w.dtype}")
+    check_window_attrs("conv2d", w.shape[2:], strides, padding)
+    oh, _ = window_geometry(x.shape[2], w.shape[2], strides[0], padding)
+    ow, _ = window_geometry(x.shape[3], w.shape[3], strides[1], padding)
+    if oh < 1 or ow < 1:
+        raise OpError(f"conv2d: a {w.shape[2]}x{w.shape[3]} kernel does not fit images of "
+                      f"{x.shape[2]}x{x.shape[3]} with padding 'valid'; use padding='same'")
+    return [Spec((x.shape[0], w.shape[0], oh, ow), x.dtype)]
+
+
+def _conv2d_geometry(x, w, y, strides, padding):
+    _, pt = window_geometry(x.shape[2], w.shape[2], strides[0], padding)
+    _, pl = window_geometry(x.shape[3], w.shape[3], strides[1], padding)
+    return w.shape[2], w.shape[3], strides[0], strides[1], pt, pl, y.shape[2], y.shape[3]
+
+
+@jit
+def im2col_cpu(x, kh, kw, sh, sw, pt, pl, oh, ow, cols):
+    """cols[(c*kh + i)*kw + j, p*ow + q] = x[c, p*sh + i - pt, q*sw + j - pl], 0 outside"""
+    ch, h, wd = x.shape
+    for c in range(ch):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for p in range(oh):
+                    r = p * sh + i - pt
+                    for q in range(ow):
+                        col = q * sw + j - pl
+                        inside = 0 <= r < h and 0 <= col < wd
+                        cols[row, p * ow + q] = x[c, r, col] if inside else 0.0
+
+
+@jit
+def col2im_cpu(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx):
+    """dx[c, p*sh + i - pt, q*sw + j - pl] += cols[(c*kh + i)*kw + j, p*ow + q] (dx zeroed)"""
+    ch, h, wd = dx.shape
+    dxf = dx.reshape(-1)
+    for k in range(dxf.size):
+        dxf[k] = 0.0
+    for c in range(ch):
+        for i in range(kh):
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                for p in range(oh):
+                    r = p * sh + i - pt
+                    if r < 0 or r >= h:
+                        continue
+                    for q in range(ow):
+                        col = q * sw + j - pl
+                        if 0 <= col < wd:
+                            dx[c, r, col] += cols[row, p * ow + q]
+
+
+def conv2d_fwd_cpu(x, w, strides, padding, y):
+    """y[n] = w.reshape(out, -1) @ im2col(x[n])  (BLAS; one sample's columns at a time)"""
+    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, y, strides, padding)
+    w2 = w.reshape(w.shape[0], -1)
+    y3 = y.reshape(y.shape[0], y.shape[1], oh * ow)
+    cols = workspace("conv2d.cols", (w2.shape[1], oh * ow), x.dtype)
+    for n in range(x.shape[0]):
+        im2col_cpu(x[n], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+        np.dot(w2, cols, out=y3[n])
+
+
+def conv2d_bwd_cpu(dy, x, w, strides, padding, dx, dw):
+    """dw = sum_n dy[n] @ im2col(x[n]).T ; dx[n] = col2im(w.reshape(out, -1).T @ dy[n])"""
+    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, dy, strides, padding)
+    w2 = w.reshape(w.shape[0], -1)
+    dy3 = dy.reshape(dy.shape[0], dy.shape[1], oh * ow)
+    cols = workspace("conv2d.cols", (w2.shape[1], oh * ow), x.dtype)
+    if dw is not None:
+        dw2 = dw.reshape(w2.shape)
+        dw2[...] = 0.0
+        part = workspace("conv2d.dw", w2.shape, x.dtype)
+    for n in range(x.shape[0]):
+        if dw is not None:
+            im2col_cpu(x[n], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+            np.dot(dy3[n], cols.T, out=part)
+            dw2 += part
+        if dx is not None:
+            np.dot(w2.T, dy3[n], out=cols)        # the columns' gradient, then scattered
+            col2im_cpu(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx[n])
+
+
+@cuda_kernel
+def _conv2d_fwd(x, w, sh, sw, pt, pl, y):
+    """y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] * x[n, c, p*sh + i - pt, q*sw + j - pl]"""
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        q = t % y.shape[3]
+        p = (t // y.shape[3]) % y.shape[2]
+        o = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
+        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
+        acc = y.dtype.type(0)
+        for c in range(x.shape[1]):
+            for i in range(w.shape[2]):
+                r = p * sh + i - pt
+                if 0 <= r < x.shape[2]:
+                    for j in range(w.shape[3]):
+                        col = q * sw + j - pl
+                        if 0 <= col < x.shape[3]:
+                            acc += w[o, c, i, j] * x[n, c, r, col]
+        y[n, o, p, q] = acc
+
+
+def conv2d_fwd_cuda(x, w, strides, padding, y):
+    """Launch _conv2d_fwd (grid-stride over the outputs)."""
+    _, _, sh, sw, pt, pl, _, _ = _conv2d_geometry(x, w, y, strides, padding)
+    _conv2d_fwd[config.grid_1d(y.size)](x, w, sh, sw, pt, pl, y)
+
+
+@cuda_kernel
+def _conv2d_bwd_x(dy, w, sh, sw, pt, pl, dx):
+    """dx[n, c, r, s] = sum over (o, i, j) with r = p*sh + i - pt, s = q*sw + j - pl of
+    w[o, c, i, j] * dy[n, o, p, q]"""
+    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        s = t % dx.shape[3]
+        r = (t // dx.shape[3]) % dx.shape[2]
+        c = (t // (dx.shape[3] * dx.shape[2])) % dx.shape[1]
+        n = t // (dx.shape[3] * dx.shape[2] * dx.shape[1])
+        acc = dx.dtype.type(0)
+        for i in range(w.shape[2]):
+            pp = r + pt - i
+            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
+                for j in range(w.shape[3]):
+                    qq = s + pl - j
+                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
+                        for o in range(w.shape[0]):
+                            acc += w[o, c, i, j] * dy[n, o, pp // sh, qq // sw]
+        dx[n, c, r, s] = acc
+
+
+@cuda_kernel
+def _conv2d_bwd_w(dy, x, sh, sw, pt, pl, dw):
+    """dw[o, c, i, j] = sum_{n,p,q} dy[n, o, p, q] * x[n, c, p*sh + i - pt, q*sw + j - pl]"""
+    for t in range(cuda.grid(1), dw.size, cuda.gridsize(1)):
+        j = t % dw.shape[3]
+        i = (t // dw.shape[3]) % dw.shape[2]
+        c = (t // (dw.shape[3] * dw.shape[2])) % dw.shape[1]
+        o = t // (dw.shape[3] * dw.shape[2] * dw.shape[1])
+        acc = dw.dtype.type(0)
+        for n in range(dy.shape[0]):
+            for p in range(dy.shape[2]):
+                r = p * sh + i - pt
+                if 0 <= r < x.shape[2]:
+                    for q in range(dy.shape[3]):
+                        col = q * sw + j - pl
+                        if 0 <= col < x.shape[3]:
+                            acc += dy[n, o, p, q] * x[n, c, r, col]
+        dw[o, c, i, j] = acc
+
+
+def conv2d_bwd_cuda(dy, x, w, strides, padding, dx, dw):
+    """Launch _conv2d_bwd_x (one thread per input element) and _conv2d_bwd_w (one per
+    weight)."""
+    _, _, sh, sw, pt, pl, _, _ = _conv2d_geometry(x, w, dy, strides, padding)
+    if dx is not None:
+        _conv2d_bwd_x[config.grid_1d(dx.size)](dy, w, sh, sw, pt, pl, dx)
+    if dw is not None:
+        _conv2d_bwd_w[config.grid_1d(dw.size)](dy, x, sh, sw, pt, pl, dw)
+
+
+def conv2d_reference(x, w, strides=(1, 1), padding="valid"):
+    """Plain numpy: pad, then sum the kernel's taps as shifted, strided slices."""
+    kh, kw = w.shape[2:]
+    oh, pt = window_geometry(x.shape[2], kh, strides[0], padding)
+    ow, pl = window_geometry(x.shape[3], kw, strides[1], padding)
+    pb = max((oh - 1) * strides[0] + kh - x.shape[2] - pt, 0)
+    pr = max((ow - 1) * strides[1] + kw - x.shape[3] - pl, 0)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    y = np.zeros((x.shape[0], w.shape[0], oh, ow), np.result_type(x, w))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, :, i:i + strides[0] * oh:strides[0], j:j + strides[1] * ow:strides[1]]
+            y += np.einsum("nchw,oc->nohw", patch, w[:, :, i, j])
+    return (y,)
+
+
+def _conv2d_sample(rng, dtype):
+    x = rng.standard_normal((2, 3, 5, 6)).astype(dtype)
+    w = rng.standard_normal((4, 3, 3, 2)).astype(dtype)
+    return (x, w), {"strides": (2, 1), "padding": "same"}
+
+
+register(Op(
+    name="conv2d", inputs=("x", "w"), shape=_conv2d_shape, saves=("x", "w"),
+    attrs={"strides": (1, 1), "padding": "valid"},
+    forward=conv2d_fwd_cpu, backward=conv2d_bwd_cpu,
+    cuda_forward=conv2d_fwd_cuda, cuda_backward=conv2d_bwd_cuda,
+    sample=_conv2d_sample, reference=conv2d_reference,
+))
+
+
+# -- channel_bias_add --------------------------------------------------------------------
+def _channel_bias_add_shape(x: Spec, b: Spec) -> list:
+    check_float("channel_bias_add", x=x, b=b)
+    if len(x.shape) < 2 or len(b.shape) != 1 or x.shape[1] != b.shape[0]:
+        raise OpError(f"channel_bias_add needs a bias of shape ({x.shape[1:2]}) for input "
+                      f"{x.shape} (batch, channels, ...); got {b.shape}")
+    return [Spec(x.shape, x.dtype)]
+
+
+@jit
+def channel_bias_add_fwd_cpu(x, b, y):
+    """y[n, c, ...] = x[n, c, ...] + b[c]  (bias along axis 1)"""
+    x3 = x.reshape(x.shape[0], b.size, x.size // (x.shape[0] * b.size))
+    y3 = y.reshape(x3.shape)
+    for n in range(x3.shape[0]):
+        for c in range(b.size):
+            for s in range(x3.shape[2]):
+                y3[n, c, s] = x3[n, c, s] + b[c]
+
+
+@cuda_kernel
+def _channel_bias_add_fwd(x, b, y):
+    """y[n, c, ...] = x[n, c, ...] + b[c]  (grid-stride over the elements)"""
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    inner = xf.size // (x.shape[0] * b.size)
+    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
+        yf[i] = xf[i] + b[(i // inner) % b.size]
+
+
+def channel_bias_add_fwd_cuda(x, b, y):
+    """Launch _channel_bias_add_fwd (grid-stride)."""
+    _channel_bias_add_fwd[config.grid_1d(x.size)](x, b, y)
+
+
+@jit
+def channel_bias_add_bwd_cpu(dy, dx, db):
+    """dx = dy ; db[c] = sum_{n, ...} dy[n, c, ...]"""
+    c_ = dy.shape[1]
+    dy3 = dy.reshape(dy.shape[0], c_, dy.size // (dy.shape[0] * c_))
+    if dx is not None:
+        dyf = dy.reshape(-1)
+        dxf = dx.reshape(-1)
+        for k in range(dyf.size):
+            dxf[k] = dyf[k]
+    if db is not None:
+        for c in range(c_):
+            s = 0.0
+            for n in range(dy3.shape[0]):
+                for k in range(dy3.shape[2]):
+                    s += dy3[n, c, k]
+            db[c] = s
+
+
+@cuda_kernel
+def _channel_sums(dy, db):
+    """db[c] = sum_{n, ...} dy[n, c, ...]  (one thread per channel)"""
+    dyf = dy.reshape(-1)
+    inner = dyf.size // (dy.shape[0] * db.size)
+    for c in range(cuda.grid(1), db.size, cuda.gridsize(1)):
+        s = dy.dtype.type(0)
+        for n in range(dy.shape[0]):
+            base = (n * db.size + c) * inner
+            for k in range(inner):
+                s += dyf[base + k]
+        db[c] = s
+
+
+def channel_bias_add_bwd_cuda(dy, dx, db):
+    """dx = dy by copy_cuda ; db by _channel_sums."""
+    if dx is not None:
+        copy_cuda(dy, dx)
+    if db is not None:
+        _channel_sums[config.grid_1d(db.size)](dy, db)
+
+
+def _channel_bias_add_sample(rng, dtype):
+    return (rng.standard_normal((2, 3, 4, 5)).astype(dtype),
+            rng.standard_normal(3).astype(dtype)), {}
+
+
+register(Op(
+    name="channel_bias_add", inputs=("x", "b"), shape=_channel_bias_add_shape,
+    forward=channel_bias_add_fwd_cpu, backward=channel_bias_add_bwd_cpu,
+    cuda_forward=channel_bias_add_fwd_cuda, cuda_backward=channel_bias_add_bwd_cuda,
+    sample=_channel_bias_add_sample,
+    reference=lambda x, b: (x + b.reshape((1, -1) + (1,) * (x.ndim - 2)),),
+))

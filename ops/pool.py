@@ -1,0 +1,400 @@
+"""Pooling on NCHW images: max_pool2d, avg_pool2d and global_avg_pool2d.
+
+Windows follow Keras/TensorFlow (:func:`dlrun.ops.conv.window_geometry`); with ``same``
+padding, padded positions take no part (a max ignores them, an average divides by the
+number of real pixels in the window). max_pool2d records, per output, the position of the
+first maximum in its window (row-major order) as an auxiliary output, so ties send the
+whole gradient to that one input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dlrun.ops import config
+from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.conv import check_window_attrs, window_geometry
+from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
+
+
+def _pool_shape(name):
+    def shape(x: Spec, pool=(2, 2), strides=(2, 2), padding="valid") -> list:
+        check_float(name, x=x)
+        if len(x.shape) != 4:
+            raise OpError(f"{name} needs images (batch, channels, height, width); got "
+                          f"{x.shape}")
+        check_window_attrs(name, pool, strides, padding)
+        oh, _ = window_geometry(x.shape[2], pool[0], strides[0], padding)
+        ow, _ = window_geometry(x.shape[3], pool[1], strides[1], padding)
+        if oh < 1 or ow < 1:
+            raise OpError(f"{name}: a {pool[0]}x{pool[1]} window does not fit images of "
+                          f"{x.shape[2]}x{x.shape[3]} with padding 'valid'")
+        out = [Spec(x.shape[:2] + (oh, ow), x.dtype)]
+        return out + ([Spec(out[0].shape, np.int64)] if name == "max_pool2d" else [])
+    return shape
+
+
+def _geometry(x, pool, strides, padding):
+    """(ph, pw, sh, sw, pt, pl) for the kernels."""
+    _, pt = window_geometry(x.shape[2], pool[0], strides[0], padding)
+    _, pl = window_geometry(x.shape[3], pool[1], strides[1], padding)
+    return pool[0], pool[1], strides[0], strides[1], pt, pl
+
+
+# -- max_pool2d --------------------------------------------------------------------------
+@jit
+def max_pool2d_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y, at):
+    """y = max over the window ; at = r * width + s of its first maximum"""
+    nb, ch, h, wd = x.shape
+    for n in range(nb):
+        for c in range(ch):
+            for p in range(y.shape[2]):
+                for q in range(y.shape[3]):
+                    best = x[n, c, 0, 0]
+                    where = -1
+                    for i in range(ph):
+                        r = p * sh + i - pt
+                        if r < 0 or r >= h:
+                            continue
+                        for j in range(pw):
+                            s = q * sw + j - pl
+                            if 0 <= s < wd and (where < 0 or x[n, c, r, s] > best):
+                                best = x[n, c, r, s]
+                                where = r * wd + s
+                    y[n, c, p, q] = best
+                    at[n, c, p, q] = where
+
+
+def max_pool2d_fwd_cpu(x, pool, strides, padding, y, at):
+    """y = max over each window ; at = flat position (in its image) of the first maximum"""
+    max_pool2d_kernel_cpu(x, *_geometry(x, pool, strides, padding), y, at)
+
+
+@cuda_kernel
+def _max_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y, at):
+    """y = max over the window ; at = r * width + s of its first maximum"""
+    h = x.shape[2]
+    wd = x.shape[3]
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        q = t % y.shape[3]
+        p = (t // y.shape[3]) % y.shape[2]
+        c = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
+        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
+        best = x[n, c, 0, 0]
+        where = -1
+        for i in range(ph):
+            r = p * sh + i - pt
+            if 0 <= r < h:
+                for j in range(pw):
+                    s = q * sw + j - pl
+                    if 0 <= s < wd and (where < 0 or x[n, c, r, s] > best):
+                        best = x[n, c, r, s]
+                        where = r * wd + s
+        y[n, c, p, q] = best
+        at[n, c, p, q] = where
+
+
+def max_pool2d_fwd_cuda(x, pool, strides, padding, y, at):
+    """Launch _max_pool2d_fwd (grid-stride over the outputs)."""
+    _max_pool2d_fwd[config.grid_1d(y.size)](x, *_geometry(x, pool, strides, padding), y, at)
+
+
+@jit
+def max_pool2d_bwd_cpu_kernel(dy, at, dx):
+    """dx[n, c].flat[at] += dy  (dx zeroed first; overlapping windows add up)"""
+    dxf = dx.reshape(-1)
+    for k in range(dxf.size):
+        dxf[k] = 0.0
+    plane = dx.shape[2] * dx.shape[3]
+    dy3 = dy.reshape(dy.shape[0] * dy.shape[1], dy.shape[2] * dy.shape[3])
+    at3 = at.reshape(dy3.shape)
+    for m in range(dy3.shape[0]):
+        for k in range(dy3.shape[1]):
+            dxf[m * plane + at3[m, k]] += dy3[m, k]
+
+
+def max_pool2d_bwd_cpu(dy, at, pool, strides, padding, dx):
+    """dx = dy sent to the recorded first maximum of each window"""
+    max_pool2d_bwd_cpu_kernel(dy, at, dx)
+
+
+@cuda_kernel
+def _max_pool2d_bwd(dy, at, ph, pw, sh, sw, pt, pl, dx):
+    """dx[n, c, r, s] = sum of dy over the windows holding (r, s) whose maximum it was"""
+    h = dx.shape[2]
+    wd = dx.shape[3]
+    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        s = t % wd
+        r = (t // wd) % h
+        c = (t // (wd * h)) % dx.shape[1]
+        n = t // (wd * h * dx.shape[1])
+        acc = dx.dtype.type(0)
+        for i in range(ph):
+            pp = r + pt - i
+            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
+                for j in range(pw):
+                    qq = s + pl - j
+                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
+                        if at[n, c, pp // sh, qq // sw] == r * wd + s:
+                            acc += dy[n, c, pp // sh, qq // sw]
+        dx[n, c, r, s] = acc
+
+
+def max_pool2d_bwd_cuda(dy, at, pool, strides, padding, dx):
+    """Launch _max_pool2d_bwd (one thread per input element: no atomics)."""
+    _max_pool2d_bwd[config.grid_1d(dx.size)](dy, at, *_geometry(dx, pool, strides, padding),
+                                             dx)
+
+
+def _windows(x, pool, strides, padding):
+    """(output rows, output cols, rows of window (p, q), cols of window (p, q)) in numpy."""
+    oh, pt = window_geometry(x.shape[2], pool[0], strides[0], padding)
+    ow, pl = window_geometry(x.shape[3], pool[1], strides[1], padding)
+    for p in range(oh):
+        r0, r1 = max(p * strides[0] - pt, 0), min(p * strides[0] - pt + pool[0], x.shape[2])
+        for q in range(ow):
+            s0, s1 = max(q * strides[1] - pl, 0), min(q * strides[1] - pl + pool[1],
+                                                      x.shape[3])
+            yield oh, ow, p, q, slice(r0, r1), slice(s0, s1)
+
+
+def max_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
+    out = at = None
+    for oh, ow, p, q, rows, cols in _windows(x, pool, strides, padding):
+        if out is None:
+            out = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
+            at = np.zeros(out.shape, np.int64)
+        win = x[:, :, rows, cols].reshape(x.shape[0], x.shape[1], -1)
+        k = win.argmax(axis=2)                    # numpy's argmax: the first maximum
+        width = cols.stop - cols.start
+        out[:, :, p, q] = win.max(axis=2)
+        at[:, :, p, q] = (rows.start + k // width) * x.shape[3] + cols.start + k % width
+    return out, at
+
+
+def _pool_sample(rng, dtype):
+    # overlapping windows (3 wide, stride 2) and padding; distinct values, so no ties
+    x = rng.permutation(2 * 3 * 5 * 6).reshape(2, 3, 5, 6).astype(dtype) / 10.0
+    return (x,), {"pool": (3, 2), "strides": (2, 2), "padding": "same"}
+
+
+register(Op(
+    name="max_pool2d", inputs=("x",), outputs=("y", "at"), shape=_pool_shape("max_pool2d"),
+    saves=("at",), attrs={"pool": (2, 2), "strides": (2, 2), "padding": "valid"},
+    forward=max_pool2d_fwd_cpu, backward=max_pool2d_bwd_cpu,
+    cuda_forward=max_pool2d_fwd_cuda, cuda_backward=max_pool2d_bwd_cuda,
+    sample=_pool_sample, reference=max_pool2d_reference,
+))
+
+
+# -- avg_pool2d --------------------------------------------------------------------------
+@jit
+def avg_pool2d_fwd_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y):
+    """y = mean over the real (unpadded) pixels of the window"""
+    nb, ch, h, wd = x.shape
+    for n in range(nb):
+        for c in range(ch):
+            for p in range(y.shape[2]):
+                r0 = max(p * sh - pt, 0)
+                r1 = min(p * sh - pt + ph, h)
+                for q in range(y.shape[3]):
+                    s0 = max(q * sw - pl, 0)
+                    s1 = min(q * sw - pl + pw, wd)
+                    acc = 0.0
+                    for r in range(r0, r1):
+                        for s in range(s0, s1):
+                            acc += x[n, c, r, s]
+                    y[n, c, p, q] = acc / ((r1 - r0) * (s1 - s0))
+
+
+def avg_pool2d_fwd_cpu(x, pool, strides, padding, y):
+    """y = mean over each window's real pixels"""
+    avg_pool2d_fwd_kernel_cpu(x, *_geometry(x, pool, strides, padding), y)
+
+
+@jit
+def avg_pool2d_bwd_kernel_cpu(dy, ph, pw, sh, sw, pt, pl, dx):
+    """dx[r, s] = sum over windows holding (r, s) of dy / (pixels in that window)"""
+    nb, ch, h, wd = dx.shape
+    dxf = dx.reshape(-1)
+    for k in range(dxf.size):
+        dxf[k] = 0.0
+    for n in range(nb):
+        for c in range(ch):
+            for p in range(dy.shape[2]):
+                r0 = max(p * sh - pt, 0)
+                r1 = min(p * sh - pt + ph, h)
+                for q in range(dy.shape[3]):
+                    s0 = max(q * sw - pl, 0)
+                    s1 = min(q * sw - pl + pw, wd)
+                    g = dy[n, c, p, q] / ((r1 - r0) * (s1 - s0))
+                    for r in range(r0, r1):
+                        for s in range(s0, s1):
+                            dx[n, c, r, s] += g
+
+
+def avg_pool2d_bwd_cpu(dy, pool, strides, padding, dx):
+    """dx = each window's dy shared equally among its real pixels"""
+    avg_pool2d_bwd_kernel_cpu(dy, *_geometry(dx, pool, strides, padding), dx)
+
+
+@cuda_kernel
+def _avg_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y):
+    """y = mean over the real (unpadded) pixels of the window"""
+    h = x.shape[2]
+    wd = x.shape[3]
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        q = t % y.shape[3]
+        p = (t // y.shape[3]) % y.shape[2]
+        c = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
+        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
+        acc = y.dtype.type(0)
+        count = 0
+        for i in range(ph):
+            r = p * sh + i - pt
+            if 0 <= r < h:
+                for j in range(pw):
+                    s = q * sw + j - pl
+                    if 0 <= s < wd:
+                        acc += x[n, c, r, s]
+                        count += 1
+        y[n, c, p, q] = acc / count
+
+
+def avg_pool2d_fwd_cuda(x, pool, strides, padding, y):
+    """Launch _avg_pool2d_fwd (grid-stride over the outputs)."""
+    _avg_pool2d_fwd[config.grid_1d(y.size)](x, *_geometry(x, pool, strides, padding), y)
+
+
+@cuda_kernel
+def _avg_pool2d_bwd(dy, ph, pw, sh, sw, pt, pl, dx):
+    """dx[r, s] = sum over windows holding (r, s) of dy / (pixels in that window)"""
+    h = dx.shape[2]
+    wd = dx.shape[3]
+    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        s = t % wd
+        r = (t // wd) % h
+        c = (t // (wd * h)) % dx.shape[1]
+        n = t // (wd * h * dx.shape[1])
+        acc = dx.dtype.type(0)
+        for i in range(ph):
+            pp = r + pt - i
+            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
+                p = pp // sh
+                rows = ph
+                if p * sh - pt < 0:
+                    rows += p * sh - pt
+                if p * sh - pt + ph > h:
+                    rows -= p * sh - pt + ph - h
+                for j in range(pw):
+                    qq = s + pl - j
+                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
+                        q = qq // sw
+                        cols = pw
+                        if q * sw - pl < 0:
+                            cols += q * sw - pl
+                        if q * sw - pl + pw > wd:
+                            cols -= q * sw - pl + pw - wd
+                        acc += dy[n, c, p, q] / (rows * cols)
+        dx[n, c, r, s] = acc
+
+
+def avg_pool2d_bwd_cuda(dy, pool, strides, padding, dx):
+    """Launch _avg_pool2d_bwd (one thread per input element)."""
+    _avg_pool2d_bwd[config.grid_1d(dx.size)](dy, *_geometry(dx, pool, strides, padding), dx)
+
+
+def avg_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
+    out = None
+    for oh, ow, p, q, rows, cols in _windows(x, pool, strides, padding):
+        if out is None:
+            out = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
+        out[:, :, p, q] = x[:, :, rows, cols].mean(axis=(2, 3))
+    return (out,)
+
+
+register(Op(
+    name="avg_pool2d", inputs=("x",), shape=_pool_shape("avg_pool2d"),
+    attrs={"pool": (2, 2), "strides": (2, 2), "padding": "valid"},
+    forward=avg_pool2d_fwd_cpu, backward=avg_pool2d_bwd_cpu,
+    cuda_forward=avg_pool2d_fwd_cuda, cuda_backward=avg_pool2d_bwd_cuda,
+    sample=_pool_sample, reference=avg_pool2d_reference,
+))
+
+
+# -- global_avg_pool2d -------------------------------------------------------------------
+def _global_pool_shape(x: Spec) -> list:
+    check_float("global_avg_pool2d", x=x)
+    if len(x.shape) != 4:
+        raise OpError(f"global_avg_pool2d needs images (batch, channels, height, width); "
+                      f"got {x.shape}")
+    return [Spec(x.shape[:2], x.dtype)]
+
+
+@jit
+def global_avg_pool2d_fwd_cpu(x, y):
+    """y[n, c] = mean_{r,s} x[n, c, r, s]"""
+    plane = x.shape[2] * x.shape[3]
+    x2 = x.reshape(x.shape[0] * x.shape[1], plane)
+    yf = y.reshape(-1)
+    for m in range(x2.shape[0]):
+        acc = 0.0
+        for k in range(plane):
+            acc += x2[m, k]
+        yf[m] = acc / plane
+
+
+@cuda_kernel
+def _global_avg_pool2d_fwd(x, y):
+    """y[n, c] = mean_{r,s} x[n, c, r, s]  (one thread per (n, c))"""
+    plane = x.shape[2] * x.shape[3]
+    xf = x.reshape(-1)
+    yf = y.reshape(-1)
+    for m in range(cuda.grid(1), yf.size, cuda.gridsize(1)):
+        acc = y.dtype.type(0)
+        for k in range(plane):
+            acc += xf[m * plane + k]
+        yf[m] = acc / plane
+
+
+def global_avg_pool2d_fwd_cuda(x, y):
+    """Launch _global_avg_pool2d_fwd (grid-stride over (n, c))."""
+    _global_avg_pool2d_fwd[config.grid_1d(y.size)](x, y)
+
+
+@jit
+def global_avg_pool2d_bwd_cpu(dy, dx):
+    """dx[n, c, r, s] = dy[n, c] / (height * width)"""
+    plane = dx.shape[2] * dx.shape[3]
+    dx2 = dx.reshape(dx.shape[0] * dx.shape[1], plane)
+    dyf = dy.reshape(-1)
+    for m in range(dx2.shape[0]):
+        g = dyf[m] / plane
+        for k in range(plane):
+            dx2[m, k] = g
+
+
+@cuda_kernel
+def _global_avg_pool2d_bwd(dy, dx):
+    """dx[n, c, r, s] = dy[n, c] / (height * width)"""
+    plane = dx.shape[2] * dx.shape[3]
+    dxf = dx.reshape(-1)
+    dyf = dy.reshape(-1)
+    for i in range(cuda.grid(1), dxf.size, cuda.gridsize(1)):
+        dxf[i] = dyf[i // plane] / plane
+
+
+def global_avg_pool2d_bwd_cuda(dy, dx):
+    """Launch _global_avg_pool2d_bwd (grid-stride)."""
+    _global_avg_pool2d_bwd[config.grid_1d(dx.size)](dy, dx)
+
+
+register(Op(
+    name="global_avg_pool2d", inputs=("x",), shape=_global_pool_shape,
+    forward=global_avg_pool2d_fwd_cpu, backward=global_avg_pool2d_bwd_cpu,
+    cuda_forward=global_avg_pool2d_fwd_cuda, cuda_backward=global_avg_pool2d_bwd_cuda,
+    sample=lambda rng, dt: ((rng.standard_normal((2, 3, 4, 5)).astype(dt),), {}),
+    reference=lambda x: (x.mean(axis=(2, 3)),),
+))

@@ -325,3 +325,5 @@ def layer_from_config(class_name: str, config: dict) -> Layer:
         raise ConfigError(f"unknown layer class {class_name!r}; known: {sorted(LAYERS)} "
                           "(register your own with dlrun.layers.register_layer)") from None
     return cls.from_config(dict(config))
+
+from dlrun.engine.conv_layers import *  # noqa: E402,F401,F403  (images and the activation zoo)

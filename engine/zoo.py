@@ -39,7 +39,61 @@ def mlp_sigmoid(input_shape, classes, **recipe):
     return m
 
 
-MODELS = {"mlp": mlp, "mlp-sigmoid": mlp_sigmoid}
+def _image_input(input_shape, shift):
+    """The layers that take samples to (channels, height, width) images: a Reshape for
+    flat square images, and the shift augmentation when asked for."""
+    input_shape = tuple(input_shape)
+    first = []
+    if len(input_shape) == 1:
+        side = int(round(input_shape[0] ** 0.5))
+        if side * side != input_shape[0]:
+            raise ConfigError(f"a convolutional model needs images (channels, height, "
+                              f"width) or flat square ones; these samples have shape "
+                              f"{input_shape}")
+        first.append(L.Reshape((1, side, side), input_shape=input_shape))
+    if shift:
+        first.append(L.RandomTranslation(shift, input_shape=None if first else input_shape))
+    return first, (None if first else input_shape)
+
+
+def cnn(input_shape, classes, l2=0.0, dropout=0.0, shift=0.0):
+    """The classic Keras MNIST CNN: Conv 32 3x3 ReLU, Conv 64 3x3 ReLU, MaxPool 2,
+    Dropout .25, Flatten, Dense 128 ReLU, Dropout .5, Dense 10 softmax.
+
+    ``dropout`` above 0 replaces both dropout rates; ``l2`` penalises every kernel.
+    """
+    reg = regularizers.l2(l2) if l2 else None
+    first, shape = _image_input(input_shape, shift)
+    d1, d2 = (dropout, dropout) if dropout else (0.25, 0.5)
+    body = [L.Conv2D(32, 3, activation="relu", kernel_regularizer=reg, input_shape=shape),
+            L.Conv2D(64, 3, activation="relu", kernel_regularizer=reg),
+            L.MaxPooling2D(2)]
+    body += [L.Dropout(d1)] if d1 else []
+    body += [L.Flatten(), L.Dense(128, activation="relu", kernel_regularizer=reg)]
+    body += [L.Dropout(d2)] if d2 else []
+    body.append(L.Dense(classes, activation="softmax", kernel_regularizer=reg))
+    return Sequential(first + body, name="cnn")
+
+
+def lenet(input_shape, classes, l2=0.0, dropout=0.0, shift=0.0):
+    """LeNet-5's shapes with ReLU: Conv 6 5x5 (same), AvgPool 2, Conv 16 5x5, AvgPool 2,
+    Flatten, Dense 120, Dense 84, Dense 10 softmax; ``dropout`` after each hidden Dense."""
+    reg = regularizers.l2(l2) if l2 else None
+    first, shape = _image_input(input_shape, shift)
+    body = [L.Conv2D(6, 5, padding="same", activation="relu", kernel_regularizer=reg,
+                     input_shape=shape),
+            L.AveragePooling2D(2),
+            L.Conv2D(16, 5, activation="relu", kernel_regularizer=reg),
+            L.AveragePooling2D(2),
+            L.Flatten()]
+    for units in (120, 84):
+        body.append(L.Dense(units, activation="relu", kernel_regularizer=reg))
+        body += [L.Dropout(dropout)] if dropout else []
+    body.append(L.Dense(classes, activation="softmax", kernel_regularizer=reg))
+    return Sequential(first + body, name="lenet")
+
+
+MODELS = {"mlp": mlp, "mlp-sigmoid": mlp_sigmoid, "cnn": cnn, "lenet": lenet}
 
 
 def build(name: str, input_shape, classes: int, **recipe):

@@ -37,7 +37,7 @@ def main():
 @click.option("--dataset", default="mnist-5k", show_default=True,
               help="A shipped dataset (mnist-5k, digits) or the path of a zarr dataset.")
 @click.option("--model", default="mlp", show_default=True,
-              help="A built-in model: mlp, mlp-sigmoid.")
+              help="A built-in model: mlp, mlp-sigmoid, cnn, lenet.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--optimizer", default="sgd", show_default=True,
@@ -146,11 +146,11 @@ def info():
 
 
 @main.command()
-@click.argument("model", default="mlp", type=click.Choice(["mlp", "loader"]))
+@click.argument("model", default="mlp", type=click.Choice(["mlp", "cnn", "loader"]))
 @click.option("--threads", default="1,2", show_default=True,
               help="Comma-separated thread counts.")
-@click.option("--batch", "batches", default="100,10", show_default=True,
-              help="Comma-separated batch sizes.")
+@click.option("--batch", "batches", default=None,
+              help="Comma-separated batch sizes  [default: 100,10 for mlp, 128 for cnn].")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
               help="Alternating runs of each program per setting; medians are reported.")
 @click.option("--reference-dir", default=None, type=click.Path(file_okay=False),
@@ -175,7 +175,7 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
 
     try:
         threads = [int(t) for t in threads.split(",")]
-        batches = [int(b) for b in batches.split(",")]
+        batches = [int(b) for b in (batches or ("128" if model == "cnn" else "100,10")).split(",")]
     except ValueError:
         raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
     click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")

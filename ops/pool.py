@@ -51,16 +51,16 @@ def max_pool2d_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y, at):
     for n in range(nb):
         for c in range(ch):
             for p in range(y.shape[2]):
+                r0 = max(p * sh - pt, 0)
+                r1 = min(p * sh - pt + ph, h)
                 for q in range(y.shape[3]):
-                    best = x[n, c, 0, 0]
-                    where = -1
-                    for i in range(ph):
-                        r = p * sh + i - pt
-                        if r < 0 or r >= h:
-                            continue
-                        for j in range(pw):
-                            s = q * sw + j - pl
-                            if 0 <= s < wd and (where < 0 or x[n, c, r, s] > best):
+                    s0 = max(q * sw - pl, 0)
+                    s1 = min(q * sw - pl + pw, wd)
+                    best = x[n, c, r0, s0]
+                    where = r0 * wd + s0
+                    for r in range(r0, r1):
+                        for s in range(s0, s1):
+                            if x[n, c, r, s] > best:
                                 best = x[n, c, r, s]
                                 where = r * wd + s
                     y[n, c, p, q] = best

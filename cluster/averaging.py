@@ -25,7 +25,7 @@ def is_finite(a: np.ndarray) -> bool:
     a NaN or an infinity anywhere makes the sum non-finite)."""
     if a.dtype.kind not in "fc":
         return True
-    return math.isfinite(float(np.add.reduce(a, axis=None, dtype=np.float64)))
+    return math.isfinite(float(np.add.reduce(a, axis=None)))
 
 
 def nonfinite_workers(contributions: Sequence[Mapping[str, np.ndarray]]) -> list[int]:

@@ -29,6 +29,7 @@ _EXPORTS = {
     "initializers": ("dlrun.engine.initializers", None),
     "ops": ("dlrun.ops", None),
     "datasets": ("dlrun.datasets", None),
+    "cluster": ("dlrun.cluster", None),
     "errors": ("dlrun.errors", None),
     "DlrunError": ("dlrun.errors", "DlrunError"),
 }

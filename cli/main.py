@@ -146,7 +146,8 @@ def info():
 
 
 @main.command()
-@click.argument("model", default="mlp", type=click.Choice(["mlp", "cnn", "loader"]))
+@click.argument("model", default="mlp",
+                type=click.Choice(["mlp", "cnn", "loader", "cluster"]))
 @click.option("--threads", default="1,2", show_default=True,
               help="Comma-separated thread counts.")
 @click.option("--batch", "batches", default=None,
@@ -161,15 +162,41 @@ def info():
                    "this Python].")
 @click.option("--json", "json_out", default=None, type=click.Path(dir_okay=False),
               help="Also write the results to this JSON file.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1),
+              help="cluster: local Ray workers.")
+@click.option("--average-every", default=10, show_default=True, type=click.IntRange(1),
+              help="cluster: local steps between averages.")
 @friendly_errors
-def bench(model, threads, batches, repeats, reference_dir, reference_python, json_out):
+def bench(model, threads, batches, repeats, reference_dir, reference_python, json_out,
+          workers, average_every):
     """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately.
 
     `dlrun bench loader`: the data loader's samples/s instead (options: `dlrun data bench`).
+    `dlrun bench cluster`: the MLP on --workers local Ray workers (1 thread each, or the
+    first --threads value) averaging every --average-every steps, beside one process with
+    as many threads in all: samples/s, and the per-round overhead in ms.
     """
     if model == "loader":
         return click.get_current_context().invoke(data.commands["bench"])
     import json
+
+    if model == "cluster":
+        from dlrun.cluster.bench import compare as compare_cluster
+
+        ctx = click.get_current_context()
+        default = click.core.ParameterSource.DEFAULT
+        try:
+            per_worker = (int(threads.split(",")[0])
+                          if ctx.get_parameter_source("threads") != default else 1)
+            batch = int(batches.split(",")[0]) if batches else 100
+        except ValueError:
+            raise click.BadParameter("use integers, e.g. --threads 1 --batch 100") from None
+        row = compare_cluster(workers, per_worker, average_every, batch, repeats,
+                              echo=click.echo)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(row, f, indent=2)
+        return
 
     from dlrun.engine.bench import compare
 

@@ -1,0 +1,127 @@
+"""``dlrun bench cluster``: training samples/s of N Ray workers beside one process.
+
+The issue's workload: the MLP 784-500-500-10 (ReLU, softmax cross entropy, plain SGD) on
+random MNIST-shaped data, batch 100 per worker. ``measure()`` trains it on local Ray
+workers (each measurement in its own process, ``python -m dlrun.cluster.bench``) and
+reports the steady-state samples/s (epochs after the first, which compiles and warms up)
+and the per-round overhead: the round's wall time minus its busiest worker's training
+time (one put of the weights, the remote calls, the workers' copies in and out, the gets
+and the average). ``compare()`` alternates it with one process (``dlrun.engine.bench``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _dataset(folder: Path, samples: int, seed: int) -> Path:
+    from dlrun.datasets import write_dataset
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (samples, 784), dtype=np.uint8)
+    y = rng.integers(0, 10, samples)
+    return write_dataset(folder / "random-mnist.zarr", (x, y), name="random-mnist",
+                         classes=10, normalization={"scale": 1 / 255, "offset": 0.0})
+
+
+def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: int = 100,
+            epochs: int = 4, rounds_per_epoch: int = 8, seed: int = 0) -> dict:
+    """Samples/s and round overhead of ``workers`` local Ray workers (median of epochs
+    after the first)."""
+    import dlrun as dl
+    from dlrun.cluster.driver import ray_session, train_distributed
+
+    dl.set_seed(seed)
+    net = dl.Sequential([dl.layers.Dense(500, activation="relu", input_shape=(784,)),
+                         dl.layers.Dense(500, activation="relu"),
+                         dl.layers.Dense(10, activation="softmax")])
+    net.compile(optimizer=dl.optimizers.SGD(learning_rate=0.01),
+                loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    samples = workers * average_every * batch * rounds_per_epoch
+    with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
+        path = _dataset(Path(tmp), samples, seed)
+        with ray_session(num_cpus=workers * threads):
+            t0 = time.perf_counter()
+            hist = train_distributed(net, str(path), workers=workers,
+                                     average_every=average_every, epochs=epochs,
+                                     batch_size=batch, seed=seed, threads=threads, verbose=0)
+            total = time.perf_counter() - t0
+    h = hist.history
+    return {"bench": "cluster", "workers": workers, "threads": threads,
+            "average_every": average_every, "batch": batch, "params": net.count_params(),
+            "train_sps_median": round(statistics.median(h["samples_per_s"][1:]), 1),
+            "worker_sps_median": round(statistics.median(h["worker_samples_per_s"][1:]), 1),
+            "round_overhead_ms": round(statistics.median(h["round_overhead_ms"][1:]), 2),
+            "epochs_sps": [round(v, 1) for v in h["samples_per_s"]],
+            "seconds_total": round(total, 2)}
+
+
+def _run(cmd: list) -> dict | None:
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    for line in reversed(p.stdout.strip().splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    sys.stderr.write(f"  ! {' '.join(map(str, cmd[:4]))}... failed:\n"
+                     f"{p.stderr.strip()[-2000:]}\n")
+    return None
+
+
+def compare(workers: int = 2, threads: int = 1, average_every: int = 10, batch: int = 100,
+            repeats: int = 3, echo=print) -> dict:
+    """Alternate ``workers`` x ``threads`` Ray workers with one process of
+    ``workers * threads`` threads; medians and their ratio."""
+    single_threads = workers * threads
+    runs = {"cluster": [], "overhead_ms": [], "single": []}
+    for _ in range(repeats):
+        res = _run([sys.executable, "-m", "dlrun.cluster.bench", "--workers", str(workers),
+                    "--threads", str(threads), "--average-every", str(average_every),
+                    "--batch", str(batch)])
+        if res:
+            runs["cluster"].append(res["train_sps_median"])
+            runs["overhead_ms"].append(res["round_overhead_ms"])
+            params = res["params"]
+        res = _run([sys.executable, "-m", "dlrun.engine.bench", "--model", "mlp",
+                    "--threads", str(single_threads), "--batch", str(batch)])
+        if res:
+            runs["single"].append(res["train_sps_median"])
+    row = {"workers": workers, "threads": threads, "average_every": average_every,
+           "batch": batch, **{k + "_runs": v for k, v in runs.items()}}
+    for k, v in runs.items():
+        row[k] = round(statistics.median(v), 2) if v else None
+    if row["cluster"] and row["single"]:
+        row["ratio"] = round(row["cluster"] / row["single"], 3)
+    echo(f"mlp 784-500-500-10 ({params if runs['cluster'] else '?':,} weights), batch "
+         f"{batch} per worker, {repeats} alternating runs, medians")
+    echo(f"  {workers} workers x {threads} thread(s), average every {average_every}: "
+         f"{row['cluster'] or 0:>9,.0f} samples/s, round overhead "
+         f"{row['overhead_ms'] or 0:.1f} ms")
+    echo(f"  1 process x {single_threads} threads:{' ' * 14}{row['single'] or 0:>9,.0f} "
+         "samples/s")
+    if "ratio" in row:
+        echo(f"  workers / one process: {row['ratio']:.2f}x")
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--average-every", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=4)
+    a = ap.parse_args(argv)
+    print(json.dumps(measure(a.workers, a.threads, a.average_every, a.batch, a.epochs)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""Data-parallel training with parameter averaging, on Ray actors (or in-process).
+
+Each round the driver puts the current weights (and, with ``optimizer_state="average"``,
+the optimizer state) into the object store once; every worker copies them into its replica,
+trains ``average_every`` local steps on its own shard and returns its arrays and sample
+count; the driver averages them, weighted by samples, in place into the model's own
+buffers (:func:`dlrun.cluster.averaging.average_into`). Workers are visited in index order
+and each one's batches depend only on (seed, epoch, worker), so a run is deterministic for a
+seed and a worker count.
+
+A worker that dies is replaced and the round is redone from the last averaged weights; a
+round in which a worker returns NaN or infinite arrays is rejected and redone (and after
+``max_retries`` the run stops, keeping the last good checkpoint).
+
+This module is the only place that wraps :class:`~dlrun.cluster.worker.Worker` in
+``ray.remote``. It never calls ``ray.init`` itself; :func:`start_local_ray` does, when the
+user asks for local workers (``dlrun train --workers N`` without an address).
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from dlrun.cluster.averaging import average_into, scratch_for
+from dlrun.cluster.worker import (OPTIMIZER_STATES, Worker, flatten_optimizer_state,
+                                  flatten_weights, model_spec)
+from dlrun.errors import ConfigError, DlrunError
+
+LR_SCALINGS = ("none", "linear")
+WARN_AVERAGE_EVERY = 20
+
+
+class ClusterError(DlrunError, RuntimeError):
+    """Distributed training cannot go on (no Ray, lost workers, poisoned rounds)."""
+
+
+# -- the Ray instance ------------------------------------------------------------------------
+def start_local_ray(num_cpus: int | None = None) -> str:
+    """Start a private local Ray instance (no dashboard) for this process; returns its temp
+    folder. A fresh temp folder makes it immune to a stale ``ray_current_cluster`` file
+    left by a head that died without ``ray stop``."""
+    import ray
+
+    from dlrun.engine.threads import available_cores
+
+    temp = tempfile.mkdtemp(prefix="dlrun-ray-")
+    ray.init(address="local", num_cpus=num_cpus or available_cores(),
+             include_dashboard=False, _temp_dir=temp, log_to_driver=True,
+             configure_logging=False)
+    return temp
+
+
+def _token_available() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+
+
+def _enable_token_auth() -> None:
+    """Token mode for this process, as Ray's own ``address='auto'`` path switches it on
+    (the mode is cached by Ray's config, so setting the variable alone is not enough)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:              # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def connect_ray(address: str) -> None:
+    """Join a running Ray cluster at ``address`` ('auto', 'HOST:PORT' or 'ray://...').
+
+    Ray's token authentication stays on. With ``address='auto'`` Ray finds the cluster's
+    token itself; with an explicit address it would not send it (and fail after ~20 s), so
+    when a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, token mode is switched on for
+    this process, as ``auto`` would.
+    """
+    import ray
+
+    if address != "auto" and "RAY_AUTH_MODE" not in os.environ and _token_available():
+        _enable_token_auth()
+    try:
+        ray.init(address=address, configure_logging=False)
+    except ConnectionError as e:
+        raise ClusterError(f"cannot reach a Ray cluster at {address!r} ({e}); start one with "
+                           "`ray start --head`, or leave out --address to use local "
+                           "workers") from None
+    except Exception as e:               # noqa: BLE001 - Ray raises many kinds here
+        text = str(e)
+        if "auth" in text.lower() or "token" in text.lower():
+            raise ClusterError(f"the Ray cluster at {address!r} refused the connection: "
+                               f"{text.splitlines()[0] if text else e!r}. Ray's token "
+                               "authentication is on: use --address auto on a node of the "
+                               "cluster (it finds the token), or set the token as Ray's "
+                               "documentation says; dlrun never turns authentication off"
+                               ) from None
+        raise
+
+
+class ray_session:
+    """Ray for the length of a ``with`` block, as ``dlrun train --workers`` needs it: the
+    instance this process already joined; else the cluster at ``address`` (or
+    ``$RAY_ADDRESS``); else a private local one with ``num_cpus`` CPUs. Leaves (and, for a
+    local one, stops) only what it started."""
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None):
+        self.address, self.num_cpus = address, num_cpus
+        self.started, self.temp, self.kind = False, None, None
+
+    def __enter__(self):
+        import ray
+
+        if ray.is_initialized():
+            self.kind = "running"
+            return self
+        address = self.address or os.environ.get("RAY_ADDRESS") or None
+        if address:
+            connect_ray(address)
+            self.kind = f"cluster at {address}"
+        else:
+            self.temp = start_local_ray(self.num_cpus)
+            self.kind = f"local Ray instance ({self.num_cpus or 'all'} CPUs)"
+        self.started = True
+        return self
+
+    def __exit__(self, *exc):
+        import shutil
+
+        import ray
+
+        if self.started:
+            ray.shutdown()
+        if self.temp:
+            shutil.rmtree(self.temp, ignore_errors=True)
+        return False
+
+
+# -- pools of workers ------------------------------------------------------------------------
+class _InProcessPool:
+    """Workers as plain objects in this process, run one after another (tests, debugging)."""
+
+    def __init__(self, make_args: list):
+        self.make_args = make_args
+        self.workers = [Worker(*a) for a in make_args]
+
+    def info(self) -> list:
+        return [w.info() for w in self.workers]
+
+    def put(self, arrays):
+        return arrays
+
+    def run(self, ref, states, k) -> list:
+        out = []
+        for w, s in zip(self.workers, states):
+            r = w.run_round(ref, s, k)
+            # copy: the worker's live arrays change in its next round
+            out.append(r | {"arrays": {n: a.copy() for n, a in r["arrays"].items()}})
+        return out
+
+    def shutdown(self):
+        self.workers = []
+
+
+class _RayPool:
+    """One Ray actor per worker."""
+
+    def __init__(self, make_args: list, num_cpus: float):
+        import ray
+
+        self.ray = ray
+        self.actor_class = ray.remote(Worker)        # the one place Worker becomes remote
+        self.make_args = make_args
+        self.num_cpus = num_cpus
+        self.actors = [self._start(a) for a in make_args]
+        self.pids = [i["pid"] for i in self.info()]
+
+    def _start(self, args):
+        return self.actor_class.options(num_cpus=self.num_cpus,
+                                        max_concurrency=1).remote(*args)
+
+    def info(self) -> list:
+        return self.ray.get([a.info.remote() for a in self.actors])
+
+    def put(self, arrays):
+        return self.ray.put(arrays)
+
+    def run(self, ref, states, k) -> list:
+        """The workers' results in index order; raises _Lost naming the dead workers."""
+        refs = [a.run_round.remote(ref, s, k) for a, s in zip(self.actors, states)]
+        results, lost = [], []
+        for i, r in enumerate(refs):
+            try:
+                results.append(self.ray.get(r))
+            except self.ray.exceptions.RayActorError:
+                lost.append(i)
+        if lost:
+            raise _Lost(lost)
+        return results
+
+    def replace(self, i: int) -> int:
+        try:
+            self.ray.kill(self.actors[i], no_restart=True)
+        except Exception:                    # noqa: BLE001 - already gone
+            pass
+        self.actors[i] = self._start(self.make_args[i])
+        self.pids[i] = self.ray.get(self.actors[i].info.remote())["pid"]
+        return self.pids[i]
+
+    def shutdown(self):
+        for a in self.actors:
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:                # noqa: BLE001
+                pass
+        self.actors = []
+
+
+class _Lost(Exception):
+    def __init__(self, workers):
+        super().__init__(workers)
+        self.workers = workers
+
+
+# -- training --------------------------------------------------------------------------------
+def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 5,
+                      optimizer_state: str = "average", lr_scaling: str = "none",
+                      sync_warmup: int = 0, epochs: int = 1, batch_size: int = 100,
+                      seed: int = 0, threads: int | None = None, validation_data=None,
+                      callbacks=None, verbose=1, in_process: bool = False,
+                      max_retries: int = 3, echo=print, on_event=None,
+                      announce: bool = True):
+    """Train ``model`` (built and compiled) data-parallel on ``workers`` workers.
+
+    Parameters
+    ----------
+    model : a built, compiled :class:`dlrun.Sequential`; it ends with the averaged weights.
+    dataset : name or path of a dlrun dataset that every worker can open (its ``train``
+        split is shared out), or ``(x, y)`` arrays with ``in_process=True``.
+    workers : number of workers, each with ``1/workers`` of the samples.
+    average_every : local steps between averages (K).
+    optimizer_state : 'average' (momentum, Adam moments averaged like the weights),
+        'reset' (zeroed every round) or 'local' (each worker keeps its own).
+    lr_scaling : 'none', or 'linear' (learning rate x workers; a constant rate only).
+    sync_warmup : steps at the start averaged after every step, then every K (post-local
+        SGD).
+    threads : Numba/BLAS threads per worker (default: the cores split among workers).
+    in_process : run the workers one after another in this process instead of on Ray.
+    callbacks, verbose, validation_data : as for ``model.fit``; metrics come per epoch.
+    on_event : called with a line of text for every fault handled (lost worker, rejected
+        round), besides ``echo``.
+    announce : print the global batch and the choices at the start (with ``verbose``).
+
+    Callbacks see ``params['workers']``: each worker's pid, samples, batches and threads.
+
+    Ray must be running (``ray.init()``, :func:`start_local_ray`, or ``dlrun train``)
+    unless ``in_process``. Returns the :class:`~dlrun.engine.callbacks.History`.
+    """
+    from dlrun.engine.callbacks import CallbackList, History, ProgressBar
+    from dlrun.engine.threads import available_cores
+
+    _check_options(workers, average_every, optimizer_state, lr_scaling, sync_warmup,
+                   epochs, batch_size, max_retries)
+    model._require_built()
+    model._require_compiled()
+    if not in_process:
+        import ray
+
+        if not ray.is_initialized():
+            raise ClusterError("Ray is not running in this process: call ray.init() (or "
+                               "dlrun.cluster.start_local_ray()) first, or use "
+                               "`dlrun train --workers N`, which starts it")
+        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+    else:
+        cluster_cpus = float(available_cores())
+    if threads is None:
+        threads = max(1, int(cluster_cpus // workers))
+    num_cpus = min(float(threads), cluster_cpus / workers)
+
+    verbose = 1 if verbose == "auto" else int(verbose)
+    history = History()
+    cbs = list(callbacks or []) + [history]
+    if verbose:
+        cbs.append(ProgressBar(verbose))
+    params = {"epochs": epochs, "steps": None, "verbose": verbose}
+    cbs = CallbackList(cbs, model, params)
+    model.stop_training = False
+    cbs.on_train_begin()             # BackupAndRestore may restore a checkpoint here
+    initial_epoch = 0
+    resume, model._resume = model._resume, None
+    if resume is not None:
+        initial_epoch = resume["epoch"]
+
+    spec = model_spec(model)
+    if lr_scaling == "linear" and workers > 1:
+        if model.optimizer.schedule is not None:
+            raise ConfigError("lr_scaling='linear' takes a constant learning rate; this "
+                              "optimizer follows a schedule: scale its initial rate instead")
+        spec["optimizer"]["config"]["learning_rate"] *= workers
+    if average_every > WARN_AVERAGE_EVERY:
+        warnings.warn(f"average_every={average_every}: workers drift apart over more than "
+                      f"{WARN_AVERAGE_EVERY} local steps, and accuracy usually suffers",
+                      RuntimeWarning, stacklevel=2)
+    # the averages land in the model's own weights, packed into one buffer per dtype
+    out = flatten_weights(model)
+    _warm_cache(model, batch_size)
+    opt_state = flatten_optimizer_state(model)
+    if optimizer_state == "average":
+        out |= opt_state
+    scratch = scratch_for(out)
+
+    make_args = [(i, workers, spec, dataset, batch_size, seed, threads)
+                 for i in range(workers)]
+    pool = (_InProcessPool(make_args) if in_process else _RayPool(make_args, num_cpus))
+    try:
+        infos = params["workers"] = pool.info()
+        per_worker = [i["batches"] for i in infos]
+        lr = spec["optimizer"]["config"]["learning_rate"]
+        if verbose and announce:
+            echo(f"{workers} workers x batch {batch_size} = global batch "
+                 f"{workers * batch_size}; {threads} thread(s) per worker; average every "
+                 f"{average_every} steps (sync warm-up {sync_warmup}); optimizer state "
+                 f"{optimizer_state}; lr scaling {lr_scaling} (worker lr "
+                 f"{lr if not isinstance(lr, dict) else 'schedule'})")
+        trainer = _Rounds(model, pool, out, scratch, optimizer_state, average_every,
+                          sync_warmup, max_retries, echo, on_event)
+        trainer.infos = infos
+        for epoch in range(initial_epoch, epochs):
+            rounds = trainer.plan_epoch(max(per_worker))
+            params["steps"] = len(rounds)
+            cbs.on_epoch_begin(epoch)
+            logs = trainer.run_epoch(epoch, rounds, per_worker, cbs)
+            if validation_data is not None:
+                val = model.evaluate(*validation_data, batch_size=max(batch_size, 500),
+                                     return_dict=True)
+                logs |= {"val_" + k: v for k, v in val.items()}
+            model.completed_epochs = epoch + 1
+            cbs.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    finally:
+        pool.shutdown()
+    cbs.on_train_end()
+    return history
+
+
+def _check_options(workers, average_every, optimizer_state, lr_scaling, sync_warmup,
+                   epochs, batch_size, max_retries):
+    for name, value, low in (("workers", workers, 1), ("average_every", average_every, 1),
+                             ("sync_warmup", sync_warmup, 0), ("epochs", epochs, 1),
+                             ("batch_size", batch_size, 1), ("max_retries", max_retries, 0)):
+        if not isinstance(value, (int, np.integer)) or value < low:
+            raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    if optimizer_state not in OPTIMIZER_STATES:
+        raise ConfigError(f"optimizer_state must be one of {', '.join(OPTIMIZER_STATES)}; "
+                          f"got {optimizer_state!r}")
+    if lr_scaling not in LR_SCALINGS:
+        raise ConfigError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}; got "
+                          f"{lr_scaling!r}")
+
+
+def _warm_cache(model, batch_size: int) -> None:
+    """Compile (and cache) the training kernels here, before the workers start, so that
+    several processes never race to write Numba's cache. Runs forward and backward only:
+    the weights do not change."""
+    e = model._plan("train", batch_size)
+    for buf in e["plan"].feed.values():
+        buf[...] = 0
+    e["plan"].run(seed=0)
+
+
+class _Rounds:
+    """The round loop of one run: schedule, broadcast, train, average, recover."""
+
+    def __init__(self, model, pool, out, scratch, optimizer_state, k, warmup, max_retries,
+                 echo, on_event):
+        self.model, self.pool, self.out, self.scratch = model, pool, out, scratch
+        self.optimizer_state, self.k, self.warmup = optimizer_state, k, warmup
+        self.max_retries, self.echo, self.on_event = max_retries, echo, on_event
+        self.round = 0
+        self.events = []
+
+    def plan_epoch(self, batches: int) -> list:
+        """Local steps of each round of an epoch of ``batches`` steps (for the busiest
+        worker): 1 while in the sync warm-up, K after; rounds end at the epoch's end."""
+        steps, at = [], self.model.optimizer.iterations
+        done = 0
+        while done < batches:
+            k = 1 if at < self.warmup else self.k
+            k = min(k, batches - done)
+            steps.append(k)
+            done += k
+            at += k
+        return steps
+
+    def event(self, text: str) -> None:
+        self.events.append(text)
+        self.echo(text)
+        if self.on_event is not None:
+            self.on_event(text)
+
+    def run_epoch(self, epoch, rounds, per_worker, cbs) -> dict:
+        model, opt = self.model, self.model.optimizer
+        t_epoch = time.perf_counter()
+        samples, loss_sum = 0, 0.0
+        counts = [[0, 0] for _ in model.metrics]
+        worker_rates, overheads = [], []
+        position = 0
+        for r, k in enumerate(rounds):
+            cbs.on_train_batch_begin(r)
+            state = {"epoch": epoch, "position": position, "step": model._step,
+                     "iterations": opt.iterations, "optimizer_state": self.optimizer_state}
+            states = [state | {"position": min(position, n)} for n in per_worker]
+            t0 = time.perf_counter()
+            results = self._round(states, k)
+            wall = time.perf_counter() - t0
+            busiest = max(res["seconds"] for res in results)
+            overheads.append(wall - busiest)
+            for res in results:
+                samples += res["samples"]
+                loss_sum += res["loss_sum"]
+                for acc, (c, n) in zip(counts, res["counts"]):
+                    acc[0] += c
+                    acc[1] += n
+                if res["samples"]:
+                    worker_rates.append(res["samples"] / res["seconds"])
+            position += k
+            model._step += k
+            opt.iterations += k
+            self.round += 1
+            cbs.on_train_batch_end(r, _logs(model, loss_sum, samples, counts))
+        seconds = time.perf_counter() - t_epoch
+        logs = _logs(model, loss_sum, samples, counts)
+        logs |= {"samples_per_s": samples / seconds,
+                 "worker_samples_per_s": float(np.mean(worker_rates)) if worker_rates else 0.0,
+                 "round_overhead_ms": 1e3 * float(np.mean(overheads)) if overheads else 0.0}
+        return logs
+
+    def _round(self, states, k) -> list:
+        """One round, redone after a lost worker or a non-finite contribution."""
+        for attempt in range(self.max_retries + 1):
+            ref = self.pool.put(self.out)
+            try:
+                results = self.pool.run(ref, states, k)
+            except _Lost as lost:
+                for i in lost.workers:
+                    pid = self.pool.replace(i)
+                    self.infos[i]["pid"] = pid
+                    self.event(f"round {self.round + 1}: worker {i} was lost; replaced "
+                               f"(new pid {pid}); redoing the round from the last averaged "
+                               "weights")
+                continue
+            finally:
+                del ref
+            bad = average_into(self.out, [res["arrays"] for res in results],
+                               [res["samples"] for res in results], self.scratch)
+            if not bad:
+                return results
+            self.event(f"round {self.round + 1}: worker(s) {bad} returned NaN or infinite "
+                       "weights; the round is rejected and redone from the last averaged "
+                       "weights")
+        raise ClusterError(f"round {self.round + 1} failed {self.max_retries + 1} times "
+                           f"(lost workers or NaN weights; see above); stopping. The last "
+                           "good checkpoint is kept; try a smaller learning rate")
+
+
+def _logs(model, loss_sum, samples, counts) -> dict:
+    logs = {"loss": loss_sum / samples if samples else math.nan}
+    for m, (c, n) in zip(model.metrics, counts):
+        logs[m.name] = c / n if n else 0.0
+    return logs
+
+
+def default_threads(workers: int) -> int:
+    """Threads per local worker: the cores split evenly, at least one."""
+    from dlrun.engine.threads import available_cores
+
+    return max(1, available_cores() // workers)
+
+
+__all__ = ["train_distributed", "start_local_ray", "connect_ray", "ClusterError",
+           "default_threads"]

@@ -1,0 +1,226 @@
+"""One data-parallel worker: a model replica and its own shard of the training data.
+
+A plain class, usable in-process (the tests do) and wrapped by ``ray.remote`` in one place
+only (:mod:`dlrun.cluster.driver`). It receives the model as JSON (:func:`model_spec`) and
+the dataset as a name or path, never as arrays, so nothing large travels from the driver
+but the weights of each round.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dlrun.errors import ConfigError
+
+OPTIMIZER_STATES = ("average", "reset", "local")
+
+
+def model_spec(model) -> dict:
+    """What a worker needs to rebuild ``model`` (built and compiled): JSON only."""
+    model._require_built()
+    model._require_compiled()
+    return {"config": model.get_config(), "loss": model.loss,
+            "metrics": [m.name for m in model.metrics],
+            "optimizer": {"class_name": type(model.optimizer).__name__,
+                          "config": model.optimizer.get_config()},
+            "seed": model._seed}
+
+
+def build_model(spec: dict):
+    """The model :func:`model_spec` described, with fresh weights (set them next)."""
+    from dlrun.engine import layers as layers_mod
+    from dlrun.engine import optimizers
+    from dlrun.engine.model import Sequential
+
+    cfg = spec["config"]
+    model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
+                        for l in cfg["layers"]], name=cfg.get("name"))
+    model.build(cfg["input_shape"])
+    opt = optimizers.from_config(spec["optimizer"]["class_name"], spec["optimizer"]["config"])
+    model.compile(optimizer=opt, loss=spec["loss"], metrics=spec["metrics"])
+    model._seed = int(spec["seed"])
+    return model
+
+
+def load_shard(data, index: int, count: int, batch_size: int, seed: int):
+    """The Loader over worker ``index`` of ``count``'s share of the training split.
+
+    ``data`` is a dataset name or path (read by the worker itself: the path must be
+    readable on every node), or ``(x, y)`` arrays for in-process use.
+    """
+    from dlrun.datasets import Loader, open_dataset
+
+    if isinstance(data, (tuple, list)):
+        x, y = data
+    else:
+        ds = open_dataset(data)
+        x, y = ds.split("train" if "train" in ds.splits else None)
+    return Loader(x, y, batch_size, seed=seed, worker=(index, count), prefetch=0)
+
+
+def pack(arrays: list) -> tuple[dict, list]:
+    """Copy ``arrays`` into one contiguous buffer per dtype; returns ({dtype: buffer},
+    the views of the buffers that replace the arrays, in order). A round then moves one
+    buffer per dtype instead of one array per weight."""
+    groups: dict[str, list] = {}
+    for a in arrays:
+        groups.setdefault(a.dtype.str, []).append(a)
+    bufs = {k: np.empty(sum(a.size for a in g), g[0].dtype) for k, g in groups.items()}
+    at = dict.fromkeys(bufs, 0)
+    views = []
+    for a in arrays:
+        k = a.dtype.str
+        v = bufs[k][at[k]:at[k] + a.size].reshape(a.shape)
+        v[...] = a
+        views.append(v)
+        at[k] += a.size
+    return bufs, views
+
+
+def flatten_weights(model) -> dict:
+    """Move the model's weights into one buffer per dtype (``{"w<dtype>": buffer}``); the
+    parameters become views of it. Plans made before hold the old arrays: they are
+    dropped."""
+    params = model.weights_params()
+    bufs, views = pack([p.value for p in params])
+    for p, v in zip(params, views):
+        p.value = v
+    model._plans = {}
+    return {"w" + k: b for k, b in bufs.items()}
+
+
+def flatten_optimizer_state(model) -> dict:
+    """The same for the optimizer's state (``{"o<dtype>": buffer}``), in a canonical
+    order (the model's parameters, then state names) that driver and workers share."""
+    opt = model.optimizer
+    keys = [(p.name, k) for p in model.weights_params() if p.name in opt.state
+            for k in sorted(opt.state[p.name])]
+    if not keys:
+        return {}
+    bufs, views = pack([opt.state[n][k] for n, k in keys])
+    for (n, k), v in zip(keys, views):
+        opt.state[n][k] = v
+    return {"o" + k: b for k, b in bufs.items()}
+
+
+class Worker:
+    """Trains a model replica on shard ``index`` of ``count`` for a few steps per round.
+
+    Parameters
+    ----------
+    index, count : this worker's place among the workers.
+    spec : the model as :func:`model_spec` describes it.
+    data : dataset name or path (or ``(x, y)`` in-process).
+    batch_size : samples per local step.
+    seed : the shard's shuffling is a function of (seed, epoch, index).
+    threads : Numba and BLAS threads of this worker (None: the cores it may use).
+    """
+
+    def __init__(self, index: int, count: int, spec: dict, data, batch_size: int,
+                 seed: int = 0, threads: int | None = None):
+        from dlrun.engine.losses import check_targets
+        from dlrun.engine.threads import set_threads
+
+        self.index, self.count = index, count
+        self.threads = set_threads(threads)       # workers split the cores
+        self.model = build_model(spec)
+        # the same dropout stream as one process for worker 0, distinct ones for the others
+        self.model._seed += index * 1_000_003
+        self.loader = load_shard(data, index, count, batch_size, seed)
+        self.loader.y = check_targets(self.model.loss, self.loader.y, self.model.output_shape)
+        self.params = self.model.weights_params()
+        self.weights = flatten_weights(self.model)
+        self.model._plan("train", batch_size)        # creates the optimizer's state
+        self.opt_state = flatten_optimizer_state(self.model)
+        self._iter, self._pos = None, (None, 0)    # the current epoch's batches and place
+        self._idx = {}
+
+    def info(self) -> dict:
+        import os
+
+        return {"pid": os.getpid(), "samples": self.loader.num_samples,
+                "batches": len(self.loader), "threads": self.threads}
+
+    def run_round(self, weights: dict, state: dict, k_steps: int) -> dict:
+        """Set the averaged weights (and optimizer state), train ``k_steps`` local steps,
+        and report.
+
+        ``weights`` holds the weights packed as :func:`flatten_weights` does (and, when
+        the optimizer state is averaged, the state packed by
+        :func:`flatten_optimizer_state`); arrays from the object store are read-only and
+        are copied into the model's own buffers. ``state`` holds
+        ``epoch``, ``position`` (batches of the epoch this worker has done), ``step``
+        (the model's step, which seeds dropout), ``iterations`` (the optimizer's) and
+        ``optimizer_state`` (average, reset or local).
+
+        Returns a dict: ``arrays`` (the same keys, this worker's values after training),
+        ``samples``, ``steps``, ``loss_sum`` (sum of batch loss x batch size),
+        ``counts`` ([correct, total] per metric), ``seconds`` (training time) and
+        ``done`` (the epoch's batches are exhausted).
+        """
+        t0 = time.perf_counter()
+        model, opt = self.model, self.model.optimizer
+        for key, buf in self.weights.items():
+            np.copyto(buf, weights[key])
+        mode = state.get("optimizer_state", "average")
+        if mode not in OPTIMIZER_STATES:
+            raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATES}, got "
+                              f"{mode!r}")
+        batches = self._batches(state["epoch"], state["position"])
+        model._step = int(state["step"])
+        opt.iterations = int(state["iterations"])
+        samples, steps, loss_sum = 0, 0, 0.0
+        counts = [[0, 0] for _ in model.metrics]
+        self._set_optimizer_state(weights, mode)
+        done = False
+        for _ in range(k_steps):
+            try:
+                xb, yb = next(batches)
+            except StopIteration:
+                done = True
+                break
+            loss, c = model._run_batch("train", xb, yb, self._arange(len(xb)))
+            samples += len(xb)
+            steps += 1
+            loss_sum += loss * len(xb)
+            for acc, (k, n) in zip(counts, c):
+                acc[0] += k
+                acc[1] += n
+        self._pos = (state["epoch"], state["position"] + steps)
+        if not done and self._pos[1] >= len(self.loader):
+            done = True
+        arrays = dict(self.weights)
+        if mode == "average":
+            arrays |= self.opt_state
+        return {"arrays": arrays, "samples": samples, "steps": steps, "loss_sum": loss_sum,
+                "counts": counts, "seconds": time.perf_counter() - t0, "done": done,
+                "index": self.index}
+
+    def _set_optimizer_state(self, weights: dict, mode: str) -> None:
+        opt = self.model.optimizer
+        if mode == "local":
+            return
+        if mode == "reset":
+            for p in self.params:
+                for k, dst in opt.state.get(p.name, {}).items():
+                    np.copyto(dst, opt.make_state(p.value)[k])
+            return
+        for key, buf in self.opt_state.items():
+            if key in weights:
+                np.copyto(buf, weights[key])
+
+    def _batches(self, epoch: int, position: int):
+        """The epoch's batches from ``position`` on; the loader's order depends only on
+        (seed, epoch, worker), so a replaced worker takes up exactly where one left off."""
+        if self._iter is None or self._pos != (epoch, position):
+            it = self.loader.epoch(epoch)
+            for _ in range(position):
+                next(it, None)
+            self._iter = it
+        return self._iter
+
+    def _arange(self, n: int) -> np.ndarray:
+        if n not in self._idx:
+            self._idx[n] = np.arange(n)
+        return self._idx[n]

@@ -1,0 +1,155 @@
+"""The distributed training loop with its workers in this process (no Ray): the
+invariants, sharding, optimizer-state modes and NaN rejection, fast."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlrun as dl
+from dlrun.cluster import Worker, model_spec, train_distributed
+from dlrun.cluster.driver import ClusterError
+from dlrun.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    dl.set_threads(1)
+    yield
+    dl.set_threads()
+
+
+def test_one_worker_is_single_process_training_bitwise(h):
+    x, y = h.digits()
+    ref = h.small_model(dropout=0.2)
+    h.train_single(ref, x, y, 64, 2, seed=3)
+    model = h.small_model(dropout=0.2)
+    train_distributed(model, (x, y), workers=1, average_every=4, epochs=2, batch_size=64,
+                      seed=3, threads=1, verbose=0, in_process=True)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)
+    assert model.optimizer.iterations == ref.optimizer.iterations
+    # layer names differ between the two models; the states come in the same order
+    for a, b in zip(model.optimizer.get_state().values(), ref.optimizer.get_state().values()):
+        assert np.array_equal(a, b)
+
+
+def test_n_workers_k1_plain_sgd_is_one_process_with_n_times_the_batch(h):
+    x, y = h.digits()
+    x, y = x[:1200], y[:1200]                    # 3 x 400: equal shards, whole batches
+    sgd = lambda: dl.optimizers.SGD(learning_rate=0.1)  # noqa: E731
+    ref = h.small_model(optimizer=sgd())
+    h.train_union(ref, x, y, 40, 3, 2, seed=5)
+    model = h.small_model(optimizer=sgd())
+    train_distributed(model, (x, y), workers=3, average_every=1, epochs=2, batch_size=40,
+                      seed=5, threads=1, verbose=0, in_process=True)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_every_sample_is_seen_exactly_once_per_epoch(h):
+    x, y = h.digits()
+    x = x.copy()
+    x.reshape(len(x), -1)[:, 0] = np.arange(len(x))       # pixel 0 is the sample's id
+    seen = []
+
+    class Recording(Worker):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            run = self.model._run_batch
+
+            def recording(mode, xb, yb, idx):
+                seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
+                return run(mode, xb, yb, idx)
+            self.model._run_batch = recording
+
+    model = h.small_model()
+    n, spec = 3, model_spec(model)
+    workers = [Recording(i, n, spec, (x, y), 50, 7, 1) for i in range(n)]
+    state = {"epoch": 0, "step": 0, "iterations": 0}
+    weights = {k: v.copy() for k, v in workers[0].weights.items()}
+    for epoch in range(2):
+        seen.clear()
+        for w in workers:
+            pos = 0
+            while True:
+                r = w.run_round(weights, state | {"epoch": epoch, "position": pos}, 4)
+                pos += r["steps"]
+                if r["done"]:
+                    break
+        ids = np.concatenate(seen)
+        assert len(ids) == len(x) and np.array_equal(np.sort(ids), np.arange(len(x)))
+
+
+@pytest.mark.parametrize("mode", ["average", "reset", "local"])
+def test_optimizer_state_modes_train(h, mode):
+    x, y = h.digits()
+    model = h.small_model()
+    hist = train_distributed(model, (x, y), workers=2, average_every=5,
+                             optimizer_state=mode, epochs=2, batch_size=32, seed=0, threads=1,
+                             verbose=0, in_process=True)
+    assert hist.history["loss"][1] < hist.history["loss"][0]
+    assert hist.history["accuracy"][1] > 0.5
+    assert set(hist.history) >= {"samples_per_s", "worker_samples_per_s", "round_overhead_ms"}
+
+
+def test_nan_worker_is_rejected_and_the_round_redone(h, monkeypatch):
+    x, y = h.digits()
+    calls = {"n": 0}
+    real = Worker.run_round
+
+    def flaky(self, weights, state, k):
+        out = real(self, weights, state, k)
+        calls["n"] += 1
+        if self.index == 1 and calls["n"] == 4:           # once, in round 2
+            out["arrays"] = {k: v.copy() for k, v in out["arrays"].items()}
+            out["arrays"]["w<f4"][123] = np.nan
+        return out
+    monkeypatch.setattr(Worker, "run_round", flaky)
+    events = []
+    clean = h.small_model()
+    train_distributed(clean, (x, y), workers=2, average_every=5, epochs=1, batch_size=64,
+                      seed=1, threads=1, verbose=0, in_process=True)
+    calls["n"] = 0
+    model = h.small_model()
+    train_distributed(model, (x, y), workers=2, average_every=5, epochs=1, batch_size=64,
+                      seed=1, threads=1, verbose=0, in_process=True, echo=lambda s: None,
+                      on_event=events.append)
+    assert len(events) == 1 and "worker(s) [1]" in events[0] and "rejected" in events[0]
+    for a, b in zip(model.get_weights(), clean.get_weights()):
+        assert np.array_equal(a, b)                       # the redone round is the same
+
+
+def test_a_worker_that_always_returns_nan_stops_the_run(h, monkeypatch):
+    x, y = h.digits()
+    real = Worker.run_round
+
+    def poisoned(self, weights, state, k):
+        out = real(self, weights, state, k)
+        out["arrays"] = {n: np.full_like(a, np.nan) for n, a in out["arrays"].items()}
+        return out
+    monkeypatch.setattr(Worker, "run_round", poisoned)
+    with pytest.raises(ClusterError, match="failed 2 times"):
+        train_distributed(h.small_model(), (x, y), workers=2, epochs=1, batch_size=64,
+                          threads=1, verbose=0, in_process=True, max_retries=1,
+                          echo=lambda s: None)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(workers=0), "workers must be an integer >= 1"),
+    (dict(average_every=0), "average_every"),
+    (dict(optimizer_state="sum"), "optimizer_state must be one of average, reset, local"),
+    (dict(lr_scaling="sqrt"), "lr_scaling must be one of none, linear"),
+])
+def test_bad_options_are_config_errors(h, kw, message):
+    with pytest.raises(ConfigError, match=message):
+        train_distributed(h.small_model(), h.digits(), in_process=True, verbose=0, **kw)
+
+
+def test_without_ray_running_the_library_does_not_start_it(h):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray instance is running in this process")
+    with pytest.raises(ClusterError, match="Ray is not running"):
+        train_distributed(h.small_model(), "digits", workers=2, verbose=0)
+    assert not ray.is_initialized()

@@ -1,0 +1,170 @@
+"""Distributed training on a real local Ray instance (one per module): the invariants,
+a worker killed mid-training, and `dlrun train --workers 2` end to end."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dlrun as dl
+from dlrun.cluster import train_distributed
+from dlrun.engine.callbacks import Callback
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    import ray
+
+    from dlrun.cluster.driver import ray_session
+
+    if ray.is_initialized():
+        pytest.skip("this process already joined a Ray instance")
+    # a private instance in a fresh temp folder (a stale cluster file cannot redirect it)
+    with ray_session(num_cpus=2):
+        yield
+    assert not ray.is_initialized()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    dl.set_threads(1)
+    yield
+    dl.set_threads()
+
+
+def test_one_worker_on_ray_is_single_process_training_bitwise(h):
+    x, y = h.digits()
+    ref = h.small_model(dropout=0.1)
+    h.train_single(ref, x, y, 64, 2, seed=4)
+    model = h.small_model(dropout=0.1)
+    train_distributed(model, "digits", workers=1, average_every=5, epochs=2, batch_size=64,
+                      seed=4, threads=1, verbose=0)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_two_workers_k1_plain_sgd_match_one_process_with_twice_the_batch(h):
+    x, y = h.digits()
+    ref = h.small_model(optimizer=dl.optimizers.SGD(learning_rate=0.1))
+    h.train_union(ref, x, y, 50, 2, 2, seed=2)
+    model = h.small_model(optimizer=dl.optimizers.SGD(learning_rate=0.1))
+    hist = train_distributed(model, "digits", workers=2, average_every=1, epochs=2,
+                             batch_size=50, seed=2, threads=1, verbose=0)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert hist.history["round_overhead_ms"][0] > 0
+
+
+class KillWorker(Callback):
+    """SIGKILLs worker 1's process shortly after round ``at`` of the first epoch starts."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.killed = at, None
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.killed is None and batch == self.at:
+            self.killed = self.params["workers"][1]["pid"]
+            threading.Timer(0.005, os.kill, (self.killed, signal.SIGKILL)).start()
+
+
+def test_a_killed_worker_is_replaced_and_its_round_redone(h):
+    clean = h.small_model()
+    train_distributed(clean, "digits", workers=2, average_every=2, epochs=2, batch_size=50,
+                      seed=1, threads=1, verbose=0)
+    model, events, kill = h.small_model(), [], KillWorker(at=3)
+    hist = train_distributed(model, "digits", workers=2, average_every=2, epochs=2,
+                             batch_size=50, seed=1, threads=1, verbose=0, callbacks=[kill],
+                             echo=lambda s: None, on_event=events.append)
+    assert kill.killed is not None
+    assert len(events) == 1 and "worker 1 was lost; replaced" in events[0], events
+    assert len(hist.history["loss"]) == 2
+    # nothing lost but the round, which was redone from the same averaged weights
+    for a, b in zip(model.get_weights(), clean.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_cli_train_with_two_workers_and_resume(tmp_path):
+    from click.testing import CliRunner
+
+    from dlrun.cli.main import main
+
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "digits", "--workers", "2", "--epochs", "2",
+            "--average-every", "3", "--sync-warmup", "4", "--lr-scaling", "linear",
+            "--out", str(out), "--verbose", "2"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "2 workers x batch 100 = global batch 200" in res.output
+    assert "lr scaling linear (lr 0.05 x 2)" in res.output
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 3 and "round_overhead_ms" in rows[0] and "val_accuracy" in rows[0]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["workers"] == 2 and summary["test_accuracy"] > 0.8
+    config = json.loads((out / "config.json").read_text())
+    assert config["workers"] == 2 and config["lr"] == 0.05
+    res = CliRunner().invoke(main, ["train", "--resume", str(out), "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert len((out / "metrics.csv").read_text().splitlines()) == 4
+    assert dl.load_model(out / "model").optimizer.learning_rate == pytest.approx(0.1)
+
+
+def test_bench_cluster_measures_samples_per_second_and_round_overhead():
+    from dlrun.cluster.bench import measure
+
+    res = measure(workers=2, threads=1, average_every=2, batch=50, epochs=2,
+                  rounds_per_epoch=2)
+    assert res["params"] == 648_010
+    assert res["train_sps_median"] > 0 and res["round_overhead_ms"] > 0
+
+
+def test_cli_joins_a_running_head_by_explicit_address_with_token_auth_on(tmp_path):
+    """`ray start --head` on loopback (stopped by its own PID, never `ray stop`), then
+    `dlrun train --address 127.0.0.1:PORT`: the token is found and sent (auth stays on)."""
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="dlrun-head-")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    log = open(tmp_path / "head.log", "w")
+    head = subprocess.Popen([ray_bin, "start", "--head", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", "--num-cpus=2",
+                             "--include-dashboard=false", f"--temp-dir={temp}", "--block"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.time() + 60
+        while "will now block" not in (tmp_path / "head.log").read_text():
+            assert head.poll() is None and time.time() < deadline, \
+                (tmp_path / "head.log").read_text()
+            time.sleep(0.2)
+        out = tmp_path / "run"
+        res = subprocess.run([sys.executable, "-m", "dlrun.cli.main", "train", "--dataset",
+                              "digits", "--workers", "2", "--epochs", "1", "--address",
+                              f"127.0.0.1:{port}", "--out", str(out), "--verbose", "0"],
+                             capture_output=True, text=True, env=env, timeout=120)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert f"Ray: cluster at 127.0.0.1:{port}" in res.stdout
+        assert json.loads((out / "summary.json").read_text())["workers"] == 2
+    finally:
+        head.terminate()                    # --block stops what it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            head.kill()
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)

@@ -83,10 +83,15 @@ class Conv2D(Layer):
                                         regularizer=self.bias_regularizer)
 
     def call(self, x, training):
-        y = apply("conv2d", x, self.kernel, strides=self.strides, padding=self.padding)
-        if self.use_bias:
-            y = apply("channel_bias_add", y, self.bias)
-        return apply(self._act, y) if self._act else y
+        if not self.use_bias:
+            y = apply("conv2d", x, self.kernel, strides=self.strides, padding=self.padding)
+            return apply(self._act, y) if self._act else y
+        # bias, and ReLU, fused into the convolution: applied to each sample's product
+        # while it is in cache rather than in passes over the whole batch
+        relu = self._act == "relu"
+        y = apply("conv2d_bias", x, self.kernel, self.bias, strides=self.strides,
+                  padding=self.padding, relu=relu)
+        return apply(self._act, y) if self._act and not relu else y
 
     def compute_output_shape(self, input_shape):
         _images(self, input_shape)

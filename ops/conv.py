@@ -1,5 +1,6 @@
-"""Convolution on NCHW images: conv2d (im2col by Numba, the product by BLAS) and the
-per-channel bias add that follows it.
+"""Convolution on NCHW images: conv2d (im2col by Numba, the product by BLAS), conv2d_bias
+(the same with the bias, and optionally ReLU, applied to each sample's product while it is
+in cache: what Conv2D uses) and a per-channel bias add.
 
 The CPU forward lays one sample's receptive fields out as columns (``im2col``) and
 multiplies them by the weights with numpy's BLAS, so each product lands directly in NCHW
@@ -252,6 +253,132 @@ register(Op(
     forward=conv2d_fwd_cpu, backward=conv2d_bwd_cpu,
     cuda_forward=conv2d_fwd_cuda, cuda_backward=conv2d_bwd_cuda,
     sample=_conv2d_sample, reference=conv2d_reference,
+))
+
+
+# -- conv2d_bias: conv2d, bias and optionally ReLU in one pass -------------------------------
+def _conv2d_bias_shape(x: Spec, w: Spec, b: Spec, strides=(1, 1), padding="valid",
+                       relu=False) -> list:
+    out = _conv2d_shape(x, w, strides, padding)
+    if b.shape != (w.shape[0],) or b.dtype != w.dtype:
+        raise OpError(f"conv2d_bias needs a bias of shape ({w.shape[0]},) and dtype "
+                      f"{w.dtype} for weights {w.shape}; got {b.shape} {b.dtype}")
+    return out
+
+
+@jit
+def bias_relu_rows_cpu(y2, b, relu):
+    """y2[c, :] += b[c], then y2 = max(y2, 0) when relu"""
+    for c in range(y2.shape[0]):
+        for k in range(y2.shape[1]):
+            v = y2[c, k] + b[c]
+            y2[c, k] = v if v > 0 or not relu else 0.0
+
+
+@jit
+def relu_mask_rows_cpu(dy2, y2, relu, g2, db):
+    """g2 = dy2 * (y2 > 0) if relu else dy2 ; db[c] += sum_k g2[c, k]"""
+    for c in range(dy2.shape[0]):
+        s = 0.0
+        for k in range(dy2.shape[1]):
+            v = dy2[c, k] if y2[c, k] > 0 or not relu else 0.0
+            g2[c, k] = v
+            s += v
+        db[c] += s
+
+
+def conv2d_bias_fwd_cpu(x, w, b, strides, padding, relu, y):
+    """y[n] = act(w.reshape(out, -1) @ im2col(x[n]) + b), act = ReLU or identity; the bias
+    and ReLU run on each sample's product while it is still in cache"""
+    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, y, strides, padding)
+    w2 = w.reshape(w.shape[0], -1)
+    y3 = y.reshape(y.shape[0], y.shape[1], oh * ow)
+    cols = workspace("conv2d.cols", (w2.shape[1], oh * ow), x.dtype)
+    for n in range(x.shape[0]):
+        im2col_cpu(x[n], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+        np.dot(w2, cols, out=y3[n])
+        bias_relu_rows_cpu(y3[n], b, relu)
+
+
+def conv2d_bias_bwd_cpu(dy, x, w, y, strides, padding, relu, dx, dw, db):
+    """g[n] = dy[n] * (y[n] > 0) (or dy[n]) ; db = sum g ; dw = sum_n g[n] @ im2col(x[n]).T ;
+    dx[n] = col2im(w.reshape(out, -1).T @ g[n])"""
+    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, dy, strides, padding)
+    w2 = w.reshape(w.shape[0], -1)
+    dy3 = dy.reshape(dy.shape[0], dy.shape[1], oh * ow)
+    y3 = y.reshape(dy3.shape)
+    cols = workspace("conv2d.cols", (w2.shape[1], oh * ow), x.dtype)
+    g = workspace("conv2d.g", dy3.shape[1:], x.dtype)
+    sums = db if db is not None else workspace("conv2d.db", (w2.shape[0],), x.dtype)
+    sums[...] = 0.0
+    if dw is not None:
+        dw2 = dw.reshape(w2.shape)
+        dw2[...] = 0.0
+        part = workspace("conv2d.dw", w2.shape, x.dtype)
+    for n in range(x.shape[0]):
+        relu_mask_rows_cpu(dy3[n], y3[n], relu, g, sums)
+        if dw is not None:
+            im2col_cpu(x[n], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+            np.dot(g, cols.T, out=part)
+            dw2 += part
+        if dx is not None:
+            np.dot(w2.T, g, out=cols)
+            col2im_cpu(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx[n])
+
+
+@cuda_kernel
+def _bias_relu(y, b, relu):
+    """y[n, c, ...] += b[c], then y = max(y, 0) when relu  (grid-stride, in place)"""
+    yf = y.reshape(-1)
+    inner = yf.size // (y.shape[0] * b.size)
+    for i in range(cuda.grid(1), yf.size, cuda.gridsize(1)):
+        v = yf[i] + b[(i // inner) % b.size]
+        yf[i] = v if v > 0 or not relu else 0.0
+
+
+@cuda_kernel
+def _relu_mask(dy, y, relu, g):
+    """g = dy * (y > 0) if relu else dy  (grid-stride)"""
+    dyf = dy.reshape(-1)
+    yf = y.reshape(-1)
+    gf = g.reshape(-1)
+    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
+        gf[i] = dyf[i] if yf[i] > 0 or not relu else 0.0
+
+
+def conv2d_bias_fwd_cuda(x, w, b, strides, padding, relu, y):
+    """Launch _conv2d_fwd, then _bias_relu on its output."""
+    conv2d_fwd_cuda(x, w, strides, padding, y)
+    _bias_relu[config.grid_1d(y.size)](y, b, relu)
+
+
+def conv2d_bias_bwd_cuda(dy, x, w, y, strides, padding, relu, dx, dw, db):
+    """Launch _relu_mask into a scratch g, then conv2d_bwd_cuda and _channel_sums on g."""
+    g = cuda.device_array(dy.shape, dy.dtype)
+    _relu_mask[config.grid_1d(dy.size)](dy, y, relu, g)
+    conv2d_bwd_cuda(g, x, w, strides, padding, dx, dw)
+    if db is not None:
+        _channel_sums[config.grid_1d(db.size)](g, db)
+
+
+def conv2d_bias_reference(x, w, b, strides=(1, 1), padding="valid", relu=False):
+    (y,) = conv2d_reference(x, w, strides, padding)
+    y = y + b.reshape(1, -1, 1, 1)
+    return (np.maximum(y, 0) if relu else y,)
+
+
+def _conv2d_bias_sample(rng, dtype):
+    (x, w), attrs = _conv2d_sample(rng, dtype)
+    b = rng.standard_normal(w.shape[0]).astype(dtype)
+    return (x, w, b), attrs | {"relu": True}
+
+
+register(Op(
+    name="conv2d_bias", inputs=("x", "w", "b"), shape=_conv2d_bias_shape,
+    saves=("x", "w", "y"), attrs={"strides": (1, 1), "padding": "valid", "relu": False},
+    forward=conv2d_bias_fwd_cpu, backward=conv2d_bias_bwd_cpu,
+    cuda_forward=conv2d_bias_fwd_cuda, cuda_backward=conv2d_bias_bwd_cuda,
+    sample=_conv2d_bias_sample, reference=conv2d_bias_reference,
 ))
 
 

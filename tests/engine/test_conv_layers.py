@@ -94,6 +94,21 @@ def test_conv2d_matches_direct_convolution(kernel, strides, padding):
     assert y.shape[1:] == layer.compute_output_shape(x.shape[1:])
 
 
+@pytest.mark.parametrize("activation,use_bias", [("relu", True), ("tanh", True),
+                                                 ("relu", False), (None, False)])
+def test_conv2d_activation_and_bias_variants(activation, use_bias):
+    dl.set_seed(0)
+    layer = L.Conv2D(3, 2, padding="same", activation=activation, use_bias=use_bias)
+    x = images(2, 2, 5, 4)
+    run(layer, x)
+    ws = layer.get_weights()
+    b = np.random.default_rng(4).standard_normal(3).astype(np.float32) if use_bias else 0.0
+    layer.set_weights([ws[0], b] if use_bias else ws)
+    z = conv_ref(x, ws[0], b, (1, 1), "same")
+    want = {"relu": np.maximum(z, 0), "tanh": np.tanh(z), None: z}[activation]
+    np.testing.assert_allclose(run(layer, x), want, **TOL)
+
+
 @pytest.mark.parametrize("strides,padding", [((1, 1), "valid"), ((2, 2), "valid"),
                                              ((1, 2), "same"), ((3, 2), "same")])
 def test_conv2d_op_gradcheck_strides_and_paddings(strides, padding):
@@ -133,7 +148,8 @@ def test_conv2d_errors_name_the_problem():
 
 
 # -- pooling -----------------------------------------------------------------------------
-@pytest.mark.parametrize("pool,strides,padding", [(2, None, "valid"), (3, 2, "valid"),
+@pytest.mark.parametrize("pool,strides,padding", [(2, None, "valid"), (2, 1, "valid"),
+                                                  (2, 2, "same"), (3, 2, "valid"),
                                                   (3, 2, "same"), ((2, 3), 1, "same")])
 def test_pooling_matches_reference(pool, strides, padding):
     x = images(2, 3, 7, 6)
@@ -143,6 +159,13 @@ def test_pooling_matches_reference(pool, strides, padding):
         want = pool_ref(x, layer.pool_size, layer.strides, padding, fn)
         np.testing.assert_allclose(y, want, **TOL)
         assert y.shape[1:] == layer.compute_output_shape(x.shape[1:])
+    # the recorded argmax too (a 2x2 window inside the image takes an unrolled kernel)
+    op = ops.get("max_pool2d")
+    args = (layer.pool_size, layer.strides, padding)
+    want_y, want_at = op.reference(x, *args)
+    y, at = np.zeros(want_y.shape, x.dtype), np.zeros(want_at.shape, np.int64)
+    op.forward(x, *args, y, at)
+    np.testing.assert_array_equal(at, want_at)
 
 
 def test_max_pool_ties_send_the_gradient_to_the_first_maximum():

@@ -307,7 +307,7 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                       RuntimeWarning, stacklevel=2)
     # the averages land in the model's own weights, packed into one buffer per dtype
     out = flatten_weights(model)
-    _warm_cache(model, batch_size)
+    _warm_cache(model, batch_size, out)
     opt_state = flatten_optimizer_state(model)
     if optimizer_state == "average":
         out |= opt_state
@@ -363,14 +363,18 @@ def _check_options(workers, average_every, optimizer_state, lr_scaling, sync_war
                           f"{lr_scaling!r}")
 
 
-def _warm_cache(model, batch_size: int) -> None:
+def _warm_cache(model, batch_size: int, weights: dict) -> None:
     """Compile (and cache) the training kernels here, before the workers start, so that
-    several processes never race to write Numba's cache. Runs forward and backward only:
-    the weights do not change."""
+    several processes never race to write Numba's cache. Runs forward and backward only,
+    and puts back ``weights`` (the packed buffers), which a training forward may change
+    (BatchNormalization's moving statistics)."""
+    saved = {k: v.copy() for k, v in weights.items()}
     e = model._plan("train", batch_size)
     for buf in e["plan"].feed.values():
         buf[...] = 0
     e["plan"].run(seed=0)
+    for k, v in saved.items():
+        np.copyto(weights[k], v)
 
 
 class _Rounds:

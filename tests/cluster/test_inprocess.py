@@ -153,3 +153,40 @@ def test_without_ray_running_the_library_does_not_start_it(h):
     with pytest.raises(ClusterError, match="Ray is not running"):
         train_distributed(h.small_model(), "digits", workers=2, verbose=0)
     assert not ray.is_initialized()
+
+
+def bn_model(seed=0):
+    dl.set_seed(seed)
+    model = dl.Sequential([dl.layers.Flatten(input_shape=(1, 8, 8)),
+                           dl.layers.Dense(32), dl.layers.BatchNormalization(),
+                           dl.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=dl.optimizers.Adam(learning_rate=0.01),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_batchnorm_moving_statistics_travel_and_are_averaged(h):
+    x, y = h.digits()
+    ref = bn_model()
+    h.train_single(ref, x, y, 64, 1, seed=0)
+    one = bn_model()
+    train_distributed(one, (x, y), workers=1, average_every=3, epochs=1, batch_size=64,
+                      threads=1, verbose=0, in_process=True)
+    for a, b in zip(one.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)               # moving mean and variance included
+    # two workers, K=1, one step each: the moving mean is the mean of the workers' means
+    two = bn_model()
+    w0 = two.get_weights()
+    train_distributed(two, (x[:128], y[:128]), workers=2, average_every=1, epochs=1,
+                      batch_size=64, threads=1, verbose=0, in_process=True)
+    singles = []
+    for i in range(2):
+        m = bn_model()
+        m.set_weights(w0)
+        xb, yb = next(iter(dl.datasets.Loader(x[:128], y[:128], 64, seed=0,
+                                              worker=(i, 2)).epoch(0)))
+        m.train_on_batch(xb, yb)
+        singles.append(m.get_weights())
+    for k, got in enumerate(two.get_weights()):
+        np.testing.assert_allclose(got, (singles[0][k] + singles[1][k]) / 2, rtol=1e-5,
+                                   atol=1e-6)

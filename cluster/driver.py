@@ -169,10 +169,11 @@ class _InProcessPool:
 class _RayPool:
     """One Ray actor per worker."""
 
-    def __init__(self, make_args: list, num_cpus: float):
+    def __init__(self, make_args: list, num_cpus: float, start_timeout: float = 300.0):
         import ray
 
         self.ray = ray
+        self.start_timeout = start_timeout
         self.actor_class = ray.remote(Worker)        # the one place Worker becomes remote
         self.make_args = make_args
         self.num_cpus = num_cpus
@@ -184,7 +185,15 @@ class _RayPool:
                                         max_concurrency=1).remote(*args)
 
     def info(self) -> list:
-        return self.ray.get([a.info.remote() for a in self.actors])
+        try:
+            return self.ray.get([a.info.remote() for a in self.actors],
+                                timeout=self.start_timeout)
+        except self.ray.exceptions.GetTimeoutError:
+            cpus = self.ray.available_resources().get("CPU", 0)
+            raise ClusterError(f"{len(self.actors)} workers needing {self.num_cpus:g} CPU "
+                               f"each did not start within {self.start_timeout:g} s (the "
+                               f"cluster has {cpus:g} CPUs free); add nodes or use fewer "
+                               "--workers") from None
 
     def put(self, arrays):
         return self.ray.put(arrays)
@@ -208,7 +217,14 @@ class _RayPool:
         except Exception:                    # noqa: BLE001 - already gone
             pass
         self.actors[i] = self._start(self.make_args[i])
-        self.pids[i] = self.ray.get(self.actors[i].info.remote())["pid"]
+        try:
+            self.pids[i] = self.ray.get(self.actors[i].info.remote(),
+                                        timeout=self.start_timeout)["pid"]
+        except self.ray.exceptions.GetTimeoutError:
+            raise ClusterError(f"worker {i} was lost and no replacement could start within "
+                               f"{self.start_timeout:g} s (no CPU free for it); the last "
+                               "checkpoint is kept: resume with --resume when the cluster "
+                               "has room") from None
         return self.pids[i]
 
     def shutdown(self):

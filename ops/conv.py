@@ -175,9 +175,9 @@ def conv2d_fwd_cuda(x, w, strides, padding, y):
 
 
 @cuda_kernel
-def _conv2d_bwd_x(dy, w, sh, sw, pt, pl, dx):
+def _conv2d_bwd_x(dy, y, relu, w, sh, sw, pt, pl, dx):
     """dx[n, c, r, s] = sum over (o, i, j) with r = p*sh + i - pt, s = q*sw + j - pl of
-    w[o, c, i, j] * dy[n, o, p, q]"""
+    w[o, c, i, j] * g[n, o, p, q] ; g = dy * (y > 0) if relu else dy"""
     for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
         s = t % dx.shape[3]
         r = (t // dx.shape[3]) % dx.shape[2]
@@ -191,13 +191,15 @@ def _conv2d_bwd_x(dy, w, sh, sw, pt, pl, dx):
                     qq = s + pl - j
                     if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
                         for o in range(w.shape[0]):
-                            acc += w[o, c, i, j] * dy[n, o, pp // sh, qq // sw]
+                            if not relu or y[n, o, pp // sh, qq // sw] > 0:
+                                acc += w[o, c, i, j] * dy[n, o, pp // sh, qq // sw]
         dx[n, c, r, s] = acc
 
 
 @cuda_kernel
-def _conv2d_bwd_w(dy, x, sh, sw, pt, pl, dw):
-    """dw[o, c, i, j] = sum_{n,p,q} dy[n, o, p, q] * x[n, c, p*sh + i - pt, q*sw + j - pl]"""
+def _conv2d_bwd_w(dy, y, relu, x, sh, sw, pt, pl, dw):
+    """dw[o, c, i, j] = sum_{n,p,q} g[n, o, p, q] * x[n, c, p*sh + i - pt, q*sw + j - pl] ;
+    g = dy * (y > 0) if relu else dy"""
     for t in range(cuda.grid(1), dw.size, cuda.gridsize(1)):
         j = t % dw.shape[3]
         i = (t // dw.shape[3]) % dw.shape[2]
@@ -210,19 +212,23 @@ def _conv2d_bwd_w(dy, x, sh, sw, pt, pl, dw):
                 if 0 <= r < x.shape[2]:
                     for q in range(dy.shape[3]):
                         col = q * sw + j - pl
-                        if 0 <= col < x.shape[3]:
+                        if 0 <= col < x.shape[3] and (not relu or y[n, o, p, q] > 0):
                             acc += dy[n, o, p, q] * x[n, c, r, col]
         dw[o, c, i, j] = acc
+
+
+def _conv2d_bwd_cuda(dy, y, relu, x, w, strides, padding, dx, dw):
+    _, _, sh, sw, pt, pl, _, _ = _conv2d_geometry(x, w, dy, strides, padding)
+    if dx is not None:
+        _conv2d_bwd_x[config.grid_1d(dx.size)](dy, y, relu, w, sh, sw, pt, pl, dx)
+    if dw is not None:
+        _conv2d_bwd_w[config.grid_1d(dw.size)](dy, y, relu, x, sh, sw, pt, pl, dw)
 
 
 def conv2d_bwd_cuda(dy, x, w, strides, padding, dx, dw):
     """Launch _conv2d_bwd_x (one thread per input element) and _conv2d_bwd_w (one per
     weight)."""
-    _, _, sh, sw, pt, pl, _, _ = _conv2d_geometry(x, w, dy, strides, padding)
-    if dx is not None:
-        _conv2d_bwd_x[config.grid_1d(dx.size)](dy, w, sh, sw, pt, pl, dx)
-    if dw is not None:
-        _conv2d_bwd_w[config.grid_1d(dw.size)](dy, x, sh, sw, pt, pl, dw)
+    _conv2d_bwd_cuda(dy, dy, False, x, w, strides, padding, dx, dw)
 
 
 def conv2d_reference(x, w, strides=(1, 1), padding="valid"):
@@ -337,13 +343,19 @@ def _bias_relu(y, b, relu):
 
 
 @cuda_kernel
-def _relu_mask(dy, y, relu, g):
-    """g = dy * (y > 0) if relu else dy  (grid-stride)"""
+def _masked_channel_sums(dy, y, relu, db):
+    """db[c] = sum_{n, ...} g[n, c, ...] ; g = dy * (y > 0) if relu else dy  (per channel)"""
     dyf = dy.reshape(-1)
     yf = y.reshape(-1)
-    gf = g.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        gf[i] = dyf[i] if yf[i] > 0 or not relu else 0.0
+    inner = dyf.size // (dy.shape[0] * db.size)
+    for c in range(cuda.grid(1), db.size, cuda.gridsize(1)):
+        s = dy.dtype.type(0)
+        for n in range(dy.shape[0]):
+            base = (n * db.size + c) * inner
+            for k in range(inner):
+                if not relu or yf[base + k] > 0:
+                    s += dyf[base + k]
+        db[c] = s
 
 
 def conv2d_bias_fwd_cuda(x, w, b, strides, padding, relu, y):
@@ -353,12 +365,11 @@ def conv2d_bias_fwd_cuda(x, w, b, strides, padding, relu, y):
 
 
 def conv2d_bias_bwd_cuda(dy, x, w, y, strides, padding, relu, dx, dw, db):
-    """Launch _relu_mask into a scratch g, then conv2d_bwd_cuda and _channel_sums on g."""
-    g = cuda.device_array(dy.shape, dy.dtype)
-    _relu_mask[config.grid_1d(dy.size)](dy, y, relu, g)
-    conv2d_bwd_cuda(g, x, w, strides, padding, dx, dw)
+    """Launch _conv2d_bwd_x, _conv2d_bwd_w and _masked_channel_sums, each masking dy by
+    y > 0 as it reads it when relu."""
+    _conv2d_bwd_cuda(dy, y, relu, x, w, strides, padding, dx, dw)
     if db is not None:
-        _channel_sums[config.grid_1d(db.size)](g, db)
+        _masked_channel_sums[config.grid_1d(db.size)](dy, y, relu, db)
 
 
 def conv2d_bias_reference(x, w, b, strides=(1, 1), padding="valid", relu=False):

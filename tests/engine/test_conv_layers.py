@@ -122,6 +122,29 @@ def test_conv2d_op_gradcheck_strides_and_paddings(strides, padding):
     np.testing.assert_allclose(out, conv_ref(x, w, 0.0, strides, padding), rtol=1e-12)
 
 
+@pytest.mark.parametrize("name", ["conv2d", "conv2d_bias"])
+def test_conv2d_in_chunks_of_samples_equals_one_chunk(monkeypatch, name):
+    """Real batches go through BLAS a few samples at a time; tiny test batches in one go."""
+    from dlrun.ops import conv
+    from dlrun.ops.gradcheck import run_backward, run_forward
+
+    op = ops.get(name)
+    rng = np.random.default_rng(5)
+    x, w, b = rng.standard_normal((5, 2, 6, 5)), rng.standard_normal((3, 2, 3, 3)), \
+        rng.standard_normal(3)
+    inputs = (x, w, b)[:len(op.inputs)]
+    attrs = {"strides": (2, 1), "padding": "same"} | ({"relu": True} if name != "conv2d" else {})
+    outs = run_forward(op, inputs, attrs)
+    dy = rng.standard_normal(outs[0].shape)
+    grads = run_backward(op, inputs, outs, dy, attrs)
+    monkeypatch.setattr(conv, "_chunk", lambda n, k, p: 2)      # chunks of 2, 2 and 1
+    outs2 = run_forward(op, inputs, attrs)
+    np.testing.assert_allclose(outs2[0], outs[0], rtol=1e-12, atol=1e-12)
+    for g2, g in zip(run_backward(op, inputs, outs2, dy, attrs), grads):
+        np.testing.assert_allclose(g2, g, rtol=1e-12, atol=1e-12)
+    assert ops.gradcheck(name, *inputs, **attrs)
+
+
 def test_conv1x1_equals_dense_on_the_channel_axis():
     dl.set_seed(0)
     conv = L.Conv2D(5, 1)

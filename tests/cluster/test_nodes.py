@@ -1,0 +1,63 @@
+"""Losing a node mid-training, on ray.cluster_utils.Cluster (a head and two one-CPU
+nodes): the lost worker's replacement starts on a node that joined, and the run ends with
+the weights it would have had without the fault."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlrun as dl
+from dlrun.cluster import train_distributed
+from dlrun.engine.callbacks import Callback
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.skip("this process already joined a Ray instance")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
+                                                       "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=c.address)
+    c.wait_for_nodes()
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+class ReplaceNode(Callback):
+    """Before round ``at`` of the first epoch, a fresh one-CPU node joins and ``node``
+    (with a worker on it) is removed. (Cluster.add_node must run in the main thread.)"""
+
+    def __init__(self, cluster, node, at):
+        super().__init__()
+        self.cluster, self.node, self.at = cluster, node, at
+        self.done = False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if not self.done and batch == self.at:
+            self.done = True
+            self.cluster.add_node(num_cpus=1)
+            self.cluster.wait_for_nodes()
+            self.cluster.remove_node(self.node)
+
+
+def test_a_lost_node_is_replaced_and_its_round_redone(cluster, h):
+    c, nodes = cluster
+    dl.set_threads(1)
+    clean = h.small_model()
+    train_distributed(clean, "digits", workers=2, average_every=3, epochs=1, batch_size=50,
+                      seed=0, threads=1, verbose=0)
+    model, events = h.small_model(), []
+    train_distributed(model, "digits", workers=2, average_every=3, epochs=1, batch_size=50,
+                      seed=0, threads=1, verbose=0, callbacks=[ReplaceNode(c, nodes[1], 2)],
+                      echo=lambda s: None, on_event=events.append)
+    dl.set_threads()
+    assert events and all("was lost; replaced" in e for e in events), events
+    for a, b in zip(model.get_weights(), clean.get_weights()):
+        assert np.array_equal(a, b)

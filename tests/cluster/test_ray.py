@@ -168,3 +168,33 @@ def test_cli_joins_a_running_head_by_explicit_address_with_token_auth_on(tmp_pat
             head.kill()
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_driver_stopped_mid_training_resumes_bitwise_from_its_checkpoint(tmp_path,
+                                                                          monkeypatch):
+    from click.testing import CliRunner
+
+    from dlrun.cli.main import main
+    from dlrun.engine.callbacks import BackupAndRestore
+
+    args = ["train", "--dataset", "digits", "--workers", "2", "--epochs", "3",
+            "--optimizer", "adam", "--schedule", "cosine", "--verbose", "0"]
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "whole")])
+    assert res.exit_code == 0, res.output
+    save = BackupAndRestore.on_epoch_end
+
+    def crash_after_first_checkpoint(self, epoch, logs=None):
+        save(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt          # the driver dies; the checkpoint is written
+    monkeypatch.setattr(BackupAndRestore, "on_epoch_end", crash_after_first_checkpoint)
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "cut")])
+    assert res.exit_code != 0 and not (tmp_path / "cut" / "model").exists()
+    monkeypatch.setattr(BackupAndRestore, "on_epoch_end", save)
+    res = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "cut")])
+    assert res.exit_code == 0, res.output
+    whole = dl.load_model(tmp_path / "whole" / "model")
+    resumed = dl.load_model(tmp_path / "cut" / "model")
+    for a, b in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(a, b)
+    assert len((tmp_path / "cut" / "metrics.csv").read_text().splitlines()) == 4

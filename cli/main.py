@@ -125,6 +125,14 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
                  and ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
         resume_training(resume_dir, echo=click.echo, **given)
         return
+    if workers is None:
+        ctx = click.get_current_context()
+        cluster_only = [f"--{n.replace('_', '-')}" for n in ("address", "average_every",
+                        "optimizer_state", "lr_scaling", "sync_warmup")
+                        if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
+        if cluster_only:
+            raise click.UsageError(f"{', '.join(cluster_only)} apply to training on several "
+                                   "workers; add --workers N")
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
                       weight_decay=weight_decay, clipnorm=clipnorm, schedule=schedule,

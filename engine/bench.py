@@ -62,9 +62,17 @@ def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int |
         for i in range(steps):
             net._run_batch("train", x, y, batches[i % pool])
         rates.append(steps * batch / (time.perf_counter() - t0))
+    infer = []                          # the forward pass alone (evaluation mode)
+    net._run_batch("eval", x, y, batches[0])
+    for w in range(3):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            net._run_batch("eval", x, y, batches[i % pool])
+        infer.append(steps * batch / (time.perf_counter() - t0))
     return {"bench": "dlrun", "model": model, "threads": threads, "batch": batch,
             "train_sps_median": round(statistics.median(rates), 1),
             "train_sps_windows": [round(r, 1) for r in rates],
+            "infer_sps_median": round(statistics.median(infer), 1),
             "first_step_s": round(first_step, 3)}
 
 

@@ -283,6 +283,13 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                    epochs, batch_size, max_retries)
     model._require_built()
     model._require_compiled()
+    if isinstance(dataset, (tuple, list)) and not in_process:
+        raise ConfigError("workers open the dataset themselves: give its name or a path "
+                          "every node can read, not (x, y) arrays (those only work with "
+                          "in_process=True); write arrays with dlrun.datasets.write_dataset")
+    if lr_scaling == "linear" and workers > 1 and model.optimizer.schedule is not None:
+        raise ConfigError("lr_scaling='linear' takes a constant learning rate; this "
+                          "optimizer follows a schedule: scale its initial rate instead")
     if not in_process:
         import ray
 
@@ -313,9 +320,6 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
 
     spec = model_spec(model)
     if lr_scaling == "linear" and workers > 1:
-        if model.optimizer.schedule is not None:
-            raise ConfigError("lr_scaling='linear' takes a constant learning rate; this "
-                              "optimizer follows a schedule: scale its initial rate instead")
         spec["optimizer"]["config"]["learning_rate"] *= workers
     if average_every > WARN_AVERAGE_EVERY:
         warnings.warn(f"average_every={average_every}: workers drift apart over more than "

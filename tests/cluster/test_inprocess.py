@@ -145,6 +145,27 @@ def test_bad_options_are_config_errors(h, kw, message):
         train_distributed(h.small_model(), h.digits(), in_process=True, verbose=0, **kw)
 
 
+def test_arrays_are_not_shipped_to_ray_workers_and_linear_scaling_needs_a_constant_lr(h):
+    with pytest.raises(ConfigError, match="workers open the dataset themselves"):
+        train_distributed(h.small_model(), h.digits(), workers=2, verbose=0)
+    sched = dl.optimizers.SGD(learning_rate=dl.schedules.ExponentialDecay(0.1, 10, 0.9))
+    with pytest.raises(ConfigError, match="constant learning rate"):
+        train_distributed(h.small_model(optimizer=sched), h.digits(), workers=2,
+                          lr_scaling="linear", verbose=0, in_process=True)
+
+
+def test_linear_lr_scaling_multiplies_the_workers_rate(h):
+    model = h.small_model(optimizer=dl.optimizers.SGD(learning_rate=0.01))
+    x, y = h.digits()
+    ref = h.small_model(optimizer=dl.optimizers.SGD(learning_rate=0.02))
+    h.train_union(ref, x[:1200], y[:1200], 40, 2, 1, seed=0)
+    train_distributed(model, (x[:1200], y[:1200]), workers=2, average_every=1,
+                      lr_scaling="linear", epochs=1, batch_size=40, threads=1, verbose=0,
+                      in_process=True)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_without_ray_running_the_library_does_not_start_it(h):
     import ray
 

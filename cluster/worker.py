@@ -43,19 +43,32 @@ def build_model(spec: dict):
     return model
 
 
+# a split with at least this many chunks per worker is streamed chunk by chunk; a smaller
+# one (the shipped datasets) is read whole and cut into equal sample ranges, which keeps the
+# workers' shares equal where whole chunks could not
+STREAM_CHUNKS_PER_WORKER = 4
+
+
 def load_shard(data, index: int, count: int, batch_size: int, seed: int):
     """The Loader over worker ``index`` of ``count``'s share of the training split.
 
     ``data`` is a dataset name or path (read by the worker itself: the path must be
-    readable on every node), or ``(x, y)`` arrays for in-process use.
+    readable on every node), or ``(x, y)`` arrays for in-process use. A large split is
+    streamed: the worker reads only its own chunks (``i, i + n, ...``); a small one is
+    read whole and the worker keeps its ``1/n``-th.
     """
     from dlrun.datasets import Loader, open_dataset
+    from dlrun.datasets.store import n_chunks
 
     if isinstance(data, (tuple, list)):
         x, y = data
     else:
         ds = open_dataset(data)
-        x, y = ds.split("train" if "train" in ds.splits else None)
+        split = "train" if "train" in ds.splits else None
+        if n_chunks(ds.arrays(split)[0]) >= STREAM_CHUNKS_PER_WORKER * count:
+            return ds.loader(split, batch_size, seed=seed, worker=(index, count),
+                             prefetch=1)
+        x, y = ds.split(split)
     return Loader(x, y, batch_size, seed=seed, worker=(index, count), prefetch=0)
 
 
@@ -128,7 +141,9 @@ class Worker:
         # the same dropout stream as one process for worker 0, distinct ones for the others
         self.model._seed += index * 1_000_003
         self.loader = load_shard(data, index, count, batch_size, seed)
-        self.loader.y = check_targets(self.model.loss, self.loader.y, self.model.output_shape)
+        if self.loader.in_memory:             # (a streamed dataset's labels are checked)
+            self.loader.y = check_targets(self.model.loss, self.loader.y,
+                                          self.model.output_shape)
         self.params = self.model.weights_params()
         self.weights = flatten_weights(self.model)
         self.model._plan("train", batch_size)        # creates the optimizer's state

@@ -211,3 +211,65 @@ def test_batchnorm_moving_statistics_travel_and_are_averaged(h):
     for k, got in enumerate(two.get_weights()):
         np.testing.assert_allclose(got, (singles[0][k] + singles[1][k]) / 2, rtol=1e-5,
                                    atol=1e-6)
+
+
+@pytest.fixture
+def chunked(tmp_path, h):
+    """digits as float32 in 24 chunks of 60 samples, pixel 0 holding the sample's id."""
+    from dlrun.datasets import write_dataset
+
+    x, y = h.digits()
+    x = x.copy()
+    x.reshape(len(x), -1)[:, 0] = np.arange(len(x))
+    return write_dataset(tmp_path / "chunked.zarr", (x, y), name="chunked", classes=10,
+                         chunk_samples=60), x, y
+
+
+def test_a_large_split_is_streamed_chunk_by_chunk_one_worker_as_one_process(h, chunked):
+    from dlrun.cluster.worker import load_shard
+    from dlrun.datasets import open_dataset
+
+    path, x, y = chunked
+    assert not load_shard(str(path), 0, 3, 50, 0).in_memory        # 24 chunks >= 4 x 3
+    assert load_shard(str(path), 0, 7, 50, 0).in_memory
+    ref = h.small_model()
+    loader = open_dataset(path).loader(None, 50, seed=2, worker=(0, 1))
+    for e in range(2):
+        for xb, yb in loader.epoch(e):
+            ref.train_on_batch(xb, yb)
+    model = h.small_model()
+    train_distributed(model, str(path), workers=1, average_every=4, epochs=2, batch_size=50,
+                      seed=2, threads=1, verbose=0, in_process=True)
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)
+
+
+def test_streamed_workers_read_disjoint_chunks_and_see_every_sample_once(h, chunked):
+    path, x, y = chunked
+    model = h.small_model()
+    spec = model_spec(model)
+    seen = []
+    workers = [Worker(i, 3, spec, str(path), 50, 5, 1) for i in range(3)]
+    for w in workers:
+        run = w.model._run_batch
+
+        def recording(mode, xb, yb, idx, run=run):
+            seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
+            return run(mode, xb, yb, idx)
+        w.model._run_batch = recording
+    weights = {k: v.copy() for k, v in workers[0].weights.items()}
+    per_worker = []
+    for w in workers:
+        start = len(seen)
+        pos = 0
+        while True:
+            r = w.run_round(weights, {"epoch": 1, "position": pos, "step": 0,
+                                      "iterations": 0}, 4)
+            pos += r["steps"]
+            if r["done"]:
+                break
+        ids = np.concatenate(seen[start:])
+        per_worker.append(set((ids // 60).tolist()))               # the chunks it read
+    assert per_worker == [set(range(i, 24, 3)) for i in range(3)]
+    ids = np.concatenate(seen)
+    assert np.array_equal(np.sort(ids), np.arange(len(x)))

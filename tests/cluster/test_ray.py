@@ -20,16 +20,20 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
+    import shutil
+
     import ray
 
-    from dlrun.cluster.driver import ray_session
+    from dlrun.cluster.driver import start_local_ray
 
     if ray.is_initialized():
         pytest.skip("this process already joined a Ray instance")
-    # a private instance in a fresh temp folder (a stale cluster file cannot redirect it)
-    with ray_session(num_cpus=2):
-        yield
-    assert not ray.is_initialized()
+    # a private instance in a fresh temp folder (a stale cluster file or a RAY_ADDRESS in
+    # the environment cannot redirect it)
+    temp = start_local_ray(num_cpus=2)
+    yield
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -98,11 +98,14 @@ def main():
 @click.option("--sync-warmup", default=0, show_default=True, type=click.IntRange(0),
               help="Steps averaged after every step before averaging every K "
                    "(post-local SGD).")
+@click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(0),
+              help="Also checkpoint every this many rounds, so that --resume continues "
+                   "mid-epoch (0: after each epoch only).")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
           weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, out,
           verbose, resume_dir, workers, address, average_every, optimizer_state, lr_scaling,
-          sync_warmup):
+          sync_warmup, checkpoint_every):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -128,7 +131,7 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     if workers is None:
         ctx = click.get_current_context()
         cluster_only = [f"--{n.replace('_', '-')}" for n in ("address", "average_every",
-                        "optimizer_state", "lr_scaling", "sync_warmup")
+                        "optimizer_state", "lr_scaling", "sync_warmup", "checkpoint_every")
                         if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
         if cluster_only:
             raise click.UsageError(f"{', '.join(cluster_only)} apply to training on several "
@@ -139,7 +142,8 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
                       warmup=warmup, l2=l2, dropout=dropout, augment=augment, seed=seed,
                       threads=threads, out=out, verbose=verbose, workers=workers,
                       average_every=average_every, optimizer_state=optimizer_state,
-                      lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address)
+                      lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address,
+                      checkpoint_every=checkpoint_every)
     run_training(cfg, echo=click.echo)
 
 

@@ -249,7 +249,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                       seed: int = 0, threads: int | None = None, validation_data=None,
                       callbacks=None, verbose=1, in_process: bool = False,
                       max_retries: int = 3, echo=print, on_event=None,
-                      announce: bool = True):
+                      announce: bool = True, checkpoint_dir=None,
+                      checkpoint_every: int = 0):
     """Train ``model`` (built and compiled) data-parallel on ``workers`` workers.
 
     Parameters
@@ -270,6 +271,10 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
     on_event : called with a line of text for every fault handled (lost worker, rejected
         round), besides ``echo``.
     announce : print the global batch and the choices at the start (with ``verbose``).
+    checkpoint_dir, checkpoint_every : every ``checkpoint_every`` rounds (0: never) save
+        the averaged state to ``checkpoint_dir/round`` (beside the epoch checkpoints of a
+        :class:`~dlrun.callbacks.BackupAndRestore` there); a later run given the same
+        folder continues from it mid-epoch, with the weights the uninterrupted run has.
 
     Callbacks see ``params['workers']``: each worker's pid, samples, batches and threads.
 
@@ -317,6 +322,7 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
     resume, model._resume = model._resume, None
     if resume is not None:
         initial_epoch = resume["epoch"]
+    start = _restore_round(model, checkpoint_dir, initial_epoch, echo)
 
     spec = model_spec(model)
     if lr_scaling == "linear" and workers > 1:
@@ -349,11 +355,13 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
         trainer = _Rounds(model, pool, out, scratch, optimizer_state, average_every,
                           sync_warmup, max_retries, echo, on_event)
         trainer.infos = infos
+        trainer.checkpoint_dir, trainer.checkpoint_every = checkpoint_dir, checkpoint_every
         for epoch in range(initial_epoch, epochs):
-            rounds = trainer.plan_epoch(max(per_worker))
+            rounds = trainer.plan_epoch(max(per_worker) - start)
             params["steps"] = len(rounds)
             cbs.on_epoch_begin(epoch)
-            logs = trainer.run_epoch(epoch, rounds, per_worker, cbs)
+            logs = trainer.run_epoch(epoch, rounds, per_worker, cbs, start)
+            start = 0
             if validation_data is not None:
                 val = model.evaluate(*validation_data, batch_size=max(batch_size, 500),
                                      return_dict=True)
@@ -427,13 +435,13 @@ class _Rounds:
         if self.on_event is not None:
             self.on_event(text)
 
-    def run_epoch(self, epoch, rounds, per_worker, cbs) -> dict:
+    def run_epoch(self, epoch, rounds, per_worker, cbs, start=0) -> dict:
         model, opt = self.model, self.model.optimizer
         t_epoch = time.perf_counter()
         samples, loss_sum = 0, 0.0
         counts = [[0, 0] for _ in model.metrics]
         worker_rates, overheads = [], []
-        position = 0
+        position = start
         for r, k in enumerate(rounds):
             cbs.on_train_batch_begin(r)
             state = {"epoch": epoch, "position": position, "step": model._step,
@@ -456,6 +464,9 @@ class _Rounds:
             model._step += k
             opt.iterations += k
             self.round += 1
+            if (self.checkpoint_every and self.round % self.checkpoint_every == 0
+                    and position < max(per_worker)):
+                _save_round(model, self.checkpoint_dir, epoch, position)
             cbs.on_train_batch_end(r, _logs(model, loss_sum, samples, counts))
         seconds = time.perf_counter() - t_epoch
         logs = _logs(model, loss_sum, samples, counts)
@@ -490,6 +501,51 @@ class _Rounds:
         raise ClusterError(f"round {self.round + 1} failed {self.max_retries + 1} times "
                            f"(lost workers or NaN weights; see above); stopping. The last "
                            "good checkpoint is kept; try a smaller learning rate")
+
+
+def _save_round(model, folder, epoch: int, position: int) -> None:
+    """A checkpoint of the averaged state mid-epoch: ``folder/round`` (a checkpoint as
+    :func:`dlrun.engine.checkpoints.save_checkpoint` writes it, each written atomically)
+    and ``folder/round.json`` (where in the epoch), matched by the model's step."""
+    import json
+    from pathlib import Path
+
+    from dlrun.engine.checkpoints import save_checkpoint
+
+    folder = Path(folder)
+    save_checkpoint(model, folder / "round", epoch)
+    tmp = folder / f".round.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps({"epoch": epoch, "position": position, "step": model._step}))
+    os.replace(tmp, folder / "round.json")
+
+
+def _restore_round(model, folder, epoch: int, echo) -> int:
+    """Restore a mid-epoch checkpoint of ``epoch`` from ``folder``, if there is a sound
+    one; returns the batches of the epoch it had done (0: none)."""
+    import json
+    from pathlib import Path
+
+    from dlrun.engine.checkpoints import read_checkpoint, restore_checkpoint
+    from dlrun.errors import ModelFileError
+
+    if folder is None or not (Path(folder) / "round.json").is_file():
+        return 0
+    folder = Path(folder)
+    try:
+        where = json.loads((folder / "round.json").read_text())
+        if where["epoch"] != epoch:
+            return 0                              # older than the epoch checkpoint
+        if read_checkpoint(folder / "round")["step"] != where["step"]:
+            raise ModelFileError("round.json and the round checkpoint disagree")
+        restore_checkpoint(model, folder / "round")
+    except (ModelFileError, OSError, ValueError, KeyError, TypeError) as e:
+        echo(f"the mid-epoch checkpoint in {folder} is not usable ({e}); continuing from "
+             "the last epoch's")
+        return 0
+    model._resume = None
+    echo(f"continuing epoch {epoch + 1} after batch {where['position']} from the mid-epoch "
+         "checkpoint")
+    return int(where["position"])
 
 
 def _logs(model, loss_sum, samples, counts) -> dict:

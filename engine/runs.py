@@ -49,6 +49,7 @@ class TrainConfig:
     lr_scaling: str = "none"
     sync_warmup: int = 0
     address: str | None = None       # a running Ray cluster; None: $RAY_ADDRESS or local
+    checkpoint_every: int = 0        # rounds between mid-epoch checkpoints (0: epochs only)
 
 
 # Learning rates that train the zoo's models on the shipped datasets in a few epochs.
@@ -343,4 +344,6 @@ def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, ec
                               sync_warmup=cfg.sync_warmup, epochs=cfg.epochs,
                               batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads,
                               validation_data=test, callbacks=callbacks, verbose=cfg.verbose,
-                              echo=echo, on_event=on_event, announce=False)
+                              echo=echo, on_event=on_event, announce=False,
+                              checkpoint_dir=out / "checkpoint",
+                              checkpoint_every=cfg.checkpoint_every)

@@ -273,3 +273,35 @@ def test_streamed_workers_read_disjoint_chunks_and_see_every_sample_once(h, chun
     assert per_worker == [set(range(i, 24, 3)) for i in range(3)]
     ids = np.concatenate(seen)
     assert np.array_equal(np.sort(ids), np.arange(len(x)))
+
+
+def test_checkpoints_every_m_rounds_resume_mid_epoch_bitwise(h, tmp_path):
+    from dlrun.engine.callbacks import BackupAndRestore, Callback
+
+    x, y = h.digits()
+    kw = dict(workers=2, average_every=2, epochs=2, batch_size=50, threads=1, verbose=0,
+              in_process=True, echo=lambda s: None)
+    whole = h.small_model()
+    train_distributed(whole, (x, y), **kw)
+
+    class Crash(Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.epoch == 1 and batch == 5:        # round 14; the last save: round 12
+                raise KeyboardInterrupt
+
+    ckpt = tmp_path / "checkpoint"
+    backup = lambda: BackupAndRestore(ckpt, delete_checkpoint=False)  # noqa: E731
+    with pytest.raises(KeyboardInterrupt):
+        train_distributed(h.small_model(), (x, y), callbacks=[backup(), Crash()],
+                          checkpoint_dir=ckpt, checkpoint_every=3, **kw)
+    lines = []
+    resumed = h.small_model()
+    hist = train_distributed(resumed, (x, y), callbacks=[backup()], checkpoint_dir=ckpt,
+                             checkpoint_every=3, **kw | {"echo": lines.append})
+    assert any("after batch 8 from the mid-epoch checkpoint" in s for s in lines), lines
+    assert len(hist.history["loss"]) == 1                  # epoch 2, from batch 8 on
+    for a, b in zip(resumed.get_weights(), whole.get_weights()):
+        assert np.array_equal(a, b)

@@ -329,3 +329,21 @@ def test_zoo_cnn_and_lenet_shapes():
             assert m.count_params() == n                    # as Keras counts it
     flat = zoo.build("lenet", (784,), 10)
     assert flat.predict(np.zeros((2, 784), np.float32)).shape == (2, 10)
+
+
+def test_frozen_batch_norm_keeps_all_its_weights_during_fit():
+    dl.set_seed(0)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 2, 4, 4)).astype(np.float32) * 2 + 1
+    y = rng.integers(0, 2, 16)
+    bn = L.BatchNormalization()
+    model = dl.Sequential([L.Conv2D(3, 3, input_shape=(2, 4, 4)), bn, L.Flatten(),
+                           L.Dense(2, activation="softmax")])
+    bn.trainable = False
+    model.compile(optimizer=dl.optimizers.SGD(lr=0.1), loss="sparse_categorical_crossentropy")
+    before = bn.get_weights()
+    conv_before = model.layers[0].get_weights()[0]
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    for a, b in zip(bn.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(model.layers[0].get_weights()[0], conv_before)

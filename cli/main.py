@@ -101,11 +101,15 @@ def main():
 @click.option("--checkpoint-every", default=0, show_default=True, type=click.IntRange(0),
               help="Also checkpoint every this many rounds, so that --resume continues "
                    "mid-epoch (0: after each epoch only).")
+@click.option("--on-lost", default="wait", show_default=True,
+              type=click.Choice(["wait", "continue"]),
+              help="A lost worker is replaced; if none can start within 5 minutes (a node "
+                   "gone), wait: stop (resume later), continue: go on with the others.")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
           weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, out,
           verbose, resume_dir, workers, address, average_every, optimizer_state, lr_scaling,
-          sync_warmup, checkpoint_every):
+          sync_warmup, checkpoint_every, on_lost):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -131,7 +135,8 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     if workers is None:
         ctx = click.get_current_context()
         cluster_only = [f"--{n.replace('_', '-')}" for n in ("address", "average_every",
-                        "optimizer_state", "lr_scaling", "sync_warmup", "checkpoint_every")
+                        "optimizer_state", "lr_scaling", "sync_warmup", "checkpoint_every",
+                        "on_lost")
                         if ctx.get_parameter_source(n) != click.core.ParameterSource.DEFAULT]
         if cluster_only:
             raise click.UsageError(f"{', '.join(cluster_only)} apply to training on several "
@@ -143,7 +148,7 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
                       threads=threads, out=out, verbose=verbose, workers=workers,
                       average_every=average_every, optimizer_state=optimizer_state,
                       lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address,
-                      checkpoint_every=checkpoint_every)
+                      checkpoint_every=checkpoint_every, on_lost=on_lost)
     run_training(cfg, echo=click.echo)
 
 

@@ -32,6 +32,7 @@ from dlrun.cluster.worker import (OPTIMIZER_STATES, Worker, flatten_optimizer_st
 from dlrun.errors import ConfigError, DlrunError
 
 LR_SCALINGS = ("none", "linear")
+ON_LOST = ("wait", "continue")
 WARN_AVERAGE_EVERY = 20
 
 
@@ -211,7 +212,9 @@ class _RayPool:
             raise _Lost(lost)
         return results
 
-    def replace(self, i: int) -> int:
+    def replace(self, i: int, timeout: float | None = None) -> int | None:
+        """Start a new worker ``i``; its pid, or None if none started within ``timeout``
+        seconds (default: the start timeout), for lack of room on the cluster."""
         try:
             self.ray.kill(self.actors[i], no_restart=True)
         except Exception:                    # noqa: BLE001 - already gone
@@ -219,13 +222,18 @@ class _RayPool:
         self.actors[i] = self._start(self.make_args[i])
         try:
             self.pids[i] = self.ray.get(self.actors[i].info.remote(),
-                                        timeout=self.start_timeout)["pid"]
+                                        timeout=timeout or self.start_timeout)["pid"]
         except self.ray.exceptions.GetTimeoutError:
-            raise ClusterError(f"worker {i} was lost and no replacement could start within "
-                               f"{self.start_timeout:g} s (no CPU free for it); the last "
-                               "checkpoint is kept: resume with --resume when the cluster "
-                               "has room") from None
+            return None
         return self.pids[i]
+
+    def drop(self, i: int) -> None:
+        """Go on without worker ``i`` (its pending replacement is cancelled)."""
+        try:
+            self.ray.kill(self.actors[i], no_restart=True)
+        except Exception:                    # noqa: BLE001
+            pass
+        del self.actors[i], self.make_args[i], self.pids[i]
 
     def shutdown(self):
         for a in self.actors:
@@ -250,7 +258,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                       callbacks=None, verbose=1, in_process: bool = False,
                       max_retries: int = 3, echo=print, on_event=None,
                       announce: bool = True, checkpoint_dir=None,
-                      checkpoint_every: int = 0):
+                      checkpoint_every: int = 0, on_lost: str = "wait",
+                      replace_timeout: float = 300.0):
     """Train ``model`` (built and compiled) data-parallel on ``workers`` workers.
 
     Parameters
@@ -276,6 +285,12 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
         :class:`~dlrun.callbacks.BackupAndRestore` there); a later run given the same
         folder continues from it mid-epoch, with the weights the uninterrupted run has.
 
+    on_lost, replace_timeout : a lost worker is replaced; when no replacement starts
+        within ``replace_timeout`` seconds (a node gone, no CPU free), 'wait' stops the run
+        (the last checkpoint is kept) and 'continue' goes on with the other workers: the
+        lost worker's share is skipped for the rest of the epoch, and from the next epoch
+        the data is shared out among the workers left.
+
     Callbacks see ``params['workers']``: each worker's pid, samples, batches and threads.
 
     Ray must be running (``ray.init()``, :func:`start_local_ray`, or ``dlrun train``)
@@ -286,6 +301,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
 
     _check_options(workers, average_every, optimizer_state, lr_scaling, sync_warmup,
                    epochs, batch_size, max_retries)
+    if on_lost not in ON_LOST:
+        raise ConfigError(f"on_lost must be one of {', '.join(ON_LOST)}, got {on_lost!r}")
     model._require_built()
     model._require_compiled()
     if isinstance(dataset, (tuple, list)) and not in_process:
@@ -354,9 +371,18 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                  f"{lr if not isinstance(lr, dict) else 'schedule'})")
         trainer = _Rounds(model, pool, out, scratch, optimizer_state, average_every,
                           sync_warmup, max_retries, echo, on_event)
-        trainer.infos = infos
+        trainer.infos, trainer.per_worker = infos, per_worker
         trainer.checkpoint_dir, trainer.checkpoint_every = checkpoint_dir, checkpoint_every
+        trainer.on_lost, trainer.replace_timeout = on_lost, replace_timeout
         for epoch in range(initial_epoch, epochs):
+            if len(pool.make_args) < workers:        # workers were dropped: share out again
+                workers = len(pool.make_args)
+                pool.shutdown()
+                make_args = [(i, workers, spec, dataset, batch_size, seed, threads)
+                             for i in range(workers)]
+                pool = trainer.pool = _RayPool(make_args, num_cpus)
+                infos = trainer.infos = params["workers"] = pool.info()
+                per_worker = trainer.per_worker = [i["batches"] for i in infos]
             rounds = trainer.plan_epoch(max(per_worker) - start)
             params["steps"] = len(rounds)
             cbs.on_epoch_begin(epoch)
@@ -429,6 +455,26 @@ class _Rounds:
             at += k
         return steps
 
+    def _replace(self, i: int) -> None:
+        pid = self.pool.replace(i, self.replace_timeout)
+        if pid is not None:
+            self.infos[i]["pid"] = pid
+            self.event(f"round {self.round + 1}: worker {i} was lost; replaced (new pid "
+                       f"{pid}); redoing the round from the last averaged weights")
+            return
+        left = len(self.pool.make_args) - 1
+        if self.on_lost == "wait" or left == 0:
+            raise ClusterError(f"worker {i} was lost and no replacement could start within "
+                               f"{self.replace_timeout:g} s (no CPU free for it); the last "
+                               "checkpoint is kept: resume with --resume when the cluster "
+                               "has room")
+        self.pool.drop(i)
+        del self.infos[i], self.per_worker[i]
+        self.event(f"round {self.round + 1}: worker {i} was lost and no replacement could "
+                   f"start within {self.replace_timeout:g} s; continuing with {left} "
+                   "worker(s): its share is skipped for the rest of the epoch, and shared "
+                   "out among the others from the next one")
+
     def event(self, text: str) -> None:
         self.events.append(text)
         self.echo(text)
@@ -446,9 +492,8 @@ class _Rounds:
             cbs.on_train_batch_begin(r)
             state = {"epoch": epoch, "position": position, "step": model._step,
                      "iterations": opt.iterations, "optimizer_state": self.optimizer_state}
-            states = [state | {"position": min(position, n)} for n in per_worker]
             t0 = time.perf_counter()
-            results = self._round(states, k)
+            results = self._round(state, k)
             wall = time.perf_counter() - t0
             busiest = max(res["seconds"] for res in results)
             overheads.append(wall - busiest)
@@ -465,7 +510,7 @@ class _Rounds:
             opt.iterations += k
             self.round += 1
             if (self.checkpoint_every and self.round % self.checkpoint_every == 0
-                    and position < max(per_worker)):
+                    and position < max(self.per_worker)):
                 _save_round(model, self.checkpoint_dir, epoch, position)
             cbs.on_train_batch_end(r, _logs(model, loss_sum, samples, counts))
         seconds = time.perf_counter() - t_epoch
@@ -475,19 +520,17 @@ class _Rounds:
                  "round_overhead_ms": 1e3 * float(np.mean(overheads)) if overheads else 0.0}
         return logs
 
-    def _round(self, states, k) -> list:
+    def _round(self, state, k) -> list:
         """One round, redone after a lost worker or a non-finite contribution."""
         for attempt in range(self.max_retries + 1):
+            states = [state | {"position": min(state["position"], n)}
+                      for n in self.per_worker]
             ref = self.pool.put(self.out)
             try:
                 results = self.pool.run(ref, states, k)
             except _Lost as lost:
-                for i in lost.workers:
-                    pid = self.pool.replace(i)
-                    self.infos[i]["pid"] = pid
-                    self.event(f"round {self.round + 1}: worker {i} was lost; replaced "
-                               f"(new pid {pid}); redoing the round from the last averaged "
-                               "weights")
+                for i in sorted(lost.workers, reverse=True):
+                    self._replace(i)
                 continue
             finally:
                 del ref

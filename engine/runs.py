@@ -50,6 +50,7 @@ class TrainConfig:
     sync_warmup: int = 0
     address: str | None = None       # a running Ray cluster; None: $RAY_ADDRESS or local
     checkpoint_every: int = 0        # rounds between mid-epoch checkpoints (0: epochs only)
+    on_lost: str = "wait"            # no room for a lost worker's replacement: wait|continue
 
 
 # Learning rates that train the zoo's models on the shipped datasets in a few epochs.
@@ -346,4 +347,5 @@ def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, ec
                               validation_data=test, callbacks=callbacks, verbose=cfg.verbose,
                               echo=echo, on_event=on_event, announce=False,
                               checkpoint_dir=out / "checkpoint",
-                              checkpoint_every=cfg.checkpoint_every)
+                              checkpoint_every=cfg.checkpoint_every,
+                              on_lost=cfg.on_lost)

@@ -61,3 +61,27 @@ def test_a_lost_node_is_replaced_and_its_round_redone(cluster, h):
     assert events and all("was lost; replaced" in e for e in events), events
     for a, b in zip(model.get_weights(), clean.get_weights()):
         assert np.array_equal(a, b)
+
+
+def test_with_on_lost_continue_a_lost_node_leaves_the_other_workers_to_go_on(cluster, h):
+    c, _ = cluster
+    worker_nodes = [n for n in c.list_all_nodes() if n is not c.head_node]
+    assert len(worker_nodes) == 2
+
+    class RemoveNode(Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2 and not getattr(self, "done", False):
+                self.done = True
+                c.remove_node(worker_nodes[1])     # and no node joins: no room anywhere
+
+    dl.set_threads(1)
+    events = []
+    hist = train_distributed(h.small_model(), "digits", workers=2, average_every=3,
+                             epochs=2, batch_size=50, seed=0, threads=1, verbose=0,
+                             callbacks=[RemoveNode()], on_lost="continue",
+                             replace_timeout=3, echo=lambda s: None,
+                             on_event=events.append)
+    dl.set_threads()
+    assert len(events) == 1 and "continuing with 1 worker(s)" in events[0], events
+    assert len(hist.history["loss"]) == 2
+    assert hist.history["accuracy"][1] > hist.history["accuracy"][0]

@@ -170,17 +170,34 @@ class Model:
     def fit(self, x=None, y=None, batch_size: int | None = None, epochs: int = 1,
             verbose="auto", callbacks=None, validation_split: float = 0.0,
             validation_data=None, shuffle: bool = True, initial_epoch: int = 0,
-            nb_epoch: int | None = None) -> History:
+            nb_epoch: int | None = None, workers: int | None = None,
+            **cluster) -> History:
         """Train for ``epochs`` passes over ``(x, y)``, reshuffled every epoch.
 
         ``validation_split`` holds out the last fraction of the samples (before shuffling,
         as Keras does); ``validation_data=(x_val, y_val)`` gives them explicitly. Returns the
         :class:`History`. ``nb_epoch`` is the Keras 1 spelling of ``epochs`` (deprecated).
+
+        ``workers=N`` trains data-parallel on N Ray workers instead (Ray must be running:
+        ``ray.init()``): ``x`` is then the name or path of a dataset every worker can
+        open, and ``cluster`` holds :func:`dlrun.cluster.train_distributed`'s options
+        (``average_every``, ``optimizer_state``, ``seed``...).
         """
         if nb_epoch is not None:
             warnings.warn("fit(nb_epoch=...) is the Keras 1 spelling; use epochs=",
                           DeprecationWarning, stacklevel=2)
             epochs = nb_epoch
+        if workers is not None or cluster:
+            from dlrun.cluster.driver import train_distributed
+
+            if workers is None or y is not None or validation_split:
+                raise ConfigError("fit(workers=N) trains on a dataset given by name or path "
+                                  "(x='mnist-5k'), without y or validation_split; "
+                                  f"got workers={workers!r}, options {sorted(cluster)}")
+            return train_distributed(self, x, workers=workers, epochs=epochs,
+                                     batch_size=_batch_size(batch_size), verbose=verbose,
+                                     callbacks=callbacks, validation_data=validation_data,
+                                     **cluster)
         self._require_compiled()
         x, y = self._check_xy(x, y)
         batch_size = _batch_size(batch_size)

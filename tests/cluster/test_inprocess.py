@@ -305,3 +305,18 @@ def test_checkpoints_every_m_rounds_resume_mid_epoch_bitwise(h, tmp_path):
     assert len(hist.history["loss"]) == 1                  # epoch 2, from batch 8 on
     for a, b in zip(resumed.get_weights(), whole.get_weights()):
         assert np.array_equal(a, b)
+
+
+def test_fit_with_workers_is_train_distributed(h):
+    x, y = h.digits()
+    ref = h.small_model()
+    train_distributed(ref, (x, y), workers=2, average_every=3, epochs=1, batch_size=50,
+                      threads=1, verbose=0, in_process=True)
+    model = h.small_model()
+    hist = model.fit((x, y), workers=2, average_every=3, epochs=1, batch_size=50,
+                     threads=1, verbose=0, in_process=True)
+    assert len(hist.history["loss"]) == 1
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)
+    with pytest.raises(ConfigError, match="fit\\(workers=N\\) trains on a dataset"):
+        model.fit(x, y, workers=2)

@@ -99,29 +99,48 @@ def verify(name):
 @click.option("--name", required=True, help="Name of the new dataset.")
 @click.option("--out", type=click.Path(file_okay=False),
               help="Folder to write NAME.zarr to  [default: $DLRUN_DATA or ~/.dlrun/datasets].")
-@click.option("--kind", type=click.Choice(["idx", "npz", "npy", "csv"]),
+@click.option("--kind", type=click.Choice(["idx", "npz", "npy", "csv", "images"]),
               help="Format of PATH  [default: from its name or contents].")
 @click.option("--label-column", help="CSV: the labels' column, a name or an index "
               "[default: 'label', 'class', 'target' or 'y' if named so, else the first].")
 @click.option("--header/--no-header", default=None,
               help="CSV: whether the first row names the columns  [default: guessed].")
+@click.option("--size", metavar="HxW",
+              help="Images: resize every image to H x W pixels, e.g. 32x32  "
+                   "[default: keep them; all must share one size].")
+@click.option("--mode", type=click.Choice(["L", "RGB"]),
+              help="Images: L (grey, 1 channel) or RGB  [default: L if every image is grey].")
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="Images: hold out this share of the images as the test split "
+                   "[default: 0, or the train/ and test/ folders].")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Images: seed of the test draw and of the stored order.")
 @click.option("--classes", type=click.IntRange(1), help="Number of classes  [default: max+1].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset NAME.")
 @friendly_errors
-def import_(path, name, out, kind, label_column, header, classes, overwrite):
+def import_(path, name, out, kind, label_column, header, size, mode, test_fraction, seed,
+            classes, overwrite):
     """Import PATH as dataset NAME.
 
     PATH is a folder of MNIST-format IDX files (train-images-idx3-ubyte[.gz]...), one IDX
     images file beside its labels, a .npz file or a folder of .npy files (x, y or x_train,
-    y_train, x_test, y_test), or a CSV file (one row per sample). Nothing is left under
+    y_train, x_test, y_test), a CSV file (one row per sample), or a folder of images
+    with one sub-folder per class (PATH/<class>/<images>, or PATH/train/<class>/... and
+    PATH/test/<class>/...; needs pip install 'dlrun[images]'). Nothing is left under
     the final name if the import fails.
     """
     from dlrun.datasets.importers import import_path
 
     if label_column is not None and label_column.lstrip("-").isdigit():
         label_column = int(label_column)
+    if size is not None:
+        h, sep, w = size.lower().partition("x")
+        if not (sep and h.strip().isdigit() and w.strip().isdigit() and int(h) and int(w)):
+            raise click.BadParameter(f"{size!r}; expected HxW, e.g. 32x32", param_hint="--size")
+        size = (int(h), int(w))
     written = import_path(path, name=name, out=out, kind=kind, overwrite=overwrite,
-                          classes=classes, label_column=label_column, header=header)
+                          classes=classes, label_column=label_column, header=header,
+                          size=size, mode=mode, test_fraction=test_fraction, seed=seed)
     click.echo(f"wrote {written} ({_size(written)}); train with `dlrun train --dataset {name}`"
                if out is None else f"wrote {written} ({_size(written)})")
 

@@ -10,6 +10,9 @@ under the final name). Supported:
 * ``.npz`` files and folders of ``.npy`` files holding ``x`` and ``y``, or ``x_train``,
   ``y_train``, ``x_test``, ``y_test`` (and optionally ``x_validation``, ``y_validation``).
 * CSV files (``.csv``, ``.csv.gz``): one row per sample, a label column and feature columns.
+* A folder of images per class (``PATH/<class name>/<image files>``, or ``PATH/train/`` and
+  ``PATH/test/`` each holding such class folders), read with Pillow (``pip install
+  'dlrun[images]'``): see :func:`import_image_folder`.
 
 >>> from dlrun.datasets.importers import import_path
 >>> import_path("downloads/mnist", name="mnist")          # into ~/.dlrun/datasets/mnist.zarr
@@ -30,7 +33,10 @@ from dlrun.errors import ConfigError, DataError
 
 # IDX type codes: the third byte of the magic number.
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-KINDS = ("idx", "npz", "npy", "csv")
+KINDS = ("idx", "npz", "npy", "csv", "images")
+# Files read by the image-folder importer; any other file (and any hidden one) is skipped.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                  ".ppm", ".pgm", ".pbm")
 
 
 def target_path(name: str, out: str | os.PathLike | None = None) -> Path:
@@ -53,19 +59,25 @@ def import_path(
     class_names: list[str] | None = None,
     label_column: int | str | None = None,
     header: bool | None = None,
+    size: tuple[int, int] | None = None,
+    mode: str | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
     **attrs: Any,
 ) -> Path:
     """Import ``path`` as dataset ``name`` and return the store's path.
 
     Parameters
     ----------
-    path : a folder of IDX or ``.npy`` files, an IDX images file, a ``.npz`` or a CSV file.
+    path : a folder of IDX or ``.npy`` files, an IDX images file, a ``.npz`` or a CSV file,
+        or a folder of class folders of images.
     name : the dataset's name; it is written to ``<out>/<name>.zarr``.
     out : the folder to write to; default :func:`~dlrun.datasets.store.data_home`.
-    kind : one of ``idx``, ``npz``, ``npy``, ``csv``; default: from the path.
+    kind : one of ``idx``, ``npz``, ``npy``, ``csv``, ``images``; default: from the path.
     overwrite : replace an existing dataset of that name.
     classes, class_names : default: ``max(y) + 1`` classes named ``"0", "1"...``.
     label_column, header : CSV only, see :func:`read_csv`.
+    size, mode, test_fraction, seed : image folders only, see :func:`read_image_folder`.
     attrs : more attributes for ``write_dataset`` (``normalization``, ``source``,
         ``license``, ``description``, ``chunk_samples``).
     """
@@ -74,7 +86,16 @@ def import_path(
         raise DataError(f"nothing to import at {path}: the path does not exist")
     kind = kind or detect_kind(path)
     found_names = None
-    if kind == "csv":
+    if kind != "images" and (size is not None or mode is not None or test_fraction):
+        raise ConfigError("size, mode and test_fraction are options of image-folder imports "
+                          "only")
+    if kind == "images":
+        if label_column is not None or header is not None:
+            raise ConfigError("label_column and header are options of CSV imports only")
+        splits, found_names = read_image_folder(path, size=size, mode=mode,
+                                                test_fraction=test_fraction, seed=seed)
+        attrs.setdefault("normalization", {"scale": 1 / 255, "offset": 0.0})
+    elif kind == "csv":
         x, y, found_names = read_csv(path, label_column=label_column, header=header)
         splits = {"": (x, y)}
     elif label_column is not None or header is not None:
@@ -102,15 +123,19 @@ def import_path(
 
 
 def detect_kind(path: Path) -> str:
-    """``idx``, ``npz``, ``npy`` or ``csv``, from the file name or the folder's contents."""
+    """``idx``, ``npz``, ``npy``, ``csv`` or ``images``, from the file name or the folder's
+    contents (``images``: a folder whose sub-folders hold image files)."""
     if path.is_dir():
         names = [p.name for p in path.iterdir()]
         if any(_is_idx_name(n) for n in names):
             return "idx"
         if any(n.endswith(".npy") for n in names):
             return "npy"
+        if _holds_class_folders(path):
+            return "images"
         raise DataError(
-            f"{path}: a folder with no IDX (*-idx3-ubyte...) or .npy files; nothing to import"
+            f"{path}: a folder with no IDX (*-idx3-ubyte...) or .npy files and no class "
+            "folders of images; nothing to import"
         )
     lower = path.name.lower()
     if _is_idx_name(lower):
@@ -367,3 +392,209 @@ def write_idx(path: str | os.PathLike, a: np.ndarray, *, compress: bool | None =
     compress = path.name.endswith(".gz") if compress is None else compress
     path.write_bytes(gzip.compress(data, mtime=0) if compress else data)
     return path
+
+
+# ---------------------------------------------------------------------------------------
+# Folders of images, one sub-folder per class
+
+
+def _visible(p: Path) -> bool:
+    return not p.name.startswith(".") and p.name != "__MACOSX"
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and _visible(p) and p.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _class_dirs(path: Path) -> list[Path]:
+    return sorted((d for d in path.iterdir() if d.is_dir() and _visible(d)),
+                  key=lambda d: d.name)
+
+
+def _split_layout(path: Path) -> bool:
+    """Whether ``path`` holds ``train/`` and ``test/`` folders of class folders."""
+    dirs = {d.name: d for d in _class_dirs(path)}
+    return set(dirs) == {"train", "test"} and all(
+        any(d.is_dir() for d in dirs[s].iterdir()) for s in ("train", "test"))
+
+
+def _holds_class_folders(path: Path) -> bool:
+    if _split_layout(path):
+        return True
+    return any(any(_is_image_file(f) for f in d.iterdir()) for d in _class_dirs(path))
+
+
+def _import_pillow():
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise ConfigError(
+            "importing a folder of images needs Pillow: pip install 'dlrun[images]' "
+            "(or pip install pillow)"
+        ) from exc
+    return Image
+
+
+def _list_class_files(root: Path) -> dict[str, list[Path]]:
+    """``{class name: sorted image files}`` for the class folders under ``root``."""
+    classes = {}
+    for d in _class_dirs(root):
+        files = sorted((f for f in d.iterdir() if _is_image_file(f)), key=lambda f: f.name)
+        if not files:
+            raise DataError(
+                f"{d}: class folder {d.name!r} holds no image files "
+                f"({', '.join(IMAGE_SUFFIXES)}); add images or remove the folder"
+            )
+        classes[d.name] = files
+    if not classes:
+        raise DataError(f"{root}: no class folders; expected {root}/<class name>/<images>")
+    return classes
+
+
+def _read_image(Image, f: Path):
+    try:
+        img = Image.open(f)
+        img.load()
+    except Exception as exc:  # UnidentifiedImageError, OSError, truncated files, bombs...
+        raise DataError(f"{f}: cannot read it as an image ({exc}); fix or remove the file") \
+            from exc
+    return img
+
+
+def read_image_folder(
+    path: str | os.PathLike,
+    *,
+    size: tuple[int, int] | None = None,
+    mode: str | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """``({split: (x, y)}, class_names)`` from a folder of class folders of images.
+
+    Parameters
+    ----------
+    path : ``PATH/<class name>/<image files>``, or ``PATH/train/<class name>/...`` and
+        ``PATH/test/<class name>/...``. Classes are the sorted folder names (in the split
+        layout, those of ``train/``; ``test/`` may lack some but have no others). Files
+        without an image suffix (``.png``, ``.jpg``, ``.bmp``...) and hidden files or
+        folders are skipped; an empty class folder or an unreadable image is an error.
+    size : ``(height, width)`` to resize every image to (bilinear); default: keep them as
+        they are, and all must share one size.
+    mode : ``"L"`` (grey, 1 channel) or ``"RGB"`` (3 channels); default: ``"L"`` when every
+        image is grey, else ``"RGB"``.
+    test_fraction : in ``[0, 1)``: hold out this share of the samples, drawn at random
+        with ``seed``, as the ``test`` split (not with a ``train/`` + ``test/`` layout).
+    seed : the seed of that draw and of the order the samples are stored in (shuffled,
+        since folders list them class by class).
+
+    ``x`` is uint8 ``(N, C, H, W)``; ``y`` holds the class indices (uint8 up to 256
+    classes). The key is ``""`` for a single split, else ``train`` and ``test``.
+    """
+    path = Path(path)
+    if mode is not None and mode not in ("L", "RGB"):
+        raise ConfigError(f"mode={mode!r}; expected 'L' (grey) or 'RGB'")
+    if size is not None:
+        try:
+            size = (int(size[0]), int(size[1]))
+        except (TypeError, ValueError, IndexError):
+            size = None
+        if size is None or len(size) != 2 or min(size) < 1:
+            raise ConfigError("size must be (height, width), two positive integers")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ConfigError(f"test_fraction={test_fraction}; expected a number in [0, 1)")
+    if not path.is_dir():
+        raise DataError(f"{path}: not a folder; expected {path}/<class name>/<images>")
+    Image = _import_pillow()
+
+    if _split_layout(path):
+        if test_fraction:
+            raise ConfigError(
+                f"{path} already has train/ and test/ folders; leave test_fraction at 0")
+        layout = {s: _list_class_files(path / s) for s in ("train", "test")}
+        class_names = list(layout["train"])
+        extra = sorted(set(layout["test"]) - set(class_names))
+        if extra:
+            raise DataError(
+                f"{path / 'test'}: class folder(s) {extra} have no counterpart in "
+                f"{path / 'train'}; every test class must also be a train class")
+    else:
+        layout = {"": _list_class_files(path)}
+        class_names = list(layout[""])
+    index = {c: i for i, c in enumerate(class_names)}
+
+    # One pass to open every file: the default mode and, without ``size``, the common size.
+    images: dict[str, list] = {}
+    labels: dict[str, list[int]] = {}
+    first: tuple[Path, tuple[int, int]] | None = None
+    all_grey = True
+    for split, classes in layout.items():
+        images[split], labels[split] = [], []
+        for c, files in classes.items():
+            for f in files:
+                img = _read_image(Image, f)
+                all_grey = all_grey and img.mode in ("1", "L", "LA", "I", "I;16", "F")
+                if size is None:
+                    hw = (img.height, img.width)
+                    if first is None:
+                        first = (f, hw)
+                    elif hw != first[1]:
+                        raise DataError(
+                            f"{f} is {hw[0]}x{hw[1]} (height x width) but {first[0]} is "
+                            f"{first[1][0]}x{first[1][1]}; images must share one size, or "
+                            "pass size=(height, width) (--size HxW) to resize them")
+                images[split].append(img)
+                labels[split].append(index[c])
+    mode = mode or ("L" if all_grey else "RGB")
+
+    def to_array(img) -> np.ndarray:
+        if img.mode in ("I", "I;16", "F"):
+            a = np.asarray(img, dtype=np.float64)  # 16-bit/float grey: scale to 0..255
+            top = 65535.0 if img.mode.startswith("I") else 1.0
+            img = Image.fromarray(np.clip(np.rint(a * 255 / top), 0, 255).astype(np.uint8))
+        if img.mode != mode:
+            img = img.convert(mode)
+        if size is not None and (img.height, img.width) != size:
+            img = img.resize((size[1], size[0]), Image.BILINEAR)
+        a = np.asarray(img, dtype=np.uint8)
+        return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+    label_dtype = np.uint8 if len(class_names) <= 256 else np.int64
+    rng = np.random.default_rng(seed)
+    splits = {}
+    for split in layout:
+        x = np.stack([to_array(img) for img in images[split]])
+        y = np.asarray(labels[split], dtype=label_dtype)
+        order = rng.permutation(len(x))
+        splits[split] = (x[order], y[order])
+    if test_fraction:
+        x, y = splits.pop("")
+        n_test = int(round(len(x) * test_fraction))
+        if n_test < 1 or n_test >= len(x):
+            raise ConfigError(
+                f"test_fraction={test_fraction} of {len(x)} images leaves "
+                f"{n_test} test and {len(x) - n_test} train samples; both need one or more")
+        splits = {"train": (x[n_test:], y[n_test:]), "test": (x[:n_test], y[:n_test])}
+    return splits, class_names
+
+
+def import_image_folder(
+    path: str | os.PathLike,
+    name: str,
+    *,
+    size: tuple[int, int] | None = None,
+    mode: str | None = None,
+    test_fraction: float = 0.0,
+    seed: int = 0,
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    **attrs: Any,
+) -> Path:
+    """Import a folder of class folders of images as dataset ``name``; return its path.
+
+    See :func:`read_image_folder` for ``path``, ``size``, ``mode``, ``test_fraction`` and
+    ``seed``. Pixels are stored as uint8 NCHW with normalization scale 1/255 (values in
+    [0, 1] when loaded); ``class_names`` are the class folders' names. Needs Pillow
+    (``pip install 'dlrun[images]'``).
+    """
+    return import_path(path, name=name, out=out, kind="images", overwrite=overwrite,
+                       size=size, mode=mode, test_fraction=test_fraction, seed=seed, **attrs)

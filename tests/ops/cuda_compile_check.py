@@ -95,6 +95,13 @@ def main() -> int:
         w = np.zeros((3, 4), dt)
         updates.sgd_update_cuda(w, w, 0.1)
         updates.sgd_momentum_update_cuda(w, w, w, 0.1, 0.9, True)
+        updates.adagrad_update_cuda(w, w, w, 0.1, 1e-7)
+        updates.rmsprop_update_cuda(w, w, w, 0.1, 0.9, 1e-7)
+        updates.rmsprop_momentum_update_cuda(w, w, w, w, 0.1, 0.9, 0.9, 1e-7)
+        updates.adam_update_cuda(w, w, w, w, 0.1, 0.9, 0.999, 1e-7)
+        updates.decay_weights_cuda(w, 0.99)
+        updates.sum_squares_cuda(w, np.zeros(1, np.float64))
+        updates.clip_gradient_cuda(w, 1.0, 0.5, w)
     print(f"{len(compiled)} kernel specialisations compiled to PTX for cc {CC}; "
           f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
     return 1 if failures else 0

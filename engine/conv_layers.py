@@ -11,7 +11,7 @@ import numpy as np
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.graph import apply
-from dlrun.engine.layers import LAYERS, Layer, _name, activation_op
+from dlrun.engine.layers import LAYERS, KernelLayer, Layer, _name, activation_op
 from dlrun.errors import ConfigError, ShapeError
 from dlrun.ops.conv import window_geometry
 
@@ -48,39 +48,25 @@ def _window_output(layer, input_shape, window, strides, padding) -> tuple[int, i
     return oh, ow
 
 
-class Conv2D(Layer):
+class Conv2D(KernelLayer):
     """2-D convolution of NCHW images: ``y = activation(conv(x, W) + b)``; weights
     ``W (filters, channels, kh, kw)`` then ``b (filters,)``."""
 
     def __init__(self, filters: int, kernel_size, strides=1, padding: str = "valid",
-                 activation=None, use_bias: bool = True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", kernel_regularizer=None, bias_regularizer=None,
-                 **kw):
-        super().__init__(**kw)
+                 activation=None, **kw):
+        super().__init__(activation=activation, **kw)
         if not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ConfigError(f"Conv2D filters must be a positive integer, got {filters!r}")
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size, "Conv2D kernel_size")
         self.strides = _pair(strides, "Conv2D strides")
         self.padding = _padding(padding)
-        self.activation = activation
-        self._act = activation_op(activation)
-        self.use_bias = use_bias
-        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
-        initializers.get(kernel_initializer), initializers.get(bias_initializer)
-        self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
 
     def build(self, input_shape):
         _images(self, input_shape)
         self.compute_output_shape(input_shape)
-        self.kernel = self.add_weight("kernel", (self.filters, input_shape[0],
-                                                 *self.kernel_size),
-                                      self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer,
-                                        regularizer=self.bias_regularizer)
+        self.add_kernel_and_bias((self.filters, input_shape[0], *self.kernel_size),
+                                 (self.filters,))
 
     def call(self, x, training):
         if not self.use_bias:
@@ -101,12 +87,7 @@ class Conv2D(Layer):
     def get_config(self):
         return super().get_config() | {
             "filters": self.filters, "kernel_size": list(self.kernel_size),
-            "strides": list(self.strides), "padding": self.padding,
-            "activation": self.activation, "use_bias": self.use_bias,
-            "kernel_initializer": _name(self.kernel_initializer),
-            "bias_initializer": _name(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+            "strides": list(self.strides), "padding": self.padding}
 
 
 class _Pooling2D(Layer):

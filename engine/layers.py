@@ -127,16 +127,14 @@ def _snake(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-class Dense(Layer):
-    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
+class KernelLayer(Layer):
+    """Base of layers with a kernel, an optional bias and an activation (Dense, Conv2D):
+    the shared arguments, their checks, the two weights and their config."""
 
-    def __init__(self, units: int, activation=None, use_bias: bool = True,
+    def __init__(self, activation=None, use_bias: bool = True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, **kw):
         super().__init__(**kw)
-        if not isinstance(units, (int, np.integer)) or units < 1:
-            raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
-        self.units = int(units)
         self.activation = activation
         self._act = activation_op(activation)
         self.use_bias = use_bias
@@ -145,17 +143,37 @@ class Dense(Layer):
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
 
+    def add_kernel_and_bias(self, kernel_shape: tuple, bias_shape: tuple) -> None:
+        self.kernel = self.add_weight("kernel", kernel_shape, self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", bias_shape, self.bias_initializer,
+                                        regularizer=self.bias_regularizer)
+
+    def get_config(self):
+        return super().get_config() | {
+            "activation": self.activation, "use_bias": self.use_bias,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "bias_initializer": _name(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+
+class Dense(KernelLayer):
+    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
+
+    def __init__(self, units: int, activation=None, **kw):
+        super().__init__(activation=activation, **kw)
+        if not isinstance(units, (int, np.integer)) or units < 1:
+            raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+
     def build(self, input_shape):
         if len(input_shape) != 1:
             raise ShapeError(f"Dense layer {self.name!r} expects inputs of shape "
                              f"(batch, features), got (batch, {', '.join(map(str, input_shape))}); "
                              "put a Flatten layer before it")
-        self.kernel = self.add_weight("kernel", (input_shape[0], self.units),
-                                      self.kernel_initializer,
-                                      regularizer=self.kernel_regularizer)
-        if self.use_bias:
-            self.bias = self.add_weight("bias", (self.units,), self.bias_initializer,
-                                        regularizer=self.bias_regularizer)
+        self.add_kernel_and_bias((input_shape[0], self.units), (self.units,))
 
     def call(self, x, training):
         y = apply("matmul", x, self.kernel)
@@ -167,12 +185,7 @@ class Dense(Layer):
         return (self.units,)
 
     def get_config(self):
-        return super().get_config() | {
-            "units": self.units, "activation": self.activation, "use_bias": self.use_bias,
-            "kernel_initializer": _name(self.kernel_initializer),
-            "bias_initializer": _name(self.bias_initializer),
-            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+        return super().get_config() | {"units": self.units}
 
 
 class Activation(Layer):

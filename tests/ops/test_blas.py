@@ -1,0 +1,71 @@
+"""``dlrun.ops.blas.gemm``: numpy's own BLAS called from compiled code, and its fallback."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dlrun.ops import blas
+from dlrun.ops.config import jit
+
+IMPLS = [pytest.param(blas._gemm_numpy, id="numpy-fallback")]
+if blas.HAVE_CBLAS:
+    IMPLS.insert(0, pytest.param(blas._gemm_cblas, id="cblas"))
+
+
+def test_numpy_blas_found():
+    # numpy's wheels bundle OpenBLAS; without it every recurrent kernel is slower
+    assert blas.HAVE_CBLAS
+    assert blas.gemm is blas._gemm_cblas
+
+
+@pytest.mark.parametrize("gemm", IMPLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+def test_gemm_matches_numpy(gemm, dtype, ta, tb):
+    rng = np.random.default_rng(0)
+    m, n, k = 5, 7, 3
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+    c = rng.standard_normal((m, n)).astype(dtype)
+    want = 0.5 * (a.T if ta else a) @ (b.T if tb else b) - 2.0 * c
+    gemm(a, b, c, 0.5, -2.0, ta, tb)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("gemm", IMPLS)
+def test_gemm_strided_rows_and_beta_zero_ignores_garbage(gemm):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 6, 3)).astype(np.float32)       # (batch, time, features)
+    w = rng.standard_normal((3, 8)).astype(np.float32)
+    out = rng.standard_normal((4, 6, 8)).astype(np.float32)
+    out[:, 2, :] = np.nan                                       # beta=0 must not read it
+    gemm(x[:, 2, :], w, out[:, 2, :], 1.0, 0.0, False, False)
+    np.testing.assert_allclose(out[:, 2, :], x[:, 2, :] @ w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("gemm", IMPLS)
+def test_gemm_from_compiled_code_in_a_loop(gemm):
+    @jit(cache=False)
+    def steps(h, u, out):
+        for t in range(out.shape[0]):
+            gemm(h, u, out[t], 1.0, 0.0, False, False)
+            h[:] = np.tanh(out[t])
+
+    rng = np.random.default_rng(2)
+    h = rng.standard_normal((3, 4))
+    u = rng.standard_normal((4, 4)) * 0.5
+    out = np.zeros((5, 3, 4))
+    want, hh = [], h.copy()
+    for _ in range(5):
+        want.append(hh @ u)
+        hh = np.tanh(want[-1])
+    steps(h, u, out)
+    np.testing.assert_allclose(out, np.array(want), rtol=1e-12)
+
+
+@pytest.mark.parametrize("gemm", IMPLS)
+def test_gemm_rejects_shapes_that_do_not_fit(gemm):
+    a, b = np.ones((2, 3), np.float32), np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match="shapes"):
+        gemm(a, b, np.zeros((2, 5), np.float32), 1.0, 0.0, False, False)

@@ -84,6 +84,12 @@ BIG = {
                                  r.uniform(0.0, 1.0, (9, 11)).astype(dt)), {}),
     "sum": lambda r, dt: ((r.standard_normal((9, 11)).astype(dt),), {}),
     "mean": lambda r, dt: ((r.standard_normal((9, 11)).astype(dt),), {}),
+    "concat": lambda r, dt: ((r.standard_normal((7, 3, 5)).astype(dt),
+                              r.standard_normal((7, 2, 5)).astype(dt)), {"axis": -2}),
+    "scale": lambda r, dt: ((r.standard_normal((9, 11)).astype(dt),), {"factor": -1.5}),
+    "gate_mix": lambda r, dt: ((r.uniform(0, 1, (9, 11)).astype(dt),
+                                r.standard_normal((9, 11)).astype(dt),
+                                r.standard_normal((9, 11)).astype(dt)), {}),
 }
 
 

@@ -7,6 +7,7 @@ from dlrun.ops.registry import Op, OpError, Spec, get, names, register, same_sha
 from dlrun.ops import activations, dropout, linear, losses, reduce, shape  # noqa: F401
 from dlrun.ops import arith, augment, regularizers  # noqa: F401
 from dlrun.ops import conv, norm, pool  # noqa: F401
+from dlrun.ops import recurrent  # noqa: F401
 from dlrun.ops.gradcheck import GradcheckError, gradcheck
 
 __all__ = ["Op", "OpError", "Spec", "get", "names", "register", "unregister", "same_shape",

@@ -1,0 +1,637 @@
+"""Recurrent layers' ops, each over a whole sequence: ``simple_rnn``, ``lstm``, and
+``last_step`` (the final step of a sequence, what a layer without ``return_sequences``
+returns).
+
+Sequences are (batch, time, features); weights are Keras's: ``W (in, units)`` or
+``(in, 4 units)``, ``U (units, units)`` or ``(units, 4 units)``, ``b``; the LSTM's gates
+are laid out i, f, c, o along the last axis; the initial state is zero.
+
+The whole time loop of each forward and backward is one compiled kernel. The input
+projection of every step is one GEMM (``x (batch*time, in) @ W``) into the gates buffer;
+then each step adds ``h_{t-1} @ U`` into its slice (``ops.blas.gemm`` with ``beta=1``,
+numpy's own BLAS, so ``--threads`` governs it) and applies the gate arithmetic, fused, in
+a serial Numba loop (a parallel one would fight BLAS's threads on a few cores). The
+backward runs the steps in reverse, one small GEMM per step for ``dh_{t-1} = dz_t U^T``,
+and after the loop one GEMM each for ``dW = X^T dZ``, ``dU = H_prev^T dZ`` and
+``dX = dZ W^T``. Float32 sigmoid and tanh use an exp that LLVM vectorizes (numba has
+no vector math library here): the gate arithmetic costs a fifth of what libm's would.
+
+The CUDA twins launch one fused kernel per step (a thread per (sample, unit), which also
+takes the step's ``h_{t-1} @ U``), with the tiled matmul of :mod:`dlrun.ops.linear` for
+the products over all steps.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+from dlrun.ops import config
+from dlrun.ops.blas import gemm
+from dlrun.ops.config import cuda_device, cuda_kernel, jit
+from dlrun.ops.conv import workspace
+from dlrun.ops.linear import _matmul_cuda
+from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+
+# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
+cuda = None
+
+
+# -- float32 exp that vectorizes -----------------------------------------------------------
+@intrinsic
+def _int32_as_float32(typingctx, bits):
+    """The float32 whose bit pattern is the int32 ``bits``."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+    return types.float32(types.int32), codegen
+
+
+@jit
+def _exp_f32(x):
+    """exp(x) = 2^k exp(r), r = x - k ln 2, exp(r) by a degree-7 polynomial (error about
+    1 ulp); NaN stays NaN, arguments are clamped to the normal range"""
+    if x < np.float32(-87.0):
+        x = np.float32(-87.0)
+    if x > np.float32(88.0):
+        x = np.float32(88.0)
+    k = math.floor(x * np.float32(1.4426950408889634) + np.float32(0.5))
+    r = x - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4)
+    p = p * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = p * r * r + r + np.float32(1.0)
+    return p * _int32_as_float32((np.int32(k) + np.int32(127)) << 23)
+
+
+def _exp(x):
+    """exp(x): by :func:`_exp_f32` for float32, by ``math.exp`` otherwise."""
+    return math.exp(x)
+
+
+@overload(_exp, jit_options={"fastmath": config.FASTMATH})
+def _exp_typed(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@jit
+def _sigmoid(v, one):
+    """1 / (1 + exp(-v)); ``one`` is 1 in v's type, so float32 stays float32"""
+    return one / (one + _exp(-v))
+
+
+@jit
+def _tanh(v, one):
+    """tanh(v) = 1 - 2 / (exp(2 v) + 1)"""
+    return one - (one + one) / (_exp(v + v) + one)
+
+
+# -- shared by both ops: shapes, and the products over all steps ----------------------------
+def _recurrent_shape(op: str, gates: int):
+    def shape(x: Spec, w: Spec, u: Spec, b: Spec, **_) -> list:
+        check_float(op, x=x, w=w, u=u, b=b)
+        n = u.shape[0] if len(u.shape) == 2 else -1
+        if (len(x.shape) != 3 or w.shape != (x.shape[2], gates * n)
+                or u.shape != (n, gates * n) or b.shape != (gates * n,)):
+            raise OpError(f"{op} needs x (batch, time, features), W (features, {gates}*units), "
+                          f"U (units, {gates}*units), b ({gates}*units,); got x {x.shape}, "
+                          f"W {w.shape}, U {u.shape}, b {b.shape}")
+        if len({x.dtype, w.dtype, u.dtype, b.dtype}) != 1:
+            raise OpError(f"{op} inputs differ in dtype: x {x.dtype}, W {w.dtype}, "
+                          f"U {u.dtype}, b {b.dtype}")
+        if x.shape[1] < 1:
+            raise OpError(f"{op} needs at least one time step; got x {x.shape}")
+        return [Spec((x.shape[0], x.shape[1], n), x.dtype)]
+    return shape
+
+
+@jit
+def _products_bwd(x, w, h, dz, dx, dw, du, db):
+    """After the time loop, with dz the gradient of every step's pre-activations:
+    dW = X^T dZ ; dU = sum_t h_{t-1}^T dz_t ; db = sum dZ ; dX = dZ W^T
+    (an empty array stands for a gradient not wanted)"""
+    nb, nt, nin = x.shape
+    rows = nb * nt
+    z2 = dz.reshape(rows, dz.shape[2])
+    if dw.size:
+        gemm(x.reshape(rows, nin), z2, dw, 1.0, 0.0, True, False)
+    if du.size:
+        # row r of H pairs with row r + 1 of dZ: one product over all rows, less the pairs
+        # that straddle two samples (h of a sample's last step, dz of the next one's first)
+        du[:] = 0.0
+        if rows > 1:
+            gemm(h.reshape(rows, h.shape[2])[:rows - 1], z2[1:], du, 1.0, 0.0, True, False)
+        if nb > 1:
+            gemm(h[:nb - 1, nt - 1, :], dz[1:, 0, :], du, -1.0, 1.0, True, False)
+    if db.size:
+        db[:] = 0.0
+        for r in range(rows):
+            for k in range(db.size):
+                db[k] += z2[r, k]
+    if dx.size:
+        gemm(z2, w, dx.reshape(rows, nin), 1.0, 0.0, False, True)
+
+
+def _or_empty(a, ndim: int, like):
+    """The gradient buffer, or an empty one of the same rank when it is not wanted (one
+    compiled signature either way)."""
+    return a if a is not None else np.empty((0,) * ndim, like.dtype)
+
+
+def _grads_or_empty(x, dx, dw, du, db):
+    return (_or_empty(dx, 3, x), _or_empty(dw, 2, x), _or_empty(du, 2, x),
+            _or_empty(db, 1, x))
+
+
+# -- simple_rnn ----------------------------------------------------------------------------
+@jit
+def _rnn_fwd(x, w, u, b, relu, h):
+    """h_t = act(x_t @ W + h_{t-1} @ U + b), act = tanh, or ReLU when relu ; h_{-1} = 0"""
+    nb, nt, nin = x.shape
+    n = u.shape[0]
+    one = h.dtype.type(1)
+    zero = h.dtype.type(0)
+    gemm(x.reshape(nb * nt, nin), w, h.reshape(nb * nt, n), 1.0, 0.0, False, False)
+    for t in range(nt):
+        if t > 0:
+            gemm(h[:, t - 1, :], u, h[:, t, :], 1.0, 1.0, False, False)
+        for s in range(nb):
+            for j in range(n):
+                v = h[s, t, j] + b[j]
+                if relu:
+                    h[s, t, j] = v if v > zero else zero
+                else:
+                    h[s, t, j] = _tanh(v, one)
+
+
+def simple_rnn_fwd_cpu(x, w, u, b, activation, h):
+    """h_t = act(x_t @ W + h_{t-1} @ U + b) for every step (one compiled loop)"""
+    _rnn_fwd(x, w, u, b, activation == "relu", h)
+
+
+@jit
+def _rnn_bwd(dy, x, w, u, h, relu, dz, dh, dx, dw, du, db):
+    """dz_t = (dy_t + dz_{t+1} @ U^T) * act'(h_t), from the last step back; then the
+    products over all steps"""
+    nb, nt, _ = x.shape
+    n = u.shape[0]
+    one = h.dtype.type(1)
+    zero = h.dtype.type(0)
+    dh[:] = 0.0
+    for t in range(nt - 1, -1, -1):
+        if t < nt - 1:
+            gemm(dz[:, t + 1, :], u, dh, 1.0, 0.0, False, True)
+        for s in range(nb):
+            for j in range(n):
+                d = dy[s, t, j] + dh[s, j]
+                y = h[s, t, j]
+                if relu:
+                    dz[s, t, j] = d if y > zero else zero
+                else:
+                    dz[s, t, j] = d * (one - y * y)
+    _products_bwd(x, w, h, dz, dx, dw, du, db)
+
+
+def simple_rnn_bwd_cpu(dy, x, w, u, h, activation, dx, dw, du, db):
+    """Backpropagation through time: dx, dW, dU, db of simple_rnn"""
+    dz = workspace("simple_rnn.dz", h.shape, h.dtype)
+    dh = workspace("simple_rnn.dh", (h.shape[0], h.shape[2]), h.dtype)
+    _rnn_bwd(dy, x, w, u, h, activation == "relu", dz, dh,
+             *_grads_or_empty(x, dx, dw, du, db))
+
+
+@cuda_kernel
+def _rnn_step_fwd(u, b, t, relu, h):
+    """h[:, t] = act(h[:, t] + h[:, t-1] @ U + b), h[:, t] holding x_t @ W on entry
+    (a thread per (sample, unit))"""
+    n = u.shape[0]
+    zero = h.dtype.type(0)
+    for k in range(cuda.grid(1), h.shape[0] * n, cuda.gridsize(1)):
+        s = k // n
+        j = k - s * n
+        v = h[s, t, j] + b[j]
+        if t > 0:
+            for m in range(n):
+                v += h[s, t - 1, m] * u[m, j]
+        if relu:
+            h[s, t, j] = v if v > zero else zero
+        else:
+            h[s, t, j] = math.tanh(v)
+
+
+@cuda_kernel
+def _rnn_step_bwd(dy, u, h, t, relu, dz):
+    """dz[:, t] = (dy[:, t] + dz[:, t+1] @ U^T) * act'(h[:, t])  (a thread per (sample,
+    unit))"""
+    n = u.shape[0]
+    one = h.dtype.type(1)
+    zero = h.dtype.type(0)
+    for k in range(cuda.grid(1), h.shape[0] * n, cuda.gridsize(1)):
+        s = k // n
+        j = k - s * n
+        d = dy[s, t, j]
+        if t < h.shape[1] - 1:
+            for m in range(n):
+                d += dz[s, t + 1, m] * u[j, m]
+        y = h[s, t, j]
+        if relu:
+            dz[s, t, j] = d if y > zero else zero
+        else:
+            dz[s, t, j] = d * (one - y * y)
+
+
+def simple_rnn_fwd_cuda(x, w, u, b, activation, h):
+    """_matmul_tiled for x @ W over all steps, then one _rnn_step_fwd per step."""
+    nb, nt, nin = x.shape
+    n = u.shape[0]
+    _matmul_cuda(x.reshape(nb * nt, nin), w, h.reshape(nb * nt, n), False, False)
+    for t in range(nt):
+        _rnn_step_fwd[config.grid_1d(nb * n)](u, b, t, activation == "relu", h)
+
+
+def simple_rnn_bwd_cuda(dy, x, w, u, h, activation, dx, dw, du, db):
+    """One _rnn_step_bwd per step, last first; then the products over all steps."""
+    nb, nt, _ = x.shape
+    dz = _scratch(h, "simple_rnn.dz", h.shape)
+    for t in range(nt - 1, -1, -1):
+        _rnn_step_bwd[config.grid_1d(nb * h.shape[2])](dy, u, h, t, activation == "relu", dz)
+    _products_bwd_cuda(x, w, h, dz, dx, dw, du, db)
+
+
+def simple_rnn_reference(x, w, u, b, activation="tanh"):
+    """Plain numpy, one step at a time."""
+    act = np.tanh if activation == "tanh" else (lambda v: np.maximum(v, 0))
+    h = np.zeros((x.shape[0], u.shape[0]), x.dtype)
+    out = []
+    for t in range(x.shape[1]):
+        h = act(x[:, t] @ w + h @ u + b)
+        out.append(h)
+    return (np.stack(out, axis=1),)
+
+
+def _rnn_sample(rng, dtype):
+    x = rng.standard_normal((2, 4, 3)).astype(dtype)
+    w = (0.5 * rng.standard_normal((3, 5))).astype(dtype)
+    u = (0.5 * rng.standard_normal((5, 5))).astype(dtype)
+    b = (0.1 * rng.standard_normal(5)).astype(dtype)
+    return (x, w, u, b), {"activation": "tanh"}
+
+
+def _simple_rnn_shape(x, w, u, b, activation="tanh"):
+    if activation not in ("tanh", "relu"):
+        raise OpError(f"simple_rnn activation must be 'tanh' or 'relu', got {activation!r}")
+    return _recurrent_shape("simple_rnn", 1)(x, w, u, b)
+
+
+register(Op(
+    name="simple_rnn", inputs=("x", "w", "u", "b"), shape=_simple_rnn_shape,
+    saves=("x", "w", "u", "h"), outputs=("h",), attrs={"activation": "tanh"},
+    forward=simple_rnn_fwd_cpu, backward=simple_rnn_bwd_cpu,
+    cuda_forward=simple_rnn_fwd_cuda, cuda_backward=simple_rnn_bwd_cuda,
+    sample=_rnn_sample, reference=simple_rnn_reference,
+))
+
+
+# -- lstm ----------------------------------------------------------------------------------
+def _lstm_shape(x, w, u, b):
+    (h,) = _recurrent_shape("lstm", 4)(x, w, u, b)
+    n = u.shape[0]
+    return [h, Spec((x.shape[0], x.shape[1], 4 * n), x.dtype), h, h]
+
+
+@jit
+def lstm_fwd_cpu(x, w, u, b, h, gates, c, tanh_c):
+    """z = x_t @ W + h_{t-1} @ U + b ; i, f, o = sigmoid(z_i, z_f, z_o) ; g = tanh(z_c) ;
+    c_t = f c_{t-1} + i g ; h_t = o tanh(c_t) ; saves the gates (i, f, g, o), c, tanh(c)"""
+    nb, nt, nin = x.shape
+    n = u.shape[0]
+    one = h.dtype.type(1)
+    zero = h.dtype.type(0)
+    gemm(x.reshape(nb * nt, nin), w, gates.reshape(nb * nt, 4 * n), 1.0, 0.0, False, False)
+    for t in range(nt):
+        if t > 0:
+            gemm(h[:, t - 1, :], u, gates[:, t, :], 1.0, 1.0, False, False)
+        prev = max(t - 1, 0)
+        for s in range(nb):
+            for j in range(n):
+                ig = _sigmoid(gates[s, t, j] + b[j], one)
+                fg = _sigmoid(gates[s, t, n + j] + b[n + j], one)
+                cg = _tanh(gates[s, t, 2 * n + j] + b[2 * n + j], one)
+                og = _sigmoid(gates[s, t, 3 * n + j] + b[3 * n + j], one)
+                cp = c[s, prev, j] if t > 0 else zero      # c_{-1} = 0
+                ct = fg * cp + ig * cg
+                tc = _tanh(ct, one)
+                gates[s, t, j] = ig
+                gates[s, t, n + j] = fg
+                gates[s, t, 2 * n + j] = cg
+                gates[s, t, 3 * n + j] = og
+                c[s, t, j] = ct
+                tanh_c[s, t, j] = tc
+                h[s, t, j] = og * tc
+
+
+@jit
+def _lstm_bwd(dy, x, w, u, h, gates, c, tanh_c, dz, dh, dc, dx, dw, du, db):
+    """From the last step back: dh = dy_t + dz_{t+1} @ U^T ; dc = dc + dh o (1 - tanh(c)^2)
+    ; dz = (dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)) ; the carry
+    dc f goes to step t-1; then the products over all steps"""
+    nb, nt, _ = x.shape
+    n = u.shape[0]
+    one = h.dtype.type(1)
+    zero = h.dtype.type(0)
+    dh[:] = 0.0
+    dc[:] = 0.0
+    for t in range(nt - 1, -1, -1):
+        if t < nt - 1:
+            gemm(dz[:, t + 1, :], u, dh, 1.0, 0.0, False, True)
+        prev = max(t - 1, 0)
+        for s in range(nb):
+            for j in range(n):
+                d = dy[s, t, j] + dh[s, j]
+                ig = gates[s, t, j]
+                fg = gates[s, t, n + j]
+                cg = gates[s, t, 2 * n + j]
+                og = gates[s, t, 3 * n + j]
+                tc = tanh_c[s, t, j]
+                dct = dc[s, j] + d * og * (one - tc * tc)
+                dz[s, t, j] = dct * cg * ig * (one - ig)
+                cp = c[s, prev, j] if t > 0 else zero
+                dz[s, t, n + j] = dct * cp * fg * (one - fg)
+                dz[s, t, 2 * n + j] = dct * ig * (one - cg * cg)
+                dz[s, t, 3 * n + j] = d * tc * og * (one - og)
+                dc[s, j] = dct * fg
+    _products_bwd(x, w, h, dz, dx, dw, du, db)
+
+
+def lstm_bwd_cpu(dy, x, w, u, h, gates, c, tanh_c, dx, dw, du, db):
+    """Backpropagation through time: dx, dW, dU, db of lstm"""
+    dz = workspace("lstm.dz", gates.shape, h.dtype)
+    carry = workspace("lstm.carry", (2, h.shape[0], h.shape[2]), h.dtype)
+    _lstm_bwd(dy, x, w, u, h, gates, c, tanh_c, dz, carry[0], carry[1],
+              *_grads_or_empty(x, dx, dw, du, db))
+
+
+@cuda_device
+def _sigmoid_device(v, one):
+    """1 / (1 + exp(-v)); ``one`` is 1 in v's type"""
+    return one / (one + math.exp(-v))
+
+
+@cuda_kernel
+def _lstm_step_fwd(u, b, t, h, gates, c, tanh_c):
+    """z = gates[:, t] (x_t @ W) + h[:, t-1] @ U + b ; gates[:, t] = (i, f, g, o) ;
+    c_t = f c_{t-1} + i g ; h_t = o tanh(c_t)  (a thread per (sample, unit))"""
+    n = u.shape[0]
+    one = c.dtype.type(1)
+    for k in range(cuda.grid(1), h.shape[0] * n, cuda.gridsize(1)):
+        s = k // n
+        j = k - s * n
+        zi = gates[s, t, j] + b[j]
+        zf = gates[s, t, n + j] + b[n + j]
+        zc = gates[s, t, 2 * n + j] + b[2 * n + j]
+        zo = gates[s, t, 3 * n + j] + b[3 * n + j]
+        cp = c.dtype.type(0)
+        if t > 0:
+            for m in range(n):
+                hm = h[s, t - 1, m]
+                zi += hm * u[m, j]
+                zf += hm * u[m, n + j]
+                zc += hm * u[m, 2 * n + j]
+                zo += hm * u[m, 3 * n + j]
+            cp = c[s, t - 1, j]
+        ig = _sigmoid_device(zi, one)
+        fg = _sigmoid_device(zf, one)
+        cg = math.tanh(zc)
+        og = _sigmoid_device(zo, one)
+        ct = fg * cp + ig * cg
+        tc = math.tanh(ct)
+        gates[s, t, j] = ig
+        gates[s, t, n + j] = fg
+        gates[s, t, 2 * n + j] = cg
+        gates[s, t, 3 * n + j] = og
+        c[s, t, j] = ct
+        tanh_c[s, t, j] = tc
+        h[s, t, j] = og * tc
+
+
+@cuda_kernel
+def _lstm_step_bwd(dy, u, t, gates, c, tanh_c, dz, dc):
+    """dh = dy[:, t] + dz[:, t+1] @ U^T ; dz[:, t] as lstm_bwd_cpu ; dc carried to t-1
+    (a thread per (sample, unit))"""
+    n = u.shape[0]
+    one = c.dtype.type(1)
+    for k in range(cuda.grid(1), dy.shape[0] * n, cuda.gridsize(1)):
+        s = k // n
+        j = k - s * n
+        d = dy[s, t, j]
+        dct = c.dtype.type(0)
+        if t < dy.shape[1] - 1:
+            for m in range(4 * n):
+                d += dz[s, t + 1, m] * u[j, m]
+            dct = dc[s, j]
+        cp = c[s, t - 1, j] if t > 0 else c.dtype.type(0)
+        ig = gates[s, t, j]
+        fg = gates[s, t, n + j]
+        cg = gates[s, t, 2 * n + j]
+        og = gates[s, t, 3 * n + j]
+        tc = tanh_c[s, t, j]
+        dct += d * og * (one - tc * tc)
+        dz[s, t, j] = dct * cg * ig * (one - ig)
+        dz[s, t, n + j] = dct * cp * fg * (one - fg)
+        dz[s, t, 2 * n + j] = dct * ig * (one - cg * cg)
+        dz[s, t, 3 * n + j] = d * tc * og * (one - og)
+        dc[s, j] = dct * fg
+
+
+def lstm_fwd_cuda(x, w, u, b, h, gates, c, tanh_c):
+    """_matmul_tiled for x @ W over all steps, then one _lstm_step_fwd per step."""
+    nb, nt, nin = x.shape
+    n = u.shape[0]
+    _matmul_cuda(x.reshape(nb * nt, nin), w, gates.reshape(nb * nt, 4 * n), False, False)
+    for t in range(nt):
+        _lstm_step_fwd[config.grid_1d(nb * n)](u, b, t, h, gates, c, tanh_c)
+
+
+def lstm_bwd_cuda(dy, x, w, u, h, gates, c, tanh_c, dx, dw, du, db):
+    """One _lstm_step_bwd per step, last first; then the products over all steps."""
+    nb, nt, _ = x.shape
+    n = u.shape[0]
+    dz = _scratch(h, "lstm.dz", gates.shape)
+    dc = _scratch(h, "lstm.dc", (nb, n))
+    for t in range(nt - 1, -1, -1):
+        _lstm_step_bwd[config.grid_1d(nb * n)](dy, u, t, gates, c, tanh_c, dz, dc)
+    _products_bwd_cuda(x, w, h, dz, dx, dw, du, db)
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def lstm_reference(x, w, u, b):
+    """Plain numpy, one step at a time: (h, gates, c, tanh(c)) for every step."""
+    n = u.shape[0]
+    h = np.zeros((x.shape[0], n), x.dtype)
+    c = np.zeros((x.shape[0], n), x.dtype)
+    hs, gs, cs, tcs = [], [], [], []
+    for t in range(x.shape[1]):
+        z = x[:, t] @ w + h @ u + b
+        i, f, g, o = _sig(z[:, :n]), _sig(z[:, n:2 * n]), np.tanh(z[:, 2 * n:3 * n]), \
+            _sig(z[:, 3 * n:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        hs.append(h)
+        gs.append(np.concatenate([i, f, g, o], axis=1))
+        cs.append(c)
+        tcs.append(np.tanh(c))
+    return tuple(np.stack(a, axis=1).astype(x.dtype) for a in (hs, gs, cs, tcs))
+
+
+def _lstm_sample(rng, dtype):
+    x = rng.standard_normal((2, 4, 3)).astype(dtype)
+    w = (0.5 * rng.standard_normal((3, 12))).astype(dtype)
+    u = (0.5 * rng.standard_normal((3, 12))).astype(dtype)
+    b = (0.1 * rng.standard_normal(12)).astype(dtype)
+    return (x, w, u, b), {}
+
+
+register(Op(
+    name="lstm", inputs=("x", "w", "u", "b"), shape=_lstm_shape,
+    outputs=("h", "gates", "c", "tanh_c"),
+    saves=("x", "w", "u", "h", "gates", "c", "tanh_c"),
+    forward=lstm_fwd_cpu, backward=lstm_bwd_cpu,
+    cuda_forward=lstm_fwd_cuda, cuda_backward=lstm_bwd_cuda,
+    sample=_lstm_sample, reference=lstm_reference,
+))
+
+
+# -- the products over all steps, on CUDA ---------------------------------------------------
+_device_scratch: dict = {}
+
+
+def _scratch(like, tag: str, shape: tuple):
+    """Scratch memory for a CUDA launcher, kept per (tag, shape, dtype) and reused; NumPy
+    memory when the launcher is handed NumPy arrays (the compile check does that)."""
+    if isinstance(like, np.ndarray):
+        return workspace(tag, shape, like.dtype)
+    key = (tag, tuple(shape), np.dtype(like.dtype).str)
+    if key not in _device_scratch:
+        from numba import cuda as numba_cuda
+
+        _device_scratch[key] = numba_cuda.device_array(shape, like.dtype)
+    return _device_scratch[key]
+
+
+@cuda_kernel
+def _recurrent_grad(h, dz, du):
+    """du[m, k] = sum_s sum_{t >= 1} h[s, t-1, m] dz[s, t, k]  (a thread per weight)"""
+    cols = du.shape[1]
+    for q in range(cuda.grid(1), du.size, cuda.gridsize(1)):
+        m = q // cols
+        k = q - m * cols
+        acc = du.dtype.type(0)
+        for s in range(h.shape[0]):
+            for t in range(1, h.shape[1]):
+                acc += h[s, t - 1, m] * dz[s, t, k]
+        du[m, k] = acc
+
+
+@cuda_kernel
+def _step_sums(dz, db):
+    """db[k] = sum_{s, t} dz[s, t, k]  (a thread per bias)"""
+    for k in range(cuda.grid(1), db.size, cuda.gridsize(1)):
+        acc = db.dtype.type(0)
+        for s in range(dz.shape[0]):
+            for t in range(dz.shape[1]):
+                acc += dz[s, t, k]
+        db[k] = acc
+
+
+def _products_bwd_cuda(x, w, h, dz, dx, dw, du, db):
+    """dW = X^T dZ and dX = dZ W^T by _matmul_tiled ; dU by _recurrent_grad ; db by
+    _step_sums."""
+    nb, nt, nin = x.shape
+    z2 = dz.reshape(nb * nt, dz.shape[2])
+    if dw is not None:
+        _matmul_cuda(x.reshape(nb * nt, nin), z2, dw, True, False)
+    if du is not None:
+        _recurrent_grad[config.grid_1d(du.size)](h, dz, du)
+    if db is not None:
+        _step_sums[config.grid_1d(db.size)](dz, db)
+    if dx is not None:
+        _matmul_cuda(z2, w, dx.reshape(nb * nt, nin), False, True)
+
+
+# -- last_step -----------------------------------------------------------------------------
+def _last_step_shape(x: Spec) -> list:
+    if len(x.shape) != 3 or x.shape[1] < 1:
+        raise OpError(f"last_step needs a sequence (batch, time, features) of at least one "
+                      f"step; got {x.shape}")
+    return [Spec((x.shape[0], x.shape[2]), x.dtype)]
+
+
+@jit
+def last_step_fwd_cpu(x, y):
+    """y = x[:, -1, :]"""
+    t = x.shape[1] - 1
+    for s in range(x.shape[0]):
+        for j in range(x.shape[2]):
+            y[s, j] = x[s, t, j]
+
+
+@jit
+def last_step_bwd_cpu(dy, dx):
+    """dx[:, -1, :] = dy ; dx = 0 at every other step"""
+    last = dx.shape[1] - 1
+    for s in range(dx.shape[0]):
+        for t in range(last):
+            for j in range(dx.shape[2]):
+                dx[s, t, j] = 0.0
+        for j in range(dx.shape[2]):
+            dx[s, last, j] = dy[s, j]
+
+
+@cuda_kernel
+def _last_step_fwd(x, y):
+    """y = x[:, -1, :]  (grid-stride over y)"""
+    n = y.shape[1]
+    for k in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        s = k // n
+        y[s, k - s * n] = x[s, x.shape[1] - 1, k - s * n]
+
+
+@cuda_kernel
+def _last_step_bwd(dy, dx):
+    """dx[:, -1, :] = dy, 0 elsewhere  (grid-stride over dx)"""
+    nt = dx.shape[1]
+    n = dx.shape[2]
+    for k in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        s = k // (nt * n)
+        t = (k // n) % nt
+        j = k % n
+        dx[s, t, j] = dy[s, j] if t == nt - 1 else dx.dtype.type(0)
+
+
+def last_step_fwd_cuda(x, y):
+    """Launch _last_step_fwd."""
+    _last_step_fwd[config.grid_1d(y.size)](x, y)
+
+
+def last_step_bwd_cuda(dy, dx):
+    """Launch _last_step_bwd."""
+    _last_step_bwd[config.grid_1d(dx.size)](dy, dx)
+
+
+register(Op(
+    name="last_step", inputs=("x",), shape=_last_step_shape,
+    forward=last_step_fwd_cpu, backward=last_step_bwd_cpu,
+    cuda_forward=last_step_fwd_cuda, cuda_backward=last_step_bwd_cuda,
+    sample=lambda rng, dt: ((rng.standard_normal((2, 3, 4)).astype(dt),), {}),
+    reference=lambda x: (x[:, -1, :],),
+))

@@ -9,15 +9,25 @@ gradient), then each variable takes its ``update_step``. The learning rate may b
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 
 from dlrun.engine import schedules
 from dlrun.errors import ConfigError
-from dlrun.ops.updates import (adagrad_update_cpu, adam_update_cpu, clip_gradient_cpu,
-                               decay_weights_cpu, rmsprop_momentum_update_cpu,
-                               rmsprop_update_cpu, sgd_momentum_update_cpu, sgd_update_cpu,
-                               sum_squares_cpu)
+from dlrun.ops import updates as _k
+
+# The update kernels an optimizer calls, per device (update_step takes one of these).
+CPU_KERNELS = SimpleNamespace(
+    sgd=_k.sgd_update_cpu, momentum=_k.sgd_momentum_update_cpu, adagrad=_k.adagrad_update_cpu,
+    rmsprop=_k.rmsprop_update_cpu, rmsprop_momentum=_k.rmsprop_momentum_update_cpu,
+    adam=_k.adam_update_cpu, decay=_k.decay_weights_cpu, clip=_k.clip_gradient_cpu,
+    sum_squares=_k.sum_squares_cpu)
+CUDA_KERNELS = SimpleNamespace(
+    sgd=_k.sgd_update_cuda, momentum=_k.sgd_momentum_update_cuda,
+    adagrad=_k.adagrad_update_cuda, rmsprop=_k.rmsprop_update_cuda,
+    rmsprop_momentum=_k.rmsprop_momentum_update_cuda, adam=_k.adam_update_cuda,
+    decay=_k.decay_weights_cuda, clip=_k.clip_gradient_cuda, sum_squares=_k.sum_squares_cuda)
 
 
 def _number(name: str, value, *, positive=False, below_one=False, optional=False):
@@ -62,6 +72,7 @@ class Optimizer:
         if len(given) > 1:
             raise ConfigError(f"give at most one of clipnorm, clipvalue and global_clipnorm; "
                               f"got {', '.join(f'{k}={getattr(self, k)}' for k in given)}")
+        self._device = None           # the DeviceStore holding newer state, if any
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.iterations = 0
         self._clipped: dict[str, np.ndarray] = {}     # scratch for clipped gradients
@@ -94,6 +105,20 @@ class Optimizer:
         return lr if isinstance(lr, schedules.LearningRateSchedule) else None
 
     # -- state -----------------------------------------------------------------------------
+    @property
+    def state(self) -> dict:
+        """Parameter name -> {state name: host array}. While a GPU holds newer state (a
+        model training on ``cuda``), reading it copies the state back first."""
+        if self._device is not None:
+            self._device.to_host()
+        return self._state
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        if self._device is not None:
+            self._device.to_host()
+        self._state = value
+
     def build(self, params: list) -> None:
         """Create state arrays for parameters that have none yet (keyed by name)."""
         for p in params:
@@ -111,39 +136,75 @@ class Optimizer:
         grads = self._clip(pairs)
         for (p, _), g in zip(pairs, grads):
             if self.weight_decay:
-                decay_weights_cpu(p.value, lr * self.weight_decay)
+                _k.decay_weights_cpu(p.value, lr * self.weight_decay)
             self.update_step(p.value, g, self.state[p.name], lr)
         self.iterations += 1
+
+    def apply_device(self, update) -> None:
+        """The same update on the GPU, on arrays a :class:`dlrun.engine.device.DeviceUpdate`
+        holds (weights, gradients and state already there). Parameters of one dtype are
+        updated together, by one launch of each kernel, when the plan allows it."""
+        k = CUDA_KERNELS
+        lr = self.learning_rate
+        clipped = self._clip_device(update, k)
+        for w, g, state in update.units(clipped):
+            if self.weight_decay:
+                k.decay(w, lr * self.weight_decay)
+            self.update_step(w, g, state, lr, k)
+        self.iterations += 1
+
+    def _clipping(self) -> bool:
+        return not (self.clipnorm is None and self.clipvalue is None
+                    and self.global_clipnorm is None)
+
+    def _scales(self, squares: list) -> list:
+        """Each gradient's scale, from the sums of its squares (clipnorm, global_clipnorm)."""
+        if self.global_clipnorm is not None:
+            norm = math.sqrt(sum(squares))
+            scales = [min(1.0, self.global_clipnorm / norm) if norm > 0 else 1.0] * len(squares)
+            if not math.isfinite(norm):     # Keras: an inf/NaN norm makes every update NaN
+                scales = [math.nan] * len(squares)
+            return scales
+        if self.clipnorm is not None:
+            return [self.clipnorm / max(math.sqrt(sq), self.clipnorm) for sq in squares]
+        return [1.0] * len(squares)
 
     def _clip(self, pairs) -> list:
         """The gradients after clipping (into scratch buffers), or as given."""
         grads = [g for _, g in pairs]
-        if self.clipnorm is None and self.clipvalue is None and self.global_clipnorm is None:
+        if not self._clipping():
             return grads
-        if self.global_clipnorm is not None:
-            norm = math.sqrt(sum(sum_squares_cpu(g) for g in grads))
-            scales = [min(1.0, self.global_clipnorm / norm) if norm > 0 else 1.0] * len(grads)
-            if not math.isfinite(norm):     # Keras: an inf/NaN norm makes every update NaN
-                scales = [math.nan] * len(grads)
-        elif self.clipnorm is not None:
-            scales = []
-            for g in grads:
-                norm = math.sqrt(sum_squares_cpu(g))
-                scales.append(self.clipnorm / max(norm, self.clipnorm))
-        else:
-            scales = [1.0] * len(grads)
+        norms = self.clipnorm is not None or self.global_clipnorm is not None
+        scales = self._scales([_k.sum_squares_cpu(g) if norms else 0.0 for g in grads])
         limit = self.clipvalue if self.clipvalue is not None else math.inf
         out = []
         for (p, g), s in zip(pairs, scales):
             buf = self._clipped.get(p.name)
             if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
                 buf = self._clipped[p.name] = np.empty_like(g)
-            clip_gradient_cpu(g, s, limit, buf)
+            _k.clip_gradient_cpu(g, s, limit, buf)
             out.append(buf)
         return out
 
-    def update_step(self, w, g, state, lr: float) -> None:
-        """Update one variable ``w`` in place from its gradient ``g`` and ``state``."""
+    def _clip_device(self, update, k) -> bool:
+        """Clip ``update``'s gradients into its scratch buffers on the GPU; False when
+        nothing is clipped. The norms need one small copy back (a sync) per step."""
+        if not self._clipping():
+            return False
+        n = len(update.grads)
+        squares = [0.0] * n
+        if self.clipnorm is not None or self.global_clipnorm is not None:
+            for i, g in enumerate(update.grads):
+                k.sum_squares(g, update.squares[i:i + 1])
+            squares = [float(v) for v in update.squares.copy_to_host()[:n]]
+        limit = self.clipvalue if self.clipvalue is not None else math.inf
+        for g, s, out in zip(update.grads, self._scales(squares), update.clipped):
+            k.clip(g, s, limit, out)
+        return True
+
+    def update_step(self, w, g, state, lr: float, kernels=CPU_KERNELS) -> None:
+        """Update one variable ``w`` in place from its gradient ``g`` and ``state``, with
+        ``kernels`` of the device the arrays are on (:data:`CPU_KERNELS`, ...)."""
         raise NotImplementedError
 
     # -- config and checkpoints ------------------------------------------------------------
@@ -188,11 +249,11 @@ class SGD(Optimizer):
     def make_state(self, w):
         return {"velocity": np.zeros_like(w)} if self.momentum else {}
 
-    def update_step(self, w, g, state, lr):
+    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
         if self.momentum:
-            sgd_momentum_update_cpu(w, g, state["velocity"], lr, self.momentum, self.nesterov)
+            kernels.momentum(w, g, state["velocity"], lr, self.momentum, self.nesterov)
         else:
-            sgd_update_cpu(w, g, lr)
+            kernels.sgd(w, g, lr)
 
     def get_config(self):
         return super().get_config() | {"momentum": self.momentum, "nesterov": self.nesterov}
@@ -212,8 +273,8 @@ class Adagrad(Optimizer):
     def make_state(self, w):
         return {"accumulator": np.full_like(w, self.initial_accumulator_value)}
 
-    def update_step(self, w, g, state, lr):
-        adagrad_update_cpu(w, g, state["accumulator"], lr, self.epsilon)
+    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
+        kernels.adagrad(w, g, state["accumulator"], lr, self.epsilon)
 
     def get_config(self):
         return super().get_config() | {
@@ -238,12 +299,12 @@ class RMSprop(Optimizer):
             state["momentum"] = np.zeros_like(w)
         return state
 
-    def update_step(self, w, g, state, lr):
+    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
         if self.momentum:
-            rmsprop_momentum_update_cpu(w, g, state["velocity"], state["momentum"], lr,
-                                        self.rho, self.momentum, self.epsilon)
+            kernels.rmsprop_momentum(w, g, state["velocity"], state["momentum"], lr,
+                                     self.rho, self.momentum, self.epsilon)
         else:
-            rmsprop_update_cpu(w, g, state["velocity"], lr, self.rho, self.epsilon)
+            kernels.rmsprop(w, g, state["velocity"], lr, self.rho, self.epsilon)
 
     def get_config(self):
         return super().get_config() | {"rho": self.rho, "momentum": self.momentum,
@@ -265,11 +326,11 @@ class Adam(Optimizer):
     def make_state(self, w):
         return {"momentum": np.zeros_like(w), "velocity": np.zeros_like(w)}
 
-    def update_step(self, w, g, state, lr):
+    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
         t = self.iterations + 1
         alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
-        adam_update_cpu(w, g, state["momentum"], state["velocity"], alpha, self.beta_1,
-                        self.beta_2, self.epsilon)
+        kernels.adam(w, g, state["momentum"], state["velocity"], alpha, self.beta_1,
+                     self.beta_2, self.epsilon)
 
     def get_config(self):
         return super().get_config() | {"beta_1": self.beta_1, "beta_2": self.beta_2,

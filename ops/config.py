@@ -53,6 +53,10 @@ class cuda_kernel:
     The kernel's module refers to ``cuda`` as a global; it is bound here.
     """
 
+    # Kernel launches so far, all kernels together: the engine reads it around a training
+    # step to report kernels per step (launch overhead is what bounds small models).
+    launches = 0
+
     def __init__(self, fn, device: bool = False):
         self.fn = fn
         self.device = device
@@ -72,6 +76,7 @@ class cuda_kernel:
         return self._compiled
 
     def __getitem__(self, launch):
+        cuda_kernel.launches += 1
         return self.compiled()[launch]
 
     # A device function is called from inside kernels: Numba types the global through

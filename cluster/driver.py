@@ -57,8 +57,13 @@ def start_local_ray(num_cpus: int | None = None) -> str:
 
 
 def _token_available() -> bool:
+    """A token where Ray looks for one: ``RAY_AUTH_TOKEN``, else the file
+    ``RAY_AUTH_TOKEN_PATH`` names, else ``~/.ray/auth_token``. (Only whether it exists;
+    dlrun never reads it, Ray does.)"""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
-    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
+    return os.path.isfile(path)
 
 
 def _enable_token_auth() -> None:
@@ -72,6 +77,41 @@ def _enable_token_auth() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+TOKEN_HELP = ("set RAY_AUTH_TOKEN to the cluster's token (or RAY_AUTH_TOKEN_PATH to a file "
+              "holding it, or copy the head's ~/.ray/auth_token here), or run with "
+              "--address auto on a node of the cluster; dlrun never turns Ray's "
+              "authentication off")
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> str:
+    """Open a GCS client on the cluster at ``address``, as ``ray.init`` does first, sending
+    the token this process would send (if any): 'auth' if the cluster refuses it for want
+    of the right token, 'unreachable' if nothing answers, else 'ok' (also when this Ray
+    lacks these internals: then ``ray.init`` decides). ``ray.init`` itself retries a
+    refused token for ~20 s and then only says it could not connect."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+        from ray._raylet import InnerGcsClient
+        from ray.exceptions import AuthenticationError, RpcError
+    except ImportError:
+        return "ok"
+    try:
+        gcs = canonicalize_bootstrap_address(address)
+    except Exception:                    # noqa: BLE001 - ray.init reports a bad address
+        return "ok"
+    if gcs is None:
+        return "ok"
+    try:
+        InnerGcsClient.standalone(gcs, None, int(timeout_s * 1000))
+    except AuthenticationError:
+        return "auth"
+    except RpcError as e:
+        return "unreachable" if "timed out" in str(e).lower() else "ok"
+    except Exception:                    # noqa: BLE001 - anything else: ray.init decides
+        return "ok"
+    return "ok"
+
+
 def connect_ray(address: str) -> None:
     """Join a running Ray cluster at ``address`` ('auto', 'HOST:PORT' or 'ray://...').
 
@@ -79,26 +119,34 @@ def connect_ray(address: str) -> None:
     token itself; with an explicit address it would not send it (and fail after ~20 s), so
     when a token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
     ``~/.ray/auth_token``) and ``RAY_AUTH_MODE`` is unset, token mode is switched on for
-    this process, as ``auto`` would.
+    this process, as ``auto`` would. A cluster that refuses the connection for want of
+    the right token is reported at once (:class:`ClusterError`, saying how to pass it).
     """
     import ray
 
-    if address != "auto" and "RAY_AUTH_MODE" not in os.environ and _token_available():
+    if "RAY_AUTH_MODE" not in os.environ and _token_available():
         _enable_token_auth()
+    unreachable = (f"cannot reach a Ray cluster at {address!r}{{}}; start one with `ray "
+                   "start --head`, or leave out --address to use local workers")
+    probe = "ok" if address.startswith("ray://") else _probe(address)
+    if probe == "auth":
+        mode = os.environ.get("RAY_AUTH_MODE", "token")
+        found = (f"RAY_AUTH_MODE is {mode!r} here" if mode != "token"
+                 else "the token found here was refused" if _token_available()
+                 else "no token was found here")
+        raise ClusterError(f"the Ray cluster at {address!r} requires token authentication "
+                           f"and {found}: {TOKEN_HELP}")
+    if probe == "unreachable":
+        raise ClusterError(unreachable.format(" (no answer)"))
     try:
         ray.init(address=address, configure_logging=False)
     except ConnectionError as e:
-        raise ClusterError(f"cannot reach a Ray cluster at {address!r} ({e}); start one with "
-                           "`ray start --head`, or leave out --address to use local "
-                           "workers") from None
+        raise ClusterError(unreachable.format(f" ({e})")) from None
     except Exception as e:               # noqa: BLE001 - Ray raises many kinds here
         text = str(e)
         if "auth" in text.lower() or "token" in text.lower():
             raise ClusterError(f"the Ray cluster at {address!r} refused the connection: "
-                               f"{text.splitlines()[0] if text else e!r}. Ray's token "
-                               "authentication is on: use --address auto on a node of the "
-                               "cluster (it finds the token), or set the token as Ray's "
-                               "documentation says; dlrun never turns authentication off"
+                               f"{text.splitlines()[0] if text else e!r}; {TOKEN_HELP}"
                                ) from None
         raise
 

@@ -71,6 +71,10 @@ def main():
               help="Seed of initial weights, shuffling and dropout.")
 @click.option("--threads", default=None, type=click.IntRange(1),
               help="Threads for Numba and BLAS  [default: the cores available].")
+@click.option("--device", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "cuda", "auto"]),
+              help="Where the model trains: cuda keeps the whole step on an NVIDIA GPU "
+                   "(numba.cuda); auto takes the GPU when one is usable, else the CPU.")
 @click.option("--out", default=None, type=click.Path(file_okay=False),
               help="Run folder for the metrics log and the model  [default: runs/<name>].")
 @click.option("--verbose", default=1, type=click.IntRange(0, 2), show_default=True,
@@ -107,9 +111,9 @@ def main():
                    "gone), wait: stop (resume later), continue: go on with the others.")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
-          weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, out,
-          verbose, resume_dir, workers, address, average_every, optimizer_state, lr_scaling,
-          sync_warmup, checkpoint_every, on_lost):
+          weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, device,
+          out, verbose, resume_dir, workers, address, average_every, optimizer_state,
+          lr_scaling, sync_warmup, checkpoint_every, on_lost):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -148,7 +152,7 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
                       threads=threads, out=out, verbose=verbose, workers=workers,
                       average_every=average_every, optimizer_state=optimizer_state,
                       lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address,
-                      checkpoint_every=checkpoint_every, on_lost=on_lost)
+                      checkpoint_every=checkpoint_every, on_lost=on_lost, device=device)
     run_training(cfg, echo=click.echo)
 
 

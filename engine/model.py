@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 
+from dlrun.engine import device as device_mod
 from dlrun.engine import losses as losses_mod
 from dlrun.engine import metrics as metrics_mod
 from dlrun.engine import optimizers as optimizers_mod
@@ -34,6 +35,8 @@ class Model:
         self._shuffle_rng = None           # the generator of fit's epoch permutations
         self._resume = None                # set by a checkpoint: epoch, generator state
         self.completed_epochs = 0
+        self.device = None                 # 'cpu' or 'cuda', chosen by compile()
+        self._store = None                 # on cuda: the weights' DeviceStore
 
     # -- tracing ---------------------------------------------------------------------------
     @property
@@ -73,24 +76,27 @@ class Model:
         """The plan for a mode ('train', 'eval', 'predict') and batch size, made once."""
         key = (mode, batch)
         if key not in self._plans:
+            on = device_mod.plan_options(self)       # device, and its DeviceStore
             x, out = self._graph(batch, training=(mode == "train"))
             entry = {"x": x, "out": out}
             params = self.weights_params()
             if mode == "predict":
-                entry["plan"] = Plan([x], [out], params)
+                entry["plan"] = Plan([x], [out], params, **on)
             else:
                 y = losses_mod.target_placeholder(self.loss, out)
                 loss, pred = losses_mod.loss_node(self.loss, out, y)
                 loss = self._add_penalties(loss, params)
                 entry.update(y=y, loss=loss, pred=pred)
                 if mode == "train":
-                    plan = Plan([x, y], [loss, pred], params, loss=loss)
+                    plan = Plan([x, y], [loss, pred], params, loss=loss, **on)
                     trainable = [p for p in params if p.id in plan.grads]
                     self.optimizer.build(trainable)
                     entry["updates"] = [(p, plan.grad(p)) for p in trainable]
                 else:
-                    plan = Plan([x, y], [loss, pred], params)
+                    plan = Plan([x, y], [loss, pred], params, **on)
                 entry["plan"] = plan
+            if on["store"] is not None:
+                device_mod.prepare(self, entry, mode)
             self._plans[key] = entry
         return self._plans[key]
 
@@ -107,11 +113,17 @@ class Model:
         return [p for layer in self.layers for p in layer.weights]
 
     # -- compile ---------------------------------------------------------------------------
-    def compile(self, optimizer="sgd", loss=None, metrics=None) -> None:
+    def compile(self, optimizer="sgd", loss=None, metrics=None,
+                device=None) -> None:
         """Choose the optimizer, the loss (by Keras name) and metrics (``['accuracy']``)."""
         if loss is None:
             raise ConfigError("compile() needs a loss, e.g. "
                               "loss='sparse_categorical_crossentropy'")
+        # device: 'cpu', 'cuda' or 'auto' (the GPU when one is usable); by default the
+        # enclosing dl.device(...) block's, else 'cpu'
+        resolved = device_mod.resolve(device)
+        self.sync_to_host()
+        self._store, self.device = None, resolved
         self.optimizer = optimizers_mod.get(optimizer)
         self.loss = losses_mod.canonical(loss)
         self.metrics = [metrics_mod.get(m, self.loss) for m in (metrics or [])]
@@ -159,6 +171,8 @@ class Model:
         plan = e["plan"]
         np.take(x, idx, axis=0, out=plan.feed[e["x"]], mode="clip")
         np.take(y, idx, axis=0, out=plan.feed[e["y"]], mode="clip")
+        if plan.device == "cuda":
+            return device_mod.run_batch(self, e, mode, len(idx))
         plan.run(seed=self._seed + self._step)
         if mode == "train":
             self.optimizer.apply(e["updates"])
@@ -266,6 +280,7 @@ class Model:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        self.sync_to_host()
         cbs.on_train_end()
         return history
 
@@ -316,7 +331,7 @@ class Model:
             e = self._plan("predict", stop - start)
             np.copyto(e["plan"].feed[e["x"]], x[start:stop])
             e["plan"].run()
-            y = e["plan"].value(e["out"])
+            y = e["plan"].fetch(e["out"])[0]
             if out is None:
                 out = np.empty((len(x), *y.shape[1:]), y.dtype)
             out[start:stop] = y
@@ -327,6 +342,14 @@ class Model:
         if not self._ensure_built():
             raise ConfigError(f"model {self.name!r} has no weights yet: give the first layer "
                               "input_shape=..., call model.build(shape), or fit it first")
+
+    def sync_to_host(self) -> None:
+        """Bring the weights and optimizer state back from the GPU when it holds newer
+        ones (the host owns them afterwards; the next step copies them up again). Reading
+        ``p.value`` or ``optimizer.state`` does this by itself; code that reads or writes
+        those arrays through other views of them calls it first."""
+        if self._store is not None:
+            self._store.to_host()
 
     def get_weights(self) -> list:
         """Copies of every weight array, layer by layer, in the documented layouts."""

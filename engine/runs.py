@@ -51,6 +51,7 @@ class TrainConfig:
     address: str | None = None       # a running Ray cluster; None: $RAY_ADDRESS or local
     checkpoint_every: int = 0        # rounds between mid-epoch checkpoints (0: epochs only)
     on_lost: str = "wait"            # no room for a lost worker's replacement: wait|continue
+    device: str = "cpu"              # cpu, cuda, or auto (cuda when a GPU is usable)
 
 
 # Learning rates that train the zoo's models on the shipped datasets in a few epochs.
@@ -184,7 +185,7 @@ def run_training(cfg: TrainConfig, echo=print) -> dict:
 
 
 # what --resume may change: how long and how the run is watched, not what it computes
-RESUME_OVERRIDES = ("epochs", "threads", "verbose", "address")
+RESUME_OVERRIDES = ("epochs", "threads", "verbose", "address", "device")
 
 
 def resume_training(run_dir, echo=print, **overrides) -> dict:
@@ -245,6 +246,9 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         dl.set_threads(threads)
     else:
         threads = dl.set_threads(cfg.threads)
+    from dlrun.engine import device as device_mod
+
+    device = device_mod.resolve(cfg.device)          # before any work: a clear error
     dl.set_seed(cfg.seed)
     ds = open_dataset(cfg.dataset)
     if "train" not in ds.splits:
@@ -260,14 +264,18 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         make_optimizer(cfg)                           # fills in the default lr
         scaled = replace(cfg, lr=cfg.lr * cfg.workers)
     opt = make_optimizer(scaled, steps_per_epoch=math.ceil(shard / cfg.batch_size))
-    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  device=device)
     resuming = out is not None
     out = out if resuming else run_folder(cfg)
     (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
     echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
-         f"{threads} threads" + (" per worker" if distributed else ""))
+         f"{threads} threads" + (" per worker" if distributed else "") +
+         f", device {device_mod.describe(device)}" +
+         (f" (auto: {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
+          device == "cpu" else ""))
     if distributed:
         echo(f"{cfg.workers} workers x batch {cfg.batch_size} = global batch "
              f"{cfg.workers * cfg.batch_size}; average every {cfg.average_every} steps "

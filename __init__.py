@@ -20,6 +20,7 @@ _EXPORTS = {
     "load_checkpoint": ("dlrun.engine.checkpoints", "load_checkpoint"),
     "set_seed": ("dlrun.engine.random", "set_seed"),
     "set_threads": ("dlrun.engine.threads", "set_threads"),
+    "device": ("dlrun.engine.device", "device"),
     "layers": ("dlrun.engine.layers", None),
     "optimizers": ("dlrun.engine.optimizers", None),
     "losses": ("dlrun.engine.losses", None),

@@ -14,21 +14,11 @@ def _version(pkg: str) -> str:
 
 
 def cuda_status() -> str:
-    """Whether numba.cuda can run kernels here, and on what."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return "simulator (NUMBA_ENABLE_CUDASIM=1): kernels run on the CPU, slowly"
-    try:
-        from numba import cuda
+    """Whether numba.cuda can run kernels here, and on what (name, memory, compute
+    capability), or why not."""
+    from dlrun.engine.device import cuda_status as status
 
-        if not cuda.is_available():
-            return "no usable CUDA device (no GPU or driver found)"
-        dev = cuda.get_current_device()
-        free, total = cuda.current_context().get_memory_info()
-        cc = ".".join(map(str, dev.compute_capability))
-        return f"{dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, " \
-               f"{total / 2**30:.1f} GiB, compute capability {cc}"
-    except Exception as e:  # noqa: BLE001 - any driver failure means "not usable"
-        return f"not usable ({type(e).__name__}: {e})"
+    return status()
 
 
 def collect() -> list:

@@ -187,9 +187,13 @@ def info():
               help="cluster: local Ray workers.")
 @click.option("--average-every", default=10, show_default=True, type=click.IntRange(1),
               help="cluster: local steps between averages.")
+@click.option("--device", default="cpu", show_default=True,
+              type=click.Choice(["cpu", "cuda", "auto"]),
+              help="mlp, cnn: time training on this device; on cuda also kernels and ms "
+                   "per step (no PyTorch reference: see DEVELOPERS.md).")
 @friendly_errors
 def bench(model, threads, batches, repeats, reference_dir, reference_python, json_out,
-          workers, average_every):
+          workers, average_every, device):
     """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately.
 
     `dlrun bench loader`: the data loader's samples/s instead (options: `dlrun data bench`).
@@ -228,7 +232,7 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
         raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
     click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")
     rows = compare(model, threads, batches, repeats, reference_dir, reference_python,
-                   echo=click.echo)
+                   echo=click.echo, device=device)
     if json_out:
         with open(json_out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -21,9 +21,11 @@ MODELS = {"mlp": {"batch": 100}, "cnn": {"batch": 128}}
 
 
 def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int | None = None,
-            windows: int = 7, warmup: int = 10, seed: int = 0) -> dict:
-    """Samples/s of training steps on random MNIST-shaped data (median of windows)."""
+            windows: int = 7, warmup: int = 10, seed: int = 0, device: str = "cpu") -> dict:
+    """Samples/s of training steps on random MNIST-shaped data (median of windows); on
+    ``device='cuda'`` also the kernel launches and milliseconds of one step."""
     import dlrun as dl
+    from dlrun.engine.device import resolve
 
     dl.set_threads(threads)
     dl.set_seed(seed)
@@ -42,7 +44,7 @@ def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int |
         opt = dl.optimizers.SGD(learning_rate=0.01, momentum=0.9)
     else:
         raise ValueError(f"no benchmark for model {model!r}; expected one of {sorted(MODELS)}")
-    net.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
+    net.compile(optimizer=opt, loss="sparse_categorical_crossentropy", device=resolve(device))
     rng = np.random.default_rng(seed)
     pool = 8
     x = rng.random((pool * batch, *shape), dtype=np.float32)
@@ -69,7 +71,13 @@ def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int |
         for i in range(steps):
             net._run_batch("eval", x, y, batches[i % pool])
         infer.append(steps * batch / (time.perf_counter() - t0))
+    plan = net._plan("train", batch)["plan"]
+    extra = {}
+    if plan.device == "cuda":           # each step waits for its loss, so this is real time
+        extra = {"kernels_per_step": plan.kernels_per_step,
+                 "ms_per_step": round(1000 * batch / statistics.median(rates), 3)}
     return {"bench": "dlrun", "model": model, "threads": threads, "batch": batch,
+            "device": plan.device, **extra,
             "train_sps_median": round(statistics.median(rates), 1),
             "train_sps_windows": [round(r, 1) for r in rates],
             "infer_sps_median": round(statistics.median(infer), 1),
@@ -115,8 +123,12 @@ def python_with(module: str, candidates: list) -> str | None:
 
 
 def compare(model="mlp", threads=(1, 2), batches=(100, 10), repeats=3, ref_dir=None,
-            ref_python=None, echo=print) -> list:
-    """Alternate dlrun, PyTorch and plain-numpy runs; returns one row per setting."""
+            ref_python=None, echo=print, device="cpu") -> list:
+    """Alternate dlrun, PyTorch and plain-numpy runs; returns one row per setting. On
+    ``device='cuda'`` dlrun runs alone (the reference scripts time the CPU; DEVELOPERS.md
+    says how to time PyTorch CUDA beside it) and rows carry kernels and ms per step."""
+    if device != "cpu":
+        return _compare_device(model, batches, repeats, device, echo)
     ref_dir = Path(ref_dir) if ref_dir else find_reference_dir()
     pys = [ref_python, os.environ.get("DLRUN_REF_PYTHON"), sys.executable]
     torch_py = python_with("torch", pys) if ref_dir else None
@@ -159,6 +171,30 @@ def compare(model="mlp", threads=(1, 2), batches=(100, 10), repeats=3, ref_dir=N
     return rows
 
 
+def _compare_device(model, batches, repeats, device, echo) -> list:
+    from dlrun.engine.device import describe, resolve
+
+    device = resolve(device)            # a clear error here, not in each child
+    echo(f"device {describe(device)}; dlrun alone (PyTorch CUDA: see DEVELOPERS.md)")
+    rows = []
+    for b in batches:
+        runs = [r for r in (_run([sys.executable, "-m", "dlrun.engine.bench", "--model", model,
+                                  "--batch", str(b), "--device", device])
+                            for _ in range(repeats)) if r]
+        row = {"model": model, "batch": b, "device": device,
+               "dlrun": round(statistics.median(r["train_sps_median"] for r in runs), 1)
+               if runs else None, "dlrun_runs": [r["train_sps_median"] for r in runs]}
+        if runs:
+            row["kernels_per_step"] = runs[0].get("kernels_per_step")
+            row["ms_per_step"] = round(statistics.median(r["ms_per_step"] for r in runs
+                                                         if "ms_per_step" in r), 3)
+        echo(f"{model:<5} batch {b:>4} {device}  dlrun {row['dlrun'] or '-':>10} samples/s  "
+             f"{row.get('ms_per_step', '-')} ms/step  {row.get('kernels_per_step', '-')} "
+             "kernels/step")
+        rows.append(row)
+    return rows
+
+
 def format_row(row: dict) -> str:
     def f(k):
         return f"{row[k]:>10,.0f}" if row.get(k) else f"{'-':>10}"
@@ -176,8 +212,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--windows", type=int, default=7)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     a = ap.parse_args(argv)
-    print(json.dumps(measure(a.model, a.threads, a.batch, windows=a.windows)))
+    print(json.dumps(measure(a.model, a.threads, a.batch, windows=a.windows,
+                             device=a.device)))
 
 
 if __name__ == "__main__":

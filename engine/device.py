@@ -41,8 +41,8 @@ def cuda_unusable_reason() -> str | None:
         error = f"{type(e).__name__}: {e}"
     if not error:
         return "no CUDA GPU found (the driver loaded but lists no device)"
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
-    return " ".join(lines[:2])
+    lines = [ln.strip().rstrip(":.") for ln in str(error).splitlines() if ln.strip()]
+    return lines[0] if lines else "the CUDA driver failed to start"
 
 
 def resolve(name: str | None = None) -> str:
@@ -60,9 +60,9 @@ def resolve(name: str | None = None) -> str:
     if key == "auto":
         return "cpu" if reason else "cuda"
     if reason:
-        raise ConfigError(f"device 'cuda' asked for, but no CUDA GPU is usable here: "
-                          f"{reason}; use device 'cpu', or 'auto' to take a GPU only when "
-                          "there is one")
+        raise ConfigError(f"device 'cuda' asked for, but no CUDA GPU is usable here "
+                          f"({reason}); use device 'cpu', or 'auto' to fall back to the CPU "
+                          "when there is no GPU")
     return "cuda"
 
 

@@ -274,7 +274,7 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
          f"{threads} threads" + (" per worker" if distributed else "") +
          f", device {device_mod.describe(device)}" +
-         (f" (auto: {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
+         (f" (auto: no usable GPU, {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
           device == "cpu" else ""))
     if distributed:
         echo(f"{cfg.workers} workers x batch {cfg.batch_size} = global batch "

@@ -93,7 +93,37 @@ def lenet(input_shape, classes, l2=0.0, dropout=0.0, shift=0.0):
     return Sequential(first + body, name="lenet")
 
 
-MODELS = {"mlp": mlp, "mlp-sigmoid": mlp_sigmoid, "cnn": cnn, "lenet": lenet}
+def lstm(input_shape, classes, l2=0.0, dropout=0.0, shift=0.0):
+    """The rows of an image as a sequence (MNIST: 28 steps of 28 pixels), LSTM 128, Dense
+    softmax. Flat square images and (channels, height, width) ones are read row by row,
+    a channel after another; (time, features) samples are taken as they are.
+    ``dropout`` follows the LSTM; ``l2`` penalises its input kernel and the Dense's."""
+    input_shape = tuple(input_shape)
+    reg = regularizers.l2(l2) if l2 else None
+    image = input_shape if len(input_shape) == 3 else None
+    if len(input_shape) == 1:
+        side = int(round(input_shape[0] ** 0.5))
+        image = (1, side, side) if side * side == input_shape[0] else None
+    if len(input_shape) == 2 and not shift:
+        first = []
+        rnn = L.LSTM(128, kernel_regularizer=reg, input_shape=input_shape)
+    elif image is None:
+        raise ConfigError(f"the lstm model takes images (channels, height, width), flat "
+                          f"square ones, or (time, features) sequences without shift "
+                          f"augmentation; these samples have shape {input_shape}")
+    else:
+        first = _image_input(input_shape, shift)[0] if shift else []
+        first.append(L.Reshape((image[0] * image[1], image[2]),
+                               input_shape=None if first else input_shape))
+        rnn = L.LSTM(128, kernel_regularizer=reg)
+    body = [rnn] + ([L.Dropout(dropout)] if dropout else [])
+    body.append(L.Dense(classes, activation="softmax", kernel_regularizer=reg))
+    return Sequential(first + body, name="lstm")
+
+
+MODELS = {"mlp": mlp, "mlp-sigmoid": mlp_sigmoid, "cnn": cnn, "lenet": lenet, "lstm": lstm}
+# The optimizer `dlrun train` uses for a model unless told otherwise (others: sgd).
+OPTIMIZERS = {"lstm": "adam"}
 
 
 def build(name: str, input_shape, classes: int, **recipe):

@@ -1,4 +1,5 @@
-"""Weight initialisers, named as in Keras: ``glorot_uniform`` (the default), ``zeros``..."""
+"""Weight initialisers, named as in Keras: ``glorot_uniform`` (the default), ``orthogonal``
+(recurrent kernels), ``zeros``..."""
 from __future__ import annotations
 
 import numpy as np
@@ -44,6 +45,23 @@ def he_uniform(shape, dtype=np.float32, rng=None):
     return (rng or generator()).uniform(-lim, lim, size=shape).astype(dtype)
 
 
+def orthogonal(shape, dtype=np.float32, rng=None, gain=1.0):
+    """``gain`` times a random orthogonal matrix: the Q of a QR factorisation of a normal
+    matrix, its columns' signs fixed by R's diagonal so that it is uniformly distributed.
+    Shapes of more than two axes are flattened to (product of all but the last, last); of
+    (rows, cols) with rows < cols, the rows are orthonormal, else the columns."""
+    if len(shape) < 2:
+        raise ConfigError(f"the orthogonal initializer needs a shape of at least 2 axes, "
+                          f"got {tuple(shape)}")
+    rows, cols = int(np.prod(shape[:-1])), int(shape[-1])
+    a = (rng or generator()).standard_normal((max(rows, cols), min(rows, cols)))
+    q, r = np.linalg.qr(a)
+    q *= np.where(np.diag(r) < 0, -1.0, 1.0)
+    if rows < cols:
+        q = q.T
+    return (gain * q).reshape(shape).astype(dtype)
+
+
 def zeros(shape, dtype=np.float32, rng=None):
     return np.zeros(shape, dtype)
 
@@ -63,7 +81,7 @@ def _truncated(shape, std, dtype, rng):
 
 
 INITIALIZERS = {f.__name__: f for f in (glorot_uniform, glorot_normal, he_normal, he_uniform,
-                                        zeros, ones)}
+                                        orthogonal, zeros, ones)}
 
 
 def get(name_or_fn):

@@ -340,3 +340,4 @@ def layer_from_config(class_name: str, config: dict) -> Layer:
     return cls.from_config(dict(config))
 
 from dlrun.engine.conv_layers import *  # noqa: E402,F401,F403  (images and the activation zoo)
+from dlrun.engine.recurrent_layers import *  # noqa: E402,F401,F403  (SimpleRNN, LSTM)

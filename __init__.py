@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Sequential": ("dlrun.engine.model", "Sequential"),
     "Model": ("dlrun.engine.model", "Model"),
+    "Input": ("dlrun.engine.functional", "Input"),
     "load_model": ("dlrun.engine.saving", "load_model"),
     "load_checkpoint": ("dlrun.engine.checkpoints", "load_checkpoint"),
     "set_seed": ("dlrun.engine.random", "set_seed"),

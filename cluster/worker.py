@@ -20,7 +20,8 @@ def model_spec(model) -> dict:
     """What a worker needs to rebuild ``model`` (built and compiled): JSON only."""
     model._require_built()
     model._require_compiled()
-    return {"config": model.get_config(), "loss": model.loss,
+    return {"class_name": type(model).__name__, "config": model.get_config(),
+            "loss": model.loss,
             "metrics": [m.name for m in model.metrics],
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config()},
@@ -29,13 +30,11 @@ def model_spec(model) -> dict:
 
 def build_model(spec: dict):
     """The model :func:`model_spec` described, with fresh weights (set them next)."""
-    from dlrun.engine import layers as layers_mod
     from dlrun.engine import optimizers
-    from dlrun.engine.model import Sequential
+    from dlrun.engine.saving import model_from_config
 
     cfg = spec["config"]
-    model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
-                        for l in cfg["layers"]], name=cfg.get("name"))
+    model = model_from_config(spec.get("class_name", "Sequential"), cfg)
     model.build(cfg["input_shape"])
     opt = optimizers.from_config(spec["optimizer"]["class_name"], spec["optimizer"]["config"])
     model.compile(optimizer=opt, loss=spec["loss"], metrics=spec["metrics"])

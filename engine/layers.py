@@ -63,6 +63,14 @@ class Layer:
         return cfg
 
     # -- shared ----------------------------------------------------------------------------
+    def __call__(self, inputs):
+        """The functional API: call the layer on ``dl.Input(...)`` tensors (a list of them
+        for Add, Concatenate) or what other layers returned; returns a symbolic tensor.
+        Calling one layer twice shares its weights."""
+        from dlrun.engine.functional import call_layer
+
+        return call_layer(self, inputs)
+
     @classmethod
     def from_config(cls, config: dict) -> "Layer":
         return cls(**config)
@@ -186,6 +194,60 @@ class Dense(KernelLayer):
 
     def get_config(self):
         return super().get_config() | {"units": self.units}
+
+
+class Highway(Layer):
+    """A dense highway layer (Srivastava et al. 2015): ``y = T * H + (1 - T) * x`` with
+    ``H = activation(x @ W + b)`` and the transform gate ``T = sigmoid(x @ W_T + b_T)``;
+    the output has the input's width. Weights ``W (n, n)``, ``b (n,)``, ``W_T (n, n)``,
+    ``b_T (n,)``.
+
+    ``b_T`` starts at ``transform_bias`` (-2, as in Keras 1 and the paper's advice of a
+    negative value: T is about 0.12 at first, so the layer starts close to the identity and
+    deep stacks of it still pass gradients). ``activation`` defaults to ReLU (Keras 1's
+    ``'linear'`` makes H affine).
+    """
+
+    def __init__(self, activation="relu", transform_bias: float = -2.0,
+                 kernel_initializer="glorot_uniform", kernel_regularizer=None, **kw):
+        super().__init__(**kw)
+        self.activation = activation
+        self._act = activation_op(activation)
+        try:
+            self.transform_bias = float(transform_bias)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Highway transform_bias must be a number, got "
+                              f"{transform_bias!r}") from None
+        initializers.get(kernel_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        if len(input_shape) != 1:
+            raise ShapeError(f"Highway layer {self.name!r} expects inputs of shape (batch, "
+                             f"features), got (batch, {', '.join(map(str, input_shape))}); "
+                             "put a Flatten layer before it")
+        n = input_shape[0]
+        self.kernel = self.add_weight("kernel", (n, n), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (n,), "zeros")
+        self.gate_kernel = self.add_weight("gate_kernel", (n, n), self.kernel_initializer,
+                                           regularizer=self.kernel_regularizer)
+        self.gate_bias = self.add_weight("gate_bias", (n,), "zeros")
+        self.gate_bias.value[...] = self.transform_bias
+
+    def call(self, x, training):
+        h = apply("bias_add", apply("matmul", x, self.kernel), self.bias)
+        h = apply(self._act, h) if self._act else h
+        t = apply("sigmoid", apply("bias_add", apply("matmul", x, self.gate_kernel),
+                                   self.gate_bias))
+        return apply("gate_mix", t, h, x)
+
+    def get_config(self):
+        return super().get_config() | {
+            "activation": self.activation, "transform_bias": self.transform_bias,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
 
 
 class Activation(Layer):
@@ -321,7 +383,7 @@ def _name(init):
     return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
 
 
-LAYERS = {c.__name__: c for c in (Dense, Activation, Dropout, Flatten,
+LAYERS = {c.__name__: c for c in (Dense, Highway, Activation, Dropout, Flatten,
                                           RandomTranslation, RandomRotation, RandomZoom)}
 
 
@@ -341,3 +403,14 @@ def layer_from_config(class_name: str, config: dict) -> Layer:
 
 from dlrun.engine.conv_layers import *  # noqa: E402,F401,F403  (images and the activation zoo)
 from dlrun.engine.recurrent_layers import *  # noqa: E402,F401,F403  (SimpleRNN, LSTM)
+from dlrun.engine.merge_layers import *  # noqa: E402,F401,F403  (Add, Concatenate)
+
+
+def __getattr__(name: str):
+    """``Input`` and ``InputLayer`` live with the functional API (imported on first use:
+    it imports the models, which import this module)."""
+    if name in ("Input", "InputLayer"):
+        from dlrun.engine import functional
+
+        return getattr(functional, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -63,6 +63,17 @@ class Accuracy:
         return int(self.kernel(pred, target)), total
 
 
+class OutputLoss:
+    """The (unweighted) loss of one output of a model of several: ``<output>_loss`` in
+    the logs, averaged over the samples as the total loss is."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def count(self, value, samples: int) -> tuple[float, int]:
+        return float(value) * samples, samples
+
+
 def get(name, loss: str):
     if name in ("accuracy", "acc"):
         return Accuracy(loss)

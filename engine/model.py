@@ -20,7 +20,22 @@ from dlrun.ops import Spec
 
 
 class Model:
-    """Base class of models; subclasses say how to trace the layers (:meth:`trace`)."""
+    """Base class of models; subclasses say how to trace the layers (:meth:`trace`).
+
+    ``dl.Model(inputs, outputs)`` makes a functional model, as in Keras (see
+    :class:`dlrun.engine.functional.Functional`).
+    """
+
+    # set by a functional model of several inputs / outputs: its data then come as lists
+    _multi_input = False
+    _multi_output = False
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            from dlrun.engine.functional import Functional
+
+            return super().__new__(Functional)
+        return super().__new__(cls)
 
     def __init__(self, name: str | None = None):
         self.name = name or type(self).__name__.lower()
@@ -44,8 +59,21 @@ class Model:
         raise NotImplementedError
 
     def trace(self, x, training: bool):
-        """Symbolic output for a symbolic input batch ``x``."""
+        """Symbolic output for a symbolic input batch ``x`` (lists with several inputs or
+        outputs)."""
         raise NotImplementedError
+
+    @property
+    def input_names(self) -> list:
+        """Names of the inputs: the keys of ``x`` given as a dict."""
+        return ["x"]
+
+    @property
+    def output_names(self) -> list:
+        """Names of the outputs (the layers that make them): the keys of ``y``, ``loss``,
+        ``loss_weights`` and ``metrics`` given as dicts."""
+        layers = self.layers
+        return [layers[-1].name] if layers else ["output"]
 
     def build(self, input_shape) -> None:
         """Create every layer's weights for samples of ``input_shape`` (no batch axis)."""
@@ -54,7 +82,7 @@ class Model:
             raise ShapeError(f"model {self.name!r} expects samples of shape "
                              f"{self.input_shape}, got {input_shape}")
         self.input_shape = input_shape
-        self.output_shape = self._graph(1, False)[1].shape[1:]
+        self.output_shape = self._graph(1, False)[1][0].shape[1:]
 
     @property
     def built(self) -> bool:
@@ -69,31 +97,41 @@ class Model:
         return True
 
     def _graph(self, batch: int, training: bool):
-        x = Placeholder(Spec((batch, *self.input_shape), np.float32), name="x")
-        return x, self.trace(x, training)
+        """(input placeholders, output tensors), as lists, for batches of ``batch``."""
+        shapes = self.input_shape if self._multi_input else [self.input_shape]
+        xs = [Placeholder(Spec((batch, *s), np.float32), name="x") for s in shapes]
+        out = self.trace(xs if self._multi_input else xs[0], training)
+        return xs, (list(out) if self._multi_output else [out])
 
     def _plan(self, mode: str, batch: int) -> dict:
         """The plan for a mode ('train', 'eval', 'predict') and batch size, made once."""
         key = (mode, batch)
         if key not in self._plans:
             on = device_mod.plan_options(self)       # device, and its DeviceStore
-            x, out = self._graph(batch, training=(mode == "train"))
-            entry = {"x": x, "out": out}
+            xs, outs = self._graph(batch, training=(mode == "train"))
+            entry = {"x": xs[0], "out": outs[0], "xs": xs, "outs": outs}
             params = self.weights_params()
             if mode == "predict":
-                entry["plan"] = Plan([x], [out], params, **on)
+                entry["plan"] = Plan(xs, outs, params, **on)
             else:
-                y = losses_mod.target_placeholder(self.loss, out)
-                loss, pred = losses_mod.loss_node(self.loss, out, y)
-                loss = self._add_penalties(loss, params)
-                entry.update(y=y, loss=loss, pred=pred)
+                ys, parts, preds = [], [], []
+                for out, name in zip(outs, self._loss_names):
+                    y = losses_mod.target_placeholder(name, out)
+                    part, pred = losses_mod.loss_node(name, out, y)
+                    ys.append(y)
+                    parts.append(part)
+                    preds.append(pred)
+                loss = self._add_penalties(_weighted_sum(parts, self._loss_weights), params)
+                entry.update(y=ys[0], ys=ys, loss=loss, parts=parts, pred=preds[0],
+                             preds=preds)
+                keep = [loss, *preds] + (parts if self._multi_output else [])
                 if mode == "train":
-                    plan = Plan([x, y], [loss, pred], params, loss=loss, **on)
+                    plan = Plan(xs + ys, keep, params, loss=loss, **on)
                     trainable = [p for p in params if p.id in plan.grads]
                     self.optimizer.build(trainable)
                     entry["updates"] = [(p, plan.grad(p)) for p in trainable]
                 else:
-                    plan = Plan([x, y], [loss, pred], params, **on)
+                    plan = Plan(xs + ys, keep, params, **on)
                 entry["plan"] = plan
             if on["store"] is not None:
                 device_mod.prepare(self, entry, mode)
@@ -113,9 +151,16 @@ class Model:
         return [p for layer in self.layers for p in layer.weights]
 
     # -- compile ---------------------------------------------------------------------------
-    def compile(self, optimizer="sgd", loss=None, metrics=None,
+    def compile(self, optimizer="sgd", loss=None, metrics=None, loss_weights=None,
                 device=None) -> None:
-        """Choose the optimizer, the loss (by Keras name) and metrics (``['accuracy']``)."""
+        """Choose the optimizer, the loss (by Keras name) and metrics (``['accuracy']``).
+
+        A model of several outputs takes a loss per output: one name for all, a list in
+        output order or a dict by output name; ``loss_weights`` likewise (1 for an output
+        left out); the loss trained is ``sum_i loss_weights[i] * loss_i``. ``metrics`` (a
+        list) are kept for every output, or per output as a dict. The logs then hold
+        ``loss``, ``<output>_loss`` (unweighted) and ``<output>_<metric>``, as in Keras.
+        """
         if loss is None:
             raise ConfigError("compile() needs a loss, e.g. "
                               "loss='sparse_categorical_crossentropy'")
@@ -124,10 +169,41 @@ class Model:
         resolved = device_mod.resolve(device)
         self.sync_to_host()
         self._store, self.device = None, resolved
+        names, multi = self.output_names, self._multi_output
+        loss_names = [losses_mod.canonical(v) for v in _per_output(loss, names, "loss")]
+        weights = [1.0] * len(names) if loss_weights is None else \
+            [_loss_weight(w, n) for w, n in
+             zip(_per_output(loss_weights, names, "loss_weights", missing=1.0), names)]
+        per = _per_output_metrics(metrics, names)
+        tracked, at, kept = [], [], []
+        if multi:
+            for i, n in enumerate(names):
+                tracked.append(metrics_mod.OutputLoss(f"{n}_loss"))
+                at.append(i)
+        for i, (n, ms) in enumerate(zip(names, per)):
+            kept.append([])
+            for m in ms:
+                metric = metrics_mod.get(m, loss_names[i])
+                kept[-1].append(metric.name)
+                if multi:
+                    metric.name = f"{n}_{metric.name}"
+                tracked.append(metric)
+                at.append(i)
         self.optimizer = optimizers_mod.get(optimizer)
-        self.loss = losses_mod.canonical(loss)
-        self.metrics = [metrics_mod.get(m, self.loss) for m in (metrics or [])]
+        self._loss_names, self._loss_weights = loss_names, weights
+        self.loss = dict(zip(names, loss_names)) if multi else loss_names[0]
+        self.loss_weights = None if loss_weights is None else dict(zip(names, weights))
+        self.metrics, self._metric_outputs = tracked, at
+        self._metric_names = dict(zip(names, kept)) if multi else kept[0]
         self._plans = {}
+
+    def _compile_config(self) -> dict:
+        """The compile arguments but the optimizer, as JSON (what saving and a Ray worker
+        need to compile a copy)."""
+        cfg = {"loss": self.loss, "metrics": self._metric_names}
+        if self.loss_weights is not None:
+            cfg["loss_weights"] = self.loss_weights
+        return cfg
 
     def _require_compiled(self):
         if self.loss is None:
@@ -135,16 +211,35 @@ class Model:
                               "loss=...) first")
 
     # -- data checks -----------------------------------------------------------------------
-    def _check_x(self, x) -> np.ndarray:
+    def _check_x(self, x):
+        """The input samples as float32 arrays: one, or a list with several inputs."""
         if x is None:
             raise DataError("no input samples given (x is None)")
+        if self._multi_input:
+            xs = _by_name(x, self.input_names, "input", "x")
+            xs = [self._check_input(a, shape, name) for a, shape, name in
+                  zip(xs, self.input_shape, self.input_names)]
+            if len({len(a) for a in xs}) > 1:
+                raise DataError(f"the inputs hold different numbers of samples: "
+                                f"{dict(zip(self.input_names, map(len, xs)))}")
+            return xs
+        if isinstance(x, dict):
+            x = _by_name(x, self.input_names, "input", "x")[0]
+        return self._check_input(x)
+
+    def _check_input(self, x, shape=None, name=None) -> np.ndarray:
         x = np.asarray(x)
         if x.dtype.kind not in "fiub":
             raise DataError(f"input samples must be numeric, got dtype {x.dtype}")
         if x.ndim < 2:
             raise ShapeError(f"input samples need a batch axis first: got shape {x.shape}; "
                              "for a single sample use x[None]")
-        if not self._ensure_built():
+        if name is not None:                  # one input of several
+            if tuple(x.shape[1:]) != tuple(shape):
+                raise ShapeError(f"input {name!r} of model {self.name!r} expects samples "
+                                 f"of shape (batch, {', '.join(map(str, shape))}), got "
+                                 f"{x.shape}")
+        elif not self._ensure_built():
             self.build(x.shape[1:])
         elif tuple(x.shape[1:]) != self.input_shape:
             raise ShapeError(f"model {self.name!r} expects input of shape "
@@ -156,21 +251,41 @@ class Model:
 
     def _check_xy(self, x, y):
         x = self._check_x(x)
+        n = _count(x)
         if y is None:
             raise DataError("no targets given (y is None)")
-        y = np.asarray(y)
-        if len(y) != len(x):
-            raise DataError(f"x and y hold different numbers of samples: {len(x)} and "
-                            f"{len(y)}")
-        return x, losses_mod.check_targets(self.loss, y, self.output_shape)
+        names = self.output_names
+        if not self._multi_output:
+            if isinstance(y, dict):
+                y = _by_name(y, names, "output", "y")[0]
+            y = np.asarray(y)
+            if len(y) != n:
+                raise DataError(f"x and y hold different numbers of samples: {n} and "
+                                f"{len(y)}")
+            return x, losses_mod.check_targets(self.loss, y, self.output_shape)
+        ys = []
+        for t, name, loss, shape in zip(_by_name(y, names, "output", "y"), names,
+                                        self._loss_names, self.output_shape):
+            t = np.asarray(t)
+            if t.ndim == 0 or len(t) != n:
+                raise DataError(f"the targets of output {name!r} hold "
+                                f"{len(t) if t.ndim else 'no'} samples; x holds {n}")
+            try:
+                ys.append(losses_mod.check_targets(loss, t, shape))
+            except DataError as e:
+                raise DataError(f"output {name!r}: {e}") from None
+        return x, ys
 
     # -- training --------------------------------------------------------------------------
     def _run_batch(self, mode, x, y, idx):
-        """Run one batch of rows ``idx``; returns (loss, correct counts per metric)."""
+        """Run one batch of rows ``idx`` (of each array, with several inputs or outputs);
+        returns (loss, [numerator, denominator] per tracked metric)."""
         e = self._plan(mode, len(idx))
         plan = e["plan"]
-        np.take(x, idx, axis=0, out=plan.feed[e["x"]], mode="clip")
-        np.take(y, idx, axis=0, out=plan.feed[e["y"]], mode="clip")
+        for src, t in zip(x if self._multi_input else [x], e["xs"]):
+            np.take(src, idx, axis=0, out=plan.feed[t], mode="clip")
+        for src, t in zip(y if self._multi_output else [y], e["ys"]):
+            np.take(src, idx, axis=0, out=plan.feed[t], mode="clip")
         if plan.device == "cuda":
             return device_mod.run_batch(self, e, mode, len(idx))
         plan.run(seed=self._seed + self._step)
@@ -178,8 +293,13 @@ class Model:
             self.optimizer.apply(e["updates"])
             self._step += 1
         loss = float(plan.value(e["loss"]))
-        pred = plan.value(e["pred"])
-        return loss, [m.count(pred, plan.feed[e["y"]]) for m in self.metrics]
+        counts = []
+        for m, i in zip(self.metrics, self._metric_outputs):
+            if isinstance(m, metrics_mod.OutputLoss):
+                counts.append(m.count(plan.value(e["parts"][i]), len(idx)))
+            else:
+                counts.append(m.count(plan.value(e["preds"][i]), plan.feed[e["ys"][i]]))
+        return loss, counts
 
     def fit(self, x=None, y=None, batch_size: int | None = None, epochs: int = 1,
             verbose="auto", callbacks=None, validation_split: float = 0.0,
@@ -219,11 +339,14 @@ class Model:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
             # round first: 100 * 0.07 is 7.000000000000001, which must not hold out 8
-            cut = len(x) - int(math.ceil(round(len(x) * validation_split, 9)))
+            samples = _count(x)
+            cut = samples - int(math.ceil(round(samples * validation_split, 9)))
             if cut < 1:
                 raise DataError(f"validation_split={validation_split} leaves no training "
-                                f"samples out of {len(x)}")
-            x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+                                f"samples out of {samples}")
+            head, tail = slice(None, cut), slice(cut, None)
+            x, y, validation_data = (_rows(x, head), _rows(y, head),
+                                     (_rows(x, tail), _rows(y, tail)))
         if validation_data is not None:
             if len(validation_data) != 2:
                 raise ConfigError("validation_data must be a pair (x_val, y_val)")
@@ -231,7 +354,8 @@ class Model:
 
         verbose = 1 if verbose == "auto" else int(verbose)
         history = History()
-        steps = math.ceil(len(x) / batch_size)
+        samples = _count(x)
+        steps = math.ceil(samples / batch_size)
         cbs = list(callbacks or []) + [history]
         if verbose:
             cbs.append(ProgressBar(verbose))
@@ -254,7 +378,7 @@ class Model:
         self._shuffle_rng = rng
         for epoch in range(initial_epoch, epochs):
             cbs.on_epoch_begin(epoch)
-            order = rng.permutation(len(x)) if shuffle else np.arange(len(x))
+            order = rng.permutation(samples) if shuffle else np.arange(samples)
             tot_loss, counts = 0.0, [[0, 0] for _ in self.metrics]
             for b in range(steps):
                 idx = order[b * batch_size:(b + 1) * batch_size]
@@ -264,7 +388,7 @@ class Model:
                 for acc, (k, n) in zip(counts, c):
                     acc[0] += k
                     acc[1] += n
-                seen = min((b + 1) * batch_size, len(x))
+                seen = min((b + 1) * batch_size, samples)
                 cbs.on_train_batch_end(b, self._logs(tot_loss / seen, counts))
                 if self.stop_training:          # e.g. TerminateOnNaN, as Keras does
                     break
@@ -294,7 +418,7 @@ class Model:
         """One update on one batch; returns the loss (and metrics, as Keras does)."""
         self._require_compiled()
         x, y = self._check_xy(x, y)
-        loss, counts = self._run_batch("train", x, y, np.arange(len(x)))
+        loss, counts = self._run_batch("train", x, y, np.arange(_count(x)))
         return self._result(self._logs(loss, counts))
 
     def evaluate(self, x=None, y=None, batch_size: int | None = None, verbose=0,
@@ -303,15 +427,16 @@ class Model:
         self._require_compiled()
         x, y = self._check_xy(x, y)
         batch_size = _batch_size(batch_size)
+        samples = _count(x)
         tot_loss, counts = 0.0, [[0, 0] for _ in self.metrics]
-        for start in range(0, len(x), batch_size):
-            idx = np.arange(start, min(start + batch_size, len(x)))
+        for start in range(0, samples, batch_size):
+            idx = np.arange(start, min(start + batch_size, samples))
             loss, c = self._run_batch("eval", x, y, idx)
             tot_loss += loss * len(idx)
             for acc, (k, n) in zip(counts, c):
                 acc[0] += k
                 acc[1] += n
-        logs = self._logs(tot_loss / len(x), counts)
+        logs = self._logs(tot_loss / samples, counts)
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs if return_dict else self._result(logs)
@@ -321,21 +446,26 @@ class Model:
         vals = list(logs.values())
         return vals[0] if len(vals) == 1 else vals
 
-    def predict(self, x, batch_size: int | None = None, verbose=0) -> np.ndarray:
-        """The model's outputs for ``x``, in inference mode."""
-        x = self._check_x(x)
+    def predict(self, x, batch_size: int | None = None, verbose=0):
+        """The model's outputs for ``x``, in inference mode (a list of arrays for a model
+        of several outputs)."""
+        xs = self._check_x(x)
+        xs = xs if self._multi_input else [xs]
         batch_size = _batch_size(batch_size)
-        out = None
-        for start in range(0, len(x), batch_size):
-            stop = min(start + batch_size, len(x))
+        n = len(xs[0])
+        outs = None
+        for start in range(0, n, batch_size):
+            stop = min(start + batch_size, n)
             e = self._plan("predict", stop - start)
-            np.copyto(e["plan"].feed[e["x"]], x[start:stop])
+            for src, t in zip(xs, e["xs"]):
+                np.copyto(e["plan"].feed[t], src[start:stop])
             e["plan"].run()
-            y = e["plan"].fetch(e["out"])[0]
-            if out is None:
-                out = np.empty((len(x), *y.shape[1:]), y.dtype)
-            out[start:stop] = y
-        return out
+            ys = e["plan"].fetch(*e["outs"])
+            if outs is None:
+                outs = [np.empty((n, *y.shape[1:]), y.dtype) for y in ys]
+            for out, y in zip(outs, ys):
+                out[start:stop] = y
+        return outs if self._multi_output else outs[0]
 
     # -- weights ---------------------------------------------------------------------------
     def _require_built(self):
@@ -384,6 +514,15 @@ class Model:
             print_fn(f"{layer.name + ' (' + type(layer).__name__ + ')':<32}"
                      f"{str((None, *shape)):<24}{n:>10,}")
         print_fn(f"total params: {self.count_params():,}")
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Model":
+        """A model with fresh weights from a :meth:`get_config` dict (a functional model's
+        graph, or a Sequential's layers)."""
+        from dlrun.engine.saving import model_from_config
+
+        kind = "Functional" if "input_layers" in config else "Sequential"
+        return model_from_config(kind, config)
 
     def save(self, path) -> None:
         """Write the model (config, weights, optimizer state) to a folder; no pickle."""
@@ -446,6 +585,89 @@ class Sequential(Model):
                 "layers": [{"class_name": type(l).__name__, "config": l.get_config()}
                            for l in self._layers],
                 "input_shape": list(self.input_shape) if self.input_shape else None}
+
+
+def _weighted_sum(parts: list, weights: list):
+    """sum_i weights[i] * parts[i] as graph nodes (a weight of 1 adds no node)."""
+    total = None
+    for part, w in zip(parts, weights):
+        term = part if w == 1.0 else apply("scale", part, factor=float(w))
+        total = term if total is None else apply("add", total, term)
+    return total
+
+
+def _per_output(value, names: list, what: str, missing=None) -> list:
+    """One value per output from a dict by output name, a list in output order, or one
+    value for all; a dict may leave outputs out only when ``missing`` is given."""
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise ConfigError(f"{what} names an unknown output {unknown[0]!r}; this model's "
+                              f"outputs are {names}")
+        left = [n for n in names if n not in value]
+        if left and missing is None:
+            raise ConfigError(f"{what} has no entry for output {left[0]!r}; give one for "
+                              f"each of {names}")
+        return [value.get(n, missing) for n in names]
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(names):
+            raise ConfigError(f"{what} lists {len(value)} values for {len(names)} outputs "
+                              f"{names}; give one per output, or a dict by output name")
+        return list(value)
+    return [value] * len(names)
+
+
+def _per_output_metrics(metrics, names: list) -> list:
+    """A list of metric names per output: a dict by output name, or one list for all."""
+    if metrics is None:
+        return [[] for _ in names]
+    if isinstance(metrics, dict):
+        per = _per_output(metrics, names, "metrics", missing=[])
+        return [[m] if isinstance(m, str) else list(m) for m in per]
+    return [[metrics] if isinstance(metrics, str) else list(metrics) for _ in names]
+
+
+def _loss_weight(w, name) -> float:
+    try:
+        value = float(w)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"loss_weights for output {name!r} must be a number >= 0, got "
+                          f"{w!r}")
+    return value
+
+
+def _by_name(value, names: list, what: str, arg: str) -> list:
+    """One array per input (or output) from a list in order or a dict by name."""
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise DataError(f"{arg} names an unknown {what} {unknown[0]!r}; this model's "
+                            f"{what}s are {names}")
+        left = [n for n in names if n not in value]
+        if left:
+            raise DataError(f"{arg} has no arrays for {what} {left[0]!r}; give one for each "
+                            f"of {names}")
+        return [value[n] for n in names]
+    if isinstance(value, (list, tuple)) and len(value) == len(names) and \
+            all(hasattr(v, "shape") or isinstance(v, (list, tuple)) for v in value):
+        return list(value)
+    if len(names) == 1:
+        return [value]
+    got = f"{len(value)} arrays" if isinstance(value, (list, tuple)) else \
+        f"one {type(value).__name__}"
+    raise DataError(f"this model has {len(names)} {what}s {names}: give {arg} as a list of "
+                    f"{len(names)} arrays in that order, or a dict by {what} name; got {got}")
+
+
+def _count(x) -> int:
+    """Samples in checked input data (one array, or a list with several inputs)."""
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def _rows(data, rows: slice):
+    return [a[rows] for a in data] if isinstance(data, list) else data[rows]
 
 
 def _batch_size(batch_size) -> int:

@@ -44,8 +44,7 @@ def save_model(model, path, extra=None) -> Path:
         "class_name": type(model).__name__, "config": model.get_config(),
         "weights": [p.name for p in params],
         "training": {"seed": model._seed, "step": model._step},
-        "compile": None if model.loss is None else {
-            "loss": model.loss, "metrics": [m.name for m in model.metrics],
+        "compile": None if model.loss is None else model._compile_config() | {
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config(),
                           "iterations": model.optimizer.iterations},
@@ -111,25 +110,20 @@ def read_meta(path) -> dict:
 def load_model(path, compile: bool = True):
     """Rebuild a model saved with ``model.save(path)``: layers, weights, and (with
     ``compile=True``) its loss, metrics, optimizer and optimizer state."""
-    from dlrun.engine import layers as layers_mod
     from dlrun.engine import optimizers
-    from dlrun.engine.model import Sequential
 
     path = Path(path)
     meta = read_meta(path)
-    if meta.get("class_name") != "Sequential":
+    if meta.get("class_name") not in MODEL_CLASSES:
         raise ModelFileError(f"{path}: unknown model class {meta.get('class_name')!r}")
     try:
-        cfg = meta["config"]
-        model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
-                            for l in cfg["layers"]], name=cfg.get("name"))
-        if cfg.get("input_shape"):
-            model.build(cfg["input_shape"])
+        model = model_from_config(meta["class_name"], meta["config"])
         c = meta.get("compile")
         if compile and c:
             opt = optimizers.from_config(c["optimizer"]["class_name"],
                                          c["optimizer"]["config"])
-            model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"])
+            model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"],
+                          loss_weights=c.get("loss_weights"))
         t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
         model._seed = int(t.get("seed", model._seed))
         model._step = int(t.get("step", 0))
@@ -153,6 +147,29 @@ def load_model(path, compile: bool = True):
             model.set_weights(weights)
         except ShapeError as e:
             raise ModelFileError(f"{path}/weights.npz does not fit the model ({e})") from None
+    return model
+
+
+MODEL_CLASSES = ("Sequential", "Functional")
+
+
+def model_from_config(class_name: str, config: dict):
+    """A model with fresh weights from its ``get_config()`` dict: a Sequential's layers
+    (built when the config has its input shape), or a functional model's graph."""
+    from dlrun.engine import layers as layers_mod
+    from dlrun.engine.model import Sequential
+
+    if class_name == "Functional":
+        from dlrun.engine.functional import from_config
+
+        return from_config(config)
+    if class_name != "Sequential":
+        raise ModelFileError(f"unknown model class {class_name!r}; expected one of "
+                             f"{', '.join(MODEL_CLASSES)}")
+    model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
+                        for l in config["layers"]], name=config.get("name"))
+    if config.get("input_shape"):
+        model.build(config["input_shape"])
     return model
 
 

@@ -1,0 +1,242 @@
+"""Whole training runs on ``cuda`` against the same runs on the CPU.
+
+Run in a process of its own (``tests/engine/test_device.py`` does): whether ``numba.cuda``
+drives a GPU or the simulator is fixed when it is first imported. With a GPU visible the
+runs use it; otherwise the script restarts itself with ``NUMBA_ENABLE_CUDASIM=1``. Blocks
+and matmul tiles are patched small so that several blocks and grid-stride rounds run on
+these tiny models (and the simulator, ~200 us per simulated thread, stays quick).
+
+Each case builds the same model twice from one seed, trains one on ``cpu`` and one on
+``cuda`` with the same data, shuffling and dropout seeds, and compares the losses, the
+metrics and every weight (optimizer state and batch-norm statistics included). Prints
+one line per case and the MLP's kernel launches per step; exits 1 on any mismatch::
+
+    python tests/engine/device_fit_check.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+
+def use_simulator_unless_gpu() -> None:
+    """Re-run this script under the simulator unless a real GPU is available."""
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        return
+    from numba import cuda
+
+    if not cuda.is_available():
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
+
+
+use_simulator_unless_gpu()
+
+import dlrun as dl  # noqa: E402
+from dlrun.ops import config, linear  # noqa: E402
+
+config.CUDA_BLOCK, config.CUDA_MAX_BLOCKS, linear.TILE = 32, 4, 8
+warnings.filterwarnings("ignore", "overflow encountered", RuntimeWarning)  # dropout hash
+
+RTOL, ATOL = 1e-4, 2e-5            # float32, a few steps of different summation orders
+L = dl.layers
+
+
+def data(shape, n=24, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, *shape)).astype(np.float32), rng.integers(0, classes, n)
+
+
+def twins(build, optimizer, seed=1):
+    """The same model (same initial weights and dropout seed) compiled for each device."""
+    out = {}
+    for device in ("cpu", "cuda"):
+        dl.set_seed(seed)
+        m = build()
+        m.compile(optimizer=optimizer(), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"], device=device)
+        out[device] = m
+    return out["cpu"], out["cuda"]
+
+
+def close(what: str, a, b, problems: list) -> None:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not np.allclose(a, b, rtol=RTOL, atol=ATOL):
+        err = np.max(np.abs(a - b)) if a.shape == b.shape else f"shapes {a.shape} {b.shape}"
+        problems.append(f"{what} differs (max abs err {err})")
+
+
+def same_weights(tag, cpu, gpu, problems) -> None:
+    for i, (a, b) in enumerate(zip(cpu.get_weights(), gpu.get_weights())):
+        close(f"{tag} weight {i}", a, b, problems)
+    # optimizer state by parameter (the twins' layer names differ)
+    for pa, pb in zip(cpu.weights_params(), gpu.weights_params()):
+        sa = cpu.optimizer.state.get(pa.name, {})
+        sb = gpu.optimizer.state.get(pb.name, {})
+        if sorted(sa) != sorted(sb):
+            problems.append(f"{tag} optimizer state of {pa.name}: {sorted(sa)} {sorted(sb)}")
+        for k in sa:
+            close(f"{tag} optimizer state {pa.name}/{k}", sa[k], sb.get(k, np.nan), problems)
+
+
+def fit_both(cpu, gpu, x, y, problems, tag="fit", **kw) -> None:
+    hist = {}
+    for device, m in (("cpu", cpu), ("cuda", gpu)):
+        dl.set_seed(7)                             # the same shuffling for both
+        hist[device] = m.fit(x, y, verbose=0, **kw).history
+    for k in hist["cpu"]:
+        close(f"{tag} history {k}", hist["cpu"][k], hist["cuda"][k], problems)
+    same_weights(tag, cpu, gpu, problems)
+
+
+# -- cases ---------------------------------------------------------------------------------
+def mlp():
+    return dl.Sequential([
+        L.Dense(6, activation="relu", input_shape=(5,)), L.Dropout(0.3),
+        L.Dense(5, activation="leaky_relu", kernel_regularizer=dl.regularizers.l2(0.01)),
+        L.Dense(3, activation="softmax")])
+
+
+def case_mlp(problems, facts):
+    """SGD + Nesterov momentum, dropout, an L2 penalty, relu and leaky_relu fused with
+    their biases; fit with validation, evaluate, predict, train_on_batch."""
+    x, y = data((5,))
+    cpu, gpu = twins(mlp, lambda: dl.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+    fit_both(cpu, gpu, x, y, problems, batch_size=8, epochs=2, validation_split=0.25)
+    plan = gpu._plan("train", 8)["plan"]
+    facts["mlp kernels per step"] = plan.kernels_per_step
+    facts["mlp plan"] = " | ".join(plan.describe().splitlines())
+    close("evaluate", cpu.evaluate(x, y, batch_size=10), gpu.evaluate(x, y, batch_size=10),
+          problems)
+    close("predict", cpu.predict(x, batch_size=10), gpu.predict(x, batch_size=10), problems)
+    close("train_on_batch", cpu.train_on_batch(x[:8], y[:8]),
+          gpu.train_on_batch(x[:8], y[:8]), problems)
+    same_weights("after train_on_batch", cpu, gpu, problems)
+
+
+def case_adamw_batchnorm(problems, facts):
+    """AdamW (weight decay) with clipnorm, batch normalisation (moving statistics updated
+    on the device), tanh and sigmoid, and weights read by a callback every epoch."""
+    x, y = data((4,), seed=1)
+
+    def build():
+        # no bias before batch norm: its gradient is ~0, and Adam would amplify noise
+        return dl.Sequential([L.Dense(6, use_bias=False, input_shape=(4,)),
+                              L.BatchNormalization(),
+                              L.Activation("tanh"), L.Dense(4, activation="sigmoid"),
+                              L.Dense(3, activation="softmax")])
+
+    class Snapshots(dl.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seen.append(self.model.get_weights())
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.AdamW(0.01, clipnorm=0.5))
+    snaps = {"cpu": Snapshots(), "cuda": Snapshots()}
+    for device, m in (("cpu", cpu), ("cuda", gpu)):
+        dl.set_seed(7)
+        m.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[snaps[device]])
+    for e, (a, b) in enumerate(zip(snaps["cpu"].seen, snaps["cuda"].seen)):
+        for i, (wa, wb) in enumerate(zip(a, b)):
+            close(f"epoch {e} callback weight {i}", wa, wb, problems)
+    same_weights("adamw", cpu, gpu, problems)
+
+
+def case_cnn(problems, facts):
+    """Conv2D (bias + relu fused in its op), max pooling, flatten, dense softmax."""
+    x, y = data((1, 6, 6), n=8)
+
+    def build():
+        return dl.Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(1, 6, 6)),
+                              L.MaxPooling2D(2), L.Flatten(),
+                              L.Dense(3, activation="softmax")])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.SGD(0.05, momentum=0.9))
+    fit_both(cpu, gpu, x, y, problems, tag="cnn", batch_size=4, epochs=1)
+    facts["cnn kernels per step"] = gpu._plan("train", 4)["plan"].kernels_per_step
+
+
+def case_checkpoints(problems, facts):
+    """A model saved from a GPU run loads on the CPU and vice versa, optimizer state
+    included, and both continue training alike."""
+    x, y = data((5,), seed=2)
+    cpu, gpu = twins(mlp, lambda: dl.optimizers.Adam(0.01))
+    fit_both(cpu, gpu, x, y, problems, tag="before saving", batch_size=8, epochs=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        gpu.save(f"{tmp}/from_gpu")
+        cpu.save(f"{tmp}/from_cpu")
+        dl.set_seed(3)
+        on_cpu = dl.load_model(f"{tmp}/from_gpu")            # a GPU run, loaded on the CPU
+        with dl.device("cuda"):
+            dl.set_seed(3)
+            on_gpu = dl.load_model(f"{tmp}/from_cpu")        # a CPU run, loaded on the GPU
+    if (on_cpu.device, on_gpu.device) != ("cpu", "cuda"):
+        problems.append(f"loaded on devices {on_cpu.device}, {on_gpu.device}")
+    for i, (a, b) in enumerate(zip(gpu.get_weights(), on_cpu.get_weights())):
+        if not np.array_equal(a, b):
+            problems.append(f"weight {i} of the GPU run changed through save/load")
+    same_weights("loaded", on_cpu, on_gpu, problems)
+    fit_both(on_cpu, on_gpu, x, y, problems, tag="after loading", batch_size=8, epochs=1)
+    # weights set on the host reach the device before its next step
+    new = [w * 0.5 for w in on_cpu.get_weights()]
+    on_cpu.set_weights(new)
+    on_gpu.set_weights(new)
+    close("predict after set_weights", on_cpu.predict(x), on_gpu.predict(x), problems)
+
+
+def case_launches(problems, facts):
+    """Kernel launches of one step of the benchmark MLP's architecture (784-500-500-10
+    relu, softmax cross entropy, plain SGD, no metrics; the count does not depend on the
+    widths, so narrow ones stand in): 7 forward, 11 backward, 1 update."""
+    dl.set_seed(1)
+    m = dl.Sequential([L.Dense(8, activation="relu", input_shape=(12,)),
+                       L.Dense(8, activation="relu"), L.Dense(3, activation="softmax")])
+    m.compile(optimizer=dl.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy",
+              device="cuda")
+    x, y = data((12,), n=4)
+    m.train_on_batch(x, y)
+    k = m._plan("train", 4)["plan"].kernels_per_step
+    facts["bench mlp kernels per step"] = k
+    if k != 19:
+        problems.append(f"the benchmark MLP's step launches {k} kernels, expected 19")
+
+
+CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches]
+
+
+def main() -> int:
+    where = "simulator" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "GPU"
+    print(f"training on cuda ({where}) against the CPU, CUDA_BLOCK {config.CUDA_BLOCK}, "
+          f"TILE {linear.TILE}")
+    failures, facts = [], {}
+    for case in CASES:
+        t0 = time.perf_counter()
+        problems = []
+        try:
+            case(problems, facts)
+        except Exception:  # noqa: BLE001  (report it, go on with the other cases)
+            problems.append(traceback.format_exc())
+        status = "ok" if not problems else "MISMATCH"
+        print(f"{status:9s} {case.__name__:24s} {time.perf_counter() - t0:6.1f}s", flush=True)
+        for p in problems:
+            print(f"          {p}")
+        if problems:
+            failures.append(case.__name__)
+    for k, v in facts.items():
+        print(f"{k}: {v}")
+    print(f"{len(failures)} failing: {', '.join(failures)}" if failures else "all match")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,7 +2,8 @@
 
 The simulator runs kernels as Python, so it accepts code that Numba's CUDA compiler
 refuses (``max(a, b)`` fails to compile for CUDA in numba 0.66+, for one). This script
-calls every op's CUDA launchers, and the SGD update launchers, with the ops' sample inputs
+calls every op's CUDA launchers, the optimizer update launchers, the planner's fused
+kernels and the metric counts, with the ops' sample inputs
 (float32 and float64) as NumPy arrays, but each kernel launch compiles the kernel to PTX
 for compute capability 8.0 with those argument types instead of running it.
 
@@ -56,7 +57,7 @@ def main() -> int:
     from numba import typeof
 
     from dlrun import ops
-    from dlrun.ops import config, updates
+    from dlrun.ops import config, counts, fused, updates
     from dlrun.ops.registry import Spec
 
     compiled, failures = set(), []
@@ -102,6 +103,13 @@ def main() -> int:
         updates.decay_weights_cuda(w, 0.99)
         updates.sum_squares_cuda(w, np.zeros(1, np.float64))
         updates.clip_gradient_cuda(w, 1.0, 0.5, w)
+        # what the planner fuses, and the metric counts a step makes on the device
+        for kind in fused.ACTIVATIONS.values():
+            fused.bias_act_fwd_cuda(w, w[0], kind, 0.3, w, w)
+        labels, out = np.zeros(3, np.int64), np.zeros(1, np.int64)
+        counts.correct_sparse_cuda(w, labels, out, 0)
+        counts.correct_onehot_cuda(w, w, out, 0)
+        counts.correct_binary_cuda(w, w, out, 0)
     print(f"{len(compiled)} kernel specialisations compiled to PTX for cc {CC}; "
           f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
     return 1 if failures else 0

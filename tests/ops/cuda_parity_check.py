@@ -40,7 +40,7 @@ IMPORT_PULLS_CUDA = "numba.cuda" in sys.modules
 use_simulator_unless_gpu()
 
 from dlrun import ops  # noqa: E402
-from dlrun.ops import config, updates  # noqa: E402
+from dlrun.ops import config, counts, fused, updates  # noqa: E402
 from dlrun.ops.registry import Spec  # noqa: E402
 from numba import cuda  # noqa: E402
 
@@ -190,6 +190,46 @@ def sgd_case(kind: str, shape, dt, rng) -> list:
     return results
 
 
+def fused_case(act: str, dt, rng) -> list:
+    """The planner's fused bias + activation against its CPU twin, and against the two
+    ops it replaces; then with z aliased to y (what the planner does when z is unneeded)."""
+    kind = fused.ACTIVATIONS[act]
+    x, b = _x(rng, dt, (9, 11)), _x(rng, dt, (11,))
+    z, y = np.empty_like(x), np.empty_like(x)
+    fused.bias_act_fwd_cpu(x, b, kind, 0.2, z, y)
+    dz, dy = cuda.to_device(nans_like(x)), cuda.to_device(nans_like(x))
+    fused.bias_act_fwd_cuda(cuda.to_device(x), cuda.to_device(b), kind, 0.2, dz, dy)
+    op = ops.get(act)
+    want = np.empty_like(x)
+    op.forward(x + b, *([0.2] if op.attrs else []), want)
+    results = []
+    check(results, "z", dz.copy_to_host(), z)
+    check(results, "y", dy.copy_to_host(), y)
+    check(results, "y vs ops", y, want)
+    alias = cuda.to_device(nans_like(x))
+    fused.bias_act_fwd_cuda(cuda.to_device(x), cuda.to_device(b), kind, 0.2, alias, alias)
+    check(results, "y (z aliased)", alias.copy_to_host(), y)
+    return results
+
+
+def counts_case(dt, rng) -> list:
+    """Correct-prediction counts on the device against engine.metrics' CPU kernels."""
+    from dlrun.engine import metrics
+
+    p = rng.random((37, 5)).astype(dt)
+    labels = rng.integers(0, 5, 37)
+    onehot = np.eye(5, dtype=dt)[rng.integers(0, 5, 37)]
+    out = cuda.to_device(np.full(3, -1, np.int64))
+    dp = cuda.to_device(p)
+    counts.correct_sparse_cuda(dp, cuda.to_device(labels), out, 0)
+    counts.correct_onehot_cuda(dp, cuda.to_device(onehot), out, 1)
+    counts.correct_binary_cuda(dp, cuda.to_device(onehot), out, 2)
+    want = np.array([metrics.correct_sparse_cpu(p, labels),
+                     metrics.correct_onehot_cpu(p, onehot),
+                     metrics.correct_binary_cpu(p, onehot)], np.int64)
+    return [("counts", compare(out.copy_to_host(), want))]
+
+
 UPDATE_KINDS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "rmsprop momentum",
                 "adam", "decay", "clip", "sum squares")
 
@@ -247,6 +287,13 @@ def main() -> int:
                 rng = np.random.default_rng(1)
                 label = f"{kind} update {shape} {np.dtype(dt).name}"
                 report(failures, label, sgd_case, kind, shape, dt, rng)
+    for act in fused.ACTIVATIONS:
+        for dt in (np.float32, np.float64):
+            report(failures, f"bias+{act} fused {np.dtype(dt).name}", fused_case, act, dt,
+                   np.random.default_rng(2))
+    for dt in (np.float32, np.float64):
+        report(failures, f"metric counts {np.dtype(dt).name}", counts_case, dt,
+               np.random.default_rng(3))
     print(f"{len(failures)} failing: {', '.join(failures)}" if failures else "all match")
     return 1 if failures else 0
 

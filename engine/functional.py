@@ -214,17 +214,17 @@ class Functional(Model):
 
     def summary(self, print_fn=print) -> None:
         """A table of layer calls: output shape, weight count, the layers it reads."""
-        print_fn(f'Model "{self.name}"')
-        print_fn(f"{'layer (type)':<32}{'output shape':<22}{'params':>10}  connected to")
-        seen = set()
         rows = [t.call for t in self.inputs] + self._calls
-        for c in rows:
-            layer = c.layer
-            n = 0 if id(layer) in seen else sum(p.value.size for p in layer.weights)
-            seen.add(id(layer))
+        names = [f"{c.layer.name} ({type(c.layer).__name__})" for c in rows]
+        width = max(32, max(map(len, names)) + 2)
+        print_fn(f'Model "{self.name}"')
+        print_fn(f"{'layer (type)':<{width}}{'output shape':<22}{'params':>10}  connected to")
+        seen = set()
+        for c, name in zip(rows, names):
+            n = 0 if id(c.layer) in seen else sum(p.value.size for p in c.layer.weights)
+            seen.add(id(c.layer))
             src = ", ".join(t.name for t in c.inputs)
-            print_fn(f"{layer.name + ' (' + type(layer).__name__ + ')':<32}"
-                     f"{str(c.output.shape):<22}{n:>10,}  {src}")
+            print_fn(f"{name:<{width}}{str(c.output.shape):<22}{n:>10,}  {src}")
         print_fn(f"total params: {self.count_params():,}")
 
 

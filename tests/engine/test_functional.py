@@ -395,3 +395,32 @@ def test_compile_errors_name_the_output():
 def test_errors_are_dlrun_errors():
     for exc in (ConfigError, DataError, ShapeError):
         assert issubclass(exc, DlrunError)
+
+
+# -- the zoo's resnet-small ------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(784,), (1, 28, 28)])
+def test_resnet_small_shapes_blocks_and_one_step(shape, tmp_path):
+    from dlrun.engine import zoo
+
+    dl.set_seed(0)
+    model = zoo.build("resnet-small", shape, 10, l2=1e-4, dropout=0.1, shift=0.1)
+    assert model.output_shape == (10,) and model.name == "resnet-small"
+    kinds = [type(layer).__name__ for layer in model.layers]
+    assert kinds.count("Add") == 3 and kinds.count("GlobalAveragePooling2D") == 1
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, *shape)).astype(np.float32)
+    y = np.arange(8) % 10
+    first = model.evaluate(x, y)[0]
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    assert model.evaluate(x, y)[0] < first
+    model.save(tmp_path / "m")
+    np.testing.assert_array_equal(dl.load_model(tmp_path / "m").predict(x), model.predict(x))
+
+
+def test_resnet_small_refuses_samples_that_are_not_images():
+    from dlrun.engine import zoo
+
+    with pytest.raises(ConfigError, match="resnet-small needs images"):
+        zoo.build("resnet-small", (10, 10), 10)

@@ -218,19 +218,20 @@ class _InProcessPool:
 class _RayPool:
     """One Ray actor per worker."""
 
-    def __init__(self, make_args: list, num_cpus: float, start_timeout: float = 300.0):
+    def __init__(self, make_args: list, num_cpus: float, start_timeout: float = 300.0,
+                 num_gpus: float = 0.0):
         import ray
 
         self.ray = ray
         self.start_timeout = start_timeout
         self.actor_class = ray.remote(Worker)        # the one place Worker becomes remote
         self.make_args = make_args
-        self.num_cpus = num_cpus
+        self.num_cpus, self.num_gpus = num_cpus, num_gpus
         self.actors = [self._start(a) for a in make_args]
         self.pids = [i["pid"] for i in self.info()]
 
     def _start(self, args):
-        return self.actor_class.options(num_cpus=self.num_cpus,
+        return self.actor_class.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
                                         max_concurrency=1).remote(*args)
 
     def info(self) -> list:
@@ -307,7 +308,7 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                       max_retries: int = 3, echo=print, on_event=None,
                       announce: bool = True, checkpoint_dir=None,
                       checkpoint_every: int = 0, on_lost: str = "wait",
-                      replace_timeout: float = 300.0):
+                      replace_timeout: float = 300.0, device: str | None = None):
     """Train ``model`` (built and compiled) data-parallel on ``workers`` workers.
 
     Parameters
@@ -339,6 +340,11 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
         lost worker's share is skipped for the rest of the epoch, and from the next epoch
         the data is shared out among the workers left.
 
+    device : where the workers train ('cpu', 'cuda', 'auto'; default: the model's own).
+        On Ray, 'cuda' gives each actor a GPU, or an equal share of the cluster's GPUs when
+        there are fewer than workers (they then take turns); 'auto' does so when the
+        cluster has any GPU.
+
     Callbacks see ``params['workers']``: each worker's pid, samples, batches and threads.
 
     Ray must be running (``ray.init()``, :func:`start_local_ray`, or ``dlrun train``)
@@ -368,8 +374,11 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                                "dlrun.cluster.start_local_ray()) first, or use "
                                "`dlrun train --workers N`, which starts it")
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+        cluster_gpus = ray.cluster_resources().get("GPU", 0.0)
     else:
         cluster_cpus = float(available_cores())
+    num_gpus, worker_device = _worker_gpus(device or model.device or "cpu", workers,
+                                           None if in_process else cluster_gpus)
     if threads is None:
         threads = max(1, int(cluster_cpus // workers))
     num_cpus = min(float(threads), cluster_cpus / workers)
@@ -390,6 +399,7 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
     start = _restore_round(model, checkpoint_dir, initial_epoch, echo)
 
     spec = model_spec(model)
+    spec["device"] = worker_device
     if lr_scaling == "linear" and workers > 1:
         spec["optimizer"]["config"]["learning_rate"] *= workers
     if average_every > WARN_AVERAGE_EVERY:
@@ -406,7 +416,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
 
     make_args = [(i, workers, spec, dataset, batch_size, seed, threads)
                  for i in range(workers)]
-    pool = (_InProcessPool(make_args) if in_process else _RayPool(make_args, num_cpus))
+    pool = (_InProcessPool(make_args) if in_process
+            else _RayPool(make_args, num_cpus, num_gpus=num_gpus))
     try:
         infos = params["workers"] = pool.info()
         per_worker = [i["batches"] for i in infos]
@@ -465,6 +476,20 @@ def _check_options(workers, average_every, optimizer_state, lr_scaling, sync_war
                           f"{lr_scaling!r}")
 
 
+def _worker_gpus(device: str, workers: int, cluster_gpus: float | None) -> tuple:
+    """(num_gpus per Ray actor, the device the workers compile for). ``cluster_gpus`` is
+    None in process, where the device is resolved here."""
+    from dlrun.engine.device import ray_gpus_per_worker, resolve
+
+    if cluster_gpus is None or device not in ("cuda", "auto"):     # (an unknown name: its error)
+        return 0.0, resolve(device)
+    if device == "auto":
+        if cluster_gpus < 1:
+            return 0.0, "cpu"
+        device = "cuda"
+    return ray_gpus_per_worker(workers, cluster_gpus), device
+
+
 def _warm_cache(model, batch_size: int, weights: dict) -> None:
     """Compile (and cache) the training kernels here, before the workers start, so that
     several processes never race to write Numba's cache. Runs forward and backward only,
@@ -475,6 +500,7 @@ def _warm_cache(model, batch_size: int, weights: dict) -> None:
     for buf in e["plan"].feed.values():
         buf[...] = 0
     e["plan"].run(seed=0)
+    model.sync_to_host()                 # a model on cuda: its values come back first
     for k, v in saved.items():
         np.copyto(weights[k], v)
 

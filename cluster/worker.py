@@ -25,7 +25,7 @@ def model_spec(model) -> dict:
             "metrics": [m.name for m in model.metrics],
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config()},
-            "seed": model._seed}
+            "seed": model._seed, "device": model.device or "cpu"}
 
 
 def build_model(spec: dict):
@@ -37,7 +37,8 @@ def build_model(spec: dict):
     model = model_from_config(spec.get("class_name", "Sequential"), cfg)
     model.build(cfg["input_shape"])
     opt = optimizers.from_config(spec["optimizer"]["class_name"], spec["optimizer"]["config"])
-    model.compile(optimizer=opt, loss=spec["loss"], metrics=spec["metrics"])
+    model.compile(optimizer=opt, loss=spec["loss"], metrics=spec["metrics"],
+                  device=spec.get("device", "cpu"))
     model._seed = int(spec["seed"])
     return model
 
@@ -201,6 +202,7 @@ class Worker:
             for acc, (k, n) in zip(counts, c):
                 acc[0] += k
                 acc[1] += n
+        model.sync_to_host()      # on cuda: the packed host buffers get the new values
         self._pos = (state["epoch"], state["position"] + steps)
         if not done and self._pos[1] >= len(self.loader):
             done = True

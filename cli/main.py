@@ -37,7 +37,10 @@ def main():
 @click.option("--dataset", default="mnist-5k", show_default=True,
               help="A shipped dataset (mnist-5k, digits) or the path of a zarr dataset.")
 @click.option("--model", default="mlp", show_default=True,
-              help="A built-in model: mlp, mlp-sigmoid, cnn, lenet.")
+              help="A built-in model (mlp, mlp-sigmoid, cnn, lenet, lstm, resnet-small), or "
+                   "a Python file defining build_model(input_shape, classes) that returns a "
+                   "dlrun model (or a module-level `model`); the file is executed, so use "
+                   "only files you trust.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
 @click.option("--optimizer", default="sgd", show_default=True,
@@ -121,6 +124,13 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     (load it with dlrun.load_model) and checkpoint/, from which --resume continues an
     interrupted run exactly as if it had not stopped. The test split is only evaluated,
     never trained on.
+
+    --model FILE.py trains a model of your own: the file defines build_model(input_shape,
+    classes), called with one sample's shape (no batch axis, e.g. (784,)) and the number
+    of classes, returning a dl.Sequential or dl.Model with a softmax output over the
+    classes (or it defines a module-level `model`). dlrun executes the file, so use only
+    files you trust. The run compiles the model with its own optimizer options; --resume
+    executes the file again.
 
     With --workers N the samples are shared out among N Ray workers, which train
     --average-every steps each, then have their weights averaged (a local Ray instance

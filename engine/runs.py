@@ -1,4 +1,5 @@
-"""A training run as ``dlrun train`` does it: dataset + zoo model -> fit -> run folder.
+"""A training run as ``dlrun train`` does it: dataset + model (from the zoo, or a user's
+Python file) -> fit -> run folder.
 
 The run folder gets ``config.json`` first, ``metrics.csv`` one row per epoch as training
 goes (so an interrupted run keeps its log), ``checkpoint/`` after every epoch (the last two
@@ -170,17 +171,101 @@ def run_folder(cfg: TrainConfig) -> Path:
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = Path(cfg.dataset).name.removesuffix(".zarr")
-        out = Path("runs") / f"{name}-{cfg.model}-{stamp}"
+        label = Path(cfg.model).stem if is_model_file(cfg.model) else cfg.model
+        out = Path("runs") / f"{name}-{label}-{stamp}"
         k = 1
         while out.exists():
-            out = out.with_name(f"{name}-{cfg.model}-{stamp}-{k}")
+            out = out.with_name(f"{name}-{label}-{stamp}-{k}")
             k += 1
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
+def is_model_file(model: str) -> bool:
+    """Whether ``--model`` names a Python file rather than a built-in model."""
+    return model.endswith(".py") or "/" in model or "\\" in model
+
+
+def model_from_file(path, input_shape: tuple, classes: int):
+    """The model a user's Python file defines (what ``dlrun train --model FILE.py`` uses).
+
+    The file is executed as a module (so it runs whatever code it holds: use only files
+    you trust), with its own folder on ``sys.path`` for its imports. It defines either
+
+    * ``build_model(input_shape, classes)``, called with the shape of one sample (no batch
+      axis, e.g. ``(784,)`` or ``(1, 28, 28)``) and the number of classes, returning a
+      dlrun model (``dl.Sequential`` or ``dl.Model``) whose output is a softmax over
+      ``classes``; or
+    * a module-level ``model``, such a model built already (used when there is no
+      ``build_model``).
+
+    The model may come compiled or not: ``dlrun train`` compiles it with the run's
+    optimizer options, sparse categorical cross-entropy and accuracy. Every failure is a
+    :class:`ConfigError` naming the file.
+    """
+    import importlib.util
+    import sys
+
+    from dlrun.engine.model import Model
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--model {path}: no such file (give a built-in model name or the "
+                          "path of a Python file defining build_model(input_shape, classes))")
+    spec = importlib.util.spec_from_file_location(f"dlrun_user_model_{path.stem}", path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--model {path}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001  (the user's code: report whatever it raised)
+        raise ConfigError(f"--model {path}: running the file raised {type(e).__name__}: "
+                          f"{e}") from None
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    build = getattr(module, "build_model", None)
+    if build is not None:
+        if not callable(build):
+            raise ConfigError(f"--model {path}: build_model is a {type(build).__name__}, "
+                              "not a function")
+        try:
+            model = build(tuple(input_shape), int(classes))
+        except Exception as e:  # noqa: BLE001
+            raise ConfigError(f"--model {path}: build_model{(tuple(input_shape), classes)} "
+                              f"raised {type(e).__name__}: {e}") from None
+        what = "build_model returned"
+    elif hasattr(module, "model"):
+        model, what = module.model, "its module-level model is"
+    else:
+        raise ConfigError(f"--model {path} defines neither build_model(input_shape, classes) "
+                          "nor a module-level model")
+    if not isinstance(model, Model):
+        raise ConfigError(f"--model {path}: {what} a {type(model).__name__}, not a dlrun "
+                          "model (dl.Sequential or dl.Model)")
+    if not model._ensure_built():
+        model.build(input_shape)
+    return model
+
+
+def build_run_model(cfg: TrainConfig, input_shape: tuple, classes: int):
+    """The model ``cfg.model`` names: a zoo model with the run's recipe, or a file's."""
+    from dlrun.engine import zoo
+
+    if not is_model_file(cfg.model):
+        return zoo.build(cfg.model, input_shape, classes, l2=cfg.l2, dropout=cfg.dropout,
+                         shift=cfg.augment)
+    given = [f"--{k}" for k in ("l2", "dropout", "augment") if getattr(cfg, k)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} configure the built-in models; build them "
+                          f"into the model in {cfg.model} instead")
+    return model_from_file(cfg.model, input_shape, classes)
+
+
 def run_training(cfg: TrainConfig, echo=print) -> dict:
-    """Train a zoo model on a dataset as configured; returns the summary dict."""
+    """Train a model on a dataset as configured; returns the summary dict."""
     return _train(cfg, echo)
 
 
@@ -233,7 +318,6 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     t_start = time.perf_counter()
     import dlrun as dl
     from dlrun.datasets import open_dataset
-    from dlrun.engine import zoo
     from dlrun.engine.callbacks import BackupAndRestore
 
     distributed = bool(cfg.workers)
@@ -248,9 +332,7 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         threads = dl.set_threads(cfg.threads)
     from dlrun.engine import device as device_mod
 
-    # before any work, a clear error; with workers the driver only evaluates (on the CPU),
-    # and each worker takes the device on its own node
-    device = device_mod.resolve("cpu" if distributed else cfg.device)
+    device = device_mod.resolve(cfg.device)          # before any work: a clear error
     dl.set_seed(cfg.seed)
     ds = open_dataset(cfg.dataset)
     if "train" not in ds.splits:
@@ -258,8 +340,7 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
                           f"{ds.splits}); dlrun train needs train and test splits")
     x, y = ds.split("train")
     test = ds.split("test") if "test" in ds.splits else None
-    model = zoo.build(cfg.model, x.shape[1:], ds.classes, l2=cfg.l2, dropout=cfg.dropout,
-                      shift=cfg.augment)
+    model = build_run_model(cfg, x.shape[1:], ds.classes)
     shard = math.ceil(len(x) / cfg.workers) if distributed else len(x)
     scaled = cfg
     if distributed and cfg.lr_scaling == "linear":
@@ -275,8 +356,7 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
          f"{threads} threads" + (" per worker" if distributed else "") +
-         (f", device {cfg.device} on the workers" if distributed else
-          f", device {device_mod.describe(device)}") +
+         f", device {device_mod.describe(device)}" +
          (f" (auto: no usable GPU, {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
           device == "cpu" else ""))
     if distributed:
@@ -359,4 +439,4 @@ def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, ec
                               echo=echo, on_event=on_event, announce=False,
                               checkpoint_dir=out / "checkpoint",
                               checkpoint_every=cfg.checkpoint_every,
-                              on_lost=cfg.on_lost, device=cfg.device)
+                              on_lost=cfg.on_lost)

@@ -107,3 +107,79 @@ def test_bench_without_references_runs_dlrun(runner, tmp_path, monkeypatch):
     rows = json.loads(out.read_text())
     assert rows[0]["dlrun"] > 0 and rows[0]["torch"] is None
     assert np.isfinite(rows[0]["dlrun"])
+
+
+# -- --model FILE.py ---------------------------------------------------------------------
+USER_MODEL = '''
+import dlrun as dl
+from helper_widths import WIDTH          # a module beside the file can be imported
+
+
+def build_model(input_shape, classes):
+    inp = dl.Input(shape=input_shape)
+    h = dl.layers.Dense(WIDTH, activation="relu")(dl.layers.Flatten()(inp))
+    r = dl.layers.Dense(WIDTH, activation="relu")(h)
+    h = dl.layers.Add()([h, r])
+    return dl.Model(inp, dl.layers.Dense(classes, activation="softmax")(h))
+'''
+
+
+def test_train_model_from_a_python_file(runner, tmp_path):
+    (tmp_path / "helper_widths.py").write_text("WIDTH = 24\n")
+    (tmp_path / "my_net.py").write_text(USER_MODEL)
+    out = tmp_path / "run"
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--model",
+                               str(tmp_path / "my_net.py"), "--epochs", "2", "--lr", "0.1",
+                               "--batch-size", "50", "--out", str(out), "--verbose", "2",
+                               "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "test accuracy:" in res.output
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    import dlrun as dl
+
+    model = dl.load_model(out / "model")             # a functional model, rebuilt from JSON
+    assert [type(layer).__name__ for layer in model.layers].count("Add") == 1
+    assert model.layers[2].units == 24
+    # --resume executes the file again and goes on from the checkpoint
+    res = runner.invoke(main, ["train", "--resume", str(out), "--epochs", "3"])
+    assert res.exit_code == 0, res.output
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    (None, "no such file"),
+    ("x = 1\n", "defines neither build_model(input_shape, classes) nor a module-level model"),
+    ("raise RuntimeError('no GPU here')\n", "running the file raised RuntimeError: no GPU here"),
+    ("def build_model(input_shape, classes):\n    raise ValueError('too deep')\n",
+     "build_model((1, 8, 8), 10) raised ValueError: too deep"),
+    ("def build_model(input_shape, classes):\n    return 'a model'\n",
+     "build_model returned a str, not a dlrun model"),
+    ("model = [1, 2]\n", "its module-level model is a list, not a dlrun model"),
+    ("def build_model(shape):\n    pass\n", "raised TypeError"),
+    ("def build_model(:\n", "raised SyntaxError"),
+])
+def test_model_file_errors_are_one_line(runner, tmp_path, body, message):
+    path = tmp_path / "net.py"
+    if body is not None:
+        path.write_text(body)
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--epochs", "1",
+                               "--model", str(path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1, res.output
+    assert message in res.output and str(path) in res.output
+    assert "Traceback" not in res.output
+
+
+def test_model_file_with_a_recipe_option_is_refused(runner, tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(USER_MODEL)
+    res = runner.invoke(main, ["train", "--dataset", "digits", "--epochs", "1", "--l2", "0.1",
+                               "--model", str(path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1
+    assert "--l2 configure the built-in models" in res.output
+
+
+def test_train_help_says_the_model_file_is_executed(runner):
+    res = runner.invoke(main, ["train", "--help"])
+    assert "build_model(input_shape, classes)" in res.output
+    assert "executed" in res.output and "resnet-small" in res.output

@@ -332,7 +332,9 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         threads = dl.set_threads(cfg.threads)
     from dlrun.engine import device as device_mod
 
-    device = device_mod.resolve(cfg.device)          # before any work: a clear error
+    # before any work, a clear error; with workers the driver only evaluates (on the CPU),
+    # and each worker takes the device on its own node
+    device = device_mod.resolve("cpu" if distributed else cfg.device)
     dl.set_seed(cfg.seed)
     ds = open_dataset(cfg.dataset)
     if "train" not in ds.splits:
@@ -356,7 +358,8 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
          f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
          f"{threads} threads" + (" per worker" if distributed else "") +
-         f", device {device_mod.describe(device)}" +
+         (f", device {cfg.device} on the workers" if distributed else
+          f", device {device_mod.describe(device)}") +
          (f" (auto: no usable GPU, {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
           device == "cpu" else ""))
     if distributed:
@@ -439,4 +442,4 @@ def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, ec
                               echo=echo, on_event=on_event, announce=False,
                               checkpoint_dir=out / "checkpoint",
                               checkpoint_every=cfg.checkpoint_every,
-                              on_lost=cfg.on_lost)
+                              on_lost=cfg.on_lost, device=cfg.device)

@@ -360,8 +360,8 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
          f"{threads} threads" + (" per worker" if distributed else "") +
          (f", device {cfg.device} on the workers" if distributed else
           f", device {device_mod.describe(device)}") +
-         (f" (auto: no usable GPU, {device_mod.cuda_unusable_reason()})" if cfg.device == "auto" and
-          device == "cpu" else ""))
+         (f" (auto: no usable GPU, {device_mod.cuda_unusable_reason()})"
+          if cfg.device == "auto" and device == "cpu" else ""))
     if distributed:
         echo(f"{cfg.workers} workers x batch {cfg.batch_size} = global batch "
              f"{cfg.workers * cfg.batch_size}; average every {cfg.average_every} steps "

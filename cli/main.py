@@ -43,8 +43,9 @@ def main():
                    "only files you trust.")
 @click.option("--epochs", default=20, show_default=True, type=click.IntRange(1))
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1))
-@click.option("--optimizer", default="sgd", show_default=True,
-              type=click.Choice(["sgd", "adam", "rmsprop", "adagrad", "adamw"]))
+@click.option("--optimizer", default=None,
+              type=click.Choice(["sgd", "adam", "rmsprop", "adagrad", "adamw"]),
+              help="[default: adam for lstm (as its reference), sgd for the other models]")
 @click.option("--lr", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Learning rate  [default: 0.05 for sgd, 0.01 for adagrad, 0.001 for "
                    "adam, adamw and rmsprop].")
@@ -178,11 +179,12 @@ def info():
 
 @main.command()
 @click.argument("model", default="mlp",
-                type=click.Choice(["mlp", "cnn", "loader", "cluster"]))
+                type=click.Choice(["mlp", "cnn", "lstm", "loader", "cluster"]))
 @click.option("--threads", default="1,2", show_default=True,
               help="Comma-separated thread counts.")
 @click.option("--batch", "batches", default=None,
-              help="Comma-separated batch sizes  [default: 100,10 for mlp, 128 for cnn].")
+              help="Comma-separated batch sizes  [default: 100,10 for mlp, 128 for cnn and "
+                   "lstm].")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
               help="Alternating runs of each program per setting; medians are reported.")
 @click.option("--reference-dir", default=None, type=click.Path(file_okay=False),
@@ -237,7 +239,8 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
 
     try:
         threads = [int(t) for t in threads.split(",")]
-        batches = [int(b) for b in (batches or ("128" if model == "cnn" else "100,10")).split(",")]
+        default = "128" if model in ("cnn", "lstm") else "100,10"
+        batches = [int(b) for b in (batches or default).split(",")]
     except ValueError:
         raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
     click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")

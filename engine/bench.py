@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-MODELS = {"mlp": {"batch": 100}, "cnn": {"batch": 128}}
+MODELS = {"mlp": {"batch": 100}, "cnn": {"batch": 128}, "lstm": {"batch": 128}}
+# models whose inference samples/s compare() also times beside PyTorch's
+INFER_MODELS = ("lstm",)
 
 
 def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int | None = None,
@@ -42,6 +44,13 @@ def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int |
         shape = (1, 28, 28)
         net = zoo.cnn(shape, 10)
         opt = dl.optimizers.SGD(learning_rate=0.01, momentum=0.9)
+    elif model == "lstm":
+        # the rows of an image as 28 steps, LSTM 128, Dense 10 (the zoo's), Adam
+        from dlrun.engine import zoo
+
+        shape = (1, 28, 28)
+        net = zoo.lstm(shape, 10)
+        opt = dl.optimizers.Adam(learning_rate=0.001)
     else:
         raise ValueError(f"no benchmark for model {model!r}; expected one of {sorted(MODELS)}")
     net.compile(optimizer=opt, loss="sparse_categorical_crossentropy", device=resolve(device))
@@ -143,18 +152,28 @@ def compare(model="mlp", threads=(1, 2), batches=(100, 10), repeats=3, ref_dir=N
     for b in batches:
         for t in threads:
             runs = {"dlrun": [], "torch": [], "numpy": []}
+            infer = model in INFER_MODELS       # inference beside PyTorch's, too
+            if infer:
+                runs.update(dlrun_infer=[], torch_infer=[], torch_foreign_cpu=[])
             for r in range(repeats):
                 res = _run([sys.executable, "-m", "dlrun.engine.bench", "--model", model,
                             "--threads", str(t), "--batch", str(b)])
                 if res:
                     runs["dlrun"].append(res["train_sps_median"])
+                    if infer:
+                        runs["dlrun_infer"].append(res["infer_sps_median"])
                 common = ["--threads", str(t), "--batch", str(b), "--wait-quiet", "0",
                           "--min-clean", "0", "--windows", "5"]
                 if torch_py:
                     res = _run([torch_py, str(ref_dir / "torch_train.py"), "--model", model,
-                                "--no-infer", *common])
+                                *([] if infer else ["--no-infer"]), *common])
                     if res:
                         runs["torch"].append(res["train_sps_median"])
+                    if res and infer:
+                        runs["torch_infer"].append(res["infer_sps_median"])
+                        # the share of the machine other processes used while it ran
+                        runs["torch_foreign_cpu"].append(
+                            statistics.median(res["train_foreign_cpu"]))
                 if np_py and model == "mlp":
                     res = _run([np_py, str(ref_dir / "numpy_mlp.py"), *common])
                     if res:
@@ -166,6 +185,8 @@ def compare(model="mlp", threads=(1, 2), batches=(100, 10), repeats=3, ref_dir=N
             for ref in ("torch", "numpy"):
                 if row["dlrun"] and row[ref]:
                     row["vs_" + ref] = round(row["dlrun"] / row[ref], 3)
+            if row.get("dlrun_infer") and row.get("torch_infer"):
+                row["infer_vs_torch"] = round(row["dlrun_infer"] / row["torch_infer"], 3)
             echo(format_row(row))
             rows.append(row)
     return rows
@@ -203,7 +224,9 @@ def format_row(row: dict) -> str:
         return f"{row[k]:>7.2f}x" if row.get(k) else f"{'-':>8}"
     return (f"{row['model']:<5} batch {row['batch']:>4} threads {row['threads']}  "
             f"dlrun {f('dlrun')}  torch {f('torch')}  numpy {f('numpy')}  "
-            f"vs torch {r('vs_torch')}  vs numpy {r('vs_numpy')}")
+            f"vs torch {r('vs_torch')}  vs numpy {r('vs_numpy')}"
+            + (f"  | infer dlrun {f('dlrun_infer')}  torch {f('torch_infer')}  "
+               f"vs torch {r('infer_vs_torch')}" if "dlrun_infer" in row else ""))
 
 
 def main(argv=None):

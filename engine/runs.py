@@ -29,7 +29,7 @@ class TrainConfig:
     model: str = "mlp"
     epochs: int = 20
     batch_size: int = 100
-    optimizer: str = "sgd"
+    optimizer: str | None = None     # None: the model's own (zoo.OPTIMIZERS), else sgd
     lr: float | None = None          # None: DEFAULT_LR of the optimizer
     momentum: float | None = None    # None: 0.9 for sgd, 0 for rmsprop
     nesterov: bool = False
@@ -89,6 +89,10 @@ def make_optimizer(cfg: TrainConfig, steps_per_epoch: int = 1):
     """The optimizer a TrainConfig names, with its defaults filled in (in ``cfg`` too)."""
     from dlrun.engine import optimizers
 
+    if cfg.optimizer is None:
+        from dlrun.engine import zoo
+
+        cfg.optimizer = zoo.OPTIMIZERS.get(cfg.model, "sgd")
     name = cfg.optimizer.lower()
     if name not in DEFAULT_LR:
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; expected one of "

@@ -91,6 +91,22 @@ def pack(arrays: list) -> tuple[dict, list]:
     return bufs, views
 
 
+def map_arrays(path: str, layout: list, create: bool = False,
+               readonly: bool = False) -> dict:
+    """Named 1-d arrays in the file ``path``, mapped into memory (``layout``: ``(name,
+    dtype string, size)`` in order, each array starting at a multiple of 64 bytes). A file
+    under /dev/shm is memory shared by the processes of one node that map it."""
+    offsets, at = [], 0
+    for _, dtype, size in layout:
+        at = -(-at // 64) * 64
+        offsets.append(at)
+        at += np.dtype(dtype).itemsize * size
+    mode = "w+" if create else "r" if readonly else "r+"
+    mm = np.memmap(path, np.uint8, mode, shape=(max(at, 1),))
+    return {name: mm[o:o + np.dtype(dtype).itemsize * size].view(dtype)
+            for (name, dtype, size), o in zip(layout, offsets)}
+
+
 def flatten_weights(model) -> dict:
     """Move the model's weights into one buffer per dtype (``{"w<dtype>": buffer}``); the
     parameters become views of it. Plans made before hold the old arrays: they are
@@ -150,12 +166,27 @@ class Worker:
         self.opt_state = flatten_optimizer_state(self.model)
         self._iter, self._pos = None, (None, 0)    # the current epoch's batches and place
         self._idx = {}
+        self._average = self._own = None            # see attach
 
     def info(self) -> dict:
         import os
 
+        try:
+            import ray
+            node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        except Exception:                    # noqa: BLE001 - no Ray here: no node
+            node = None
         return {"pid": os.getpid(), "samples": self.loader.num_samples,
-                "batches": len(self.loader), "threads": self.threads}
+                "batches": len(self.loader), "threads": self.threads, "node": node}
+
+    def attach(self, average: str | None, own: str | None, layout: list) -> None:
+        """Exchange the round's arrays through files in shared memory (see
+        :func:`map_arrays`) instead of the arguments and results of :meth:`run_round`:
+        ``average`` is the file the driver writes the averaged arrays to, ``own`` the one
+        this worker writes its arrays to after each round (None: back to arguments and
+        results)."""
+        self._average = map_arrays(average, layout, readonly=True) if average else None
+        self._own = map_arrays(own, layout) if own else None
 
     def run_round(self, weights: dict, state: dict, k_steps: int) -> dict:
         """Set the averaged weights (and optimizer state), train ``k_steps`` local steps,
@@ -163,19 +194,23 @@ class Worker:
 
         ``weights`` holds the weights packed as :func:`flatten_weights` does (and, when
         the optimizer state is averaged, the state packed by
-        :func:`flatten_optimizer_state`); arrays from the object store are read-only and
-        are copied into the model's own buffers. ``state`` holds
+        :func:`flatten_optimizer_state`), or None to read them from the shared file (see
+        :meth:`attach`); they are copied into the model's own buffers (arrays from the
+        object store are read-only). ``state`` holds
         ``epoch``, ``position`` (batches of the epoch this worker has done), ``step``
         (the model's step, which seeds dropout), ``iterations`` (the optimizer's) and
         ``optimizer_state`` (average, reset or local).
 
-        Returns a dict: ``arrays`` (the same keys, this worker's values after training),
+        Returns a dict: ``arrays`` (the same keys, this worker's values after training;
+        None when they were written to the shared file),
         ``samples``, ``steps``, ``loss_sum`` (sum of batch loss x batch size),
         ``counts`` ([correct, total] per metric), ``seconds`` (training time) and
         ``done`` (the epoch's batches are exhausted).
         """
         t0 = time.perf_counter()
         model, opt = self.model, self.model.optimizer
+        if weights is None:                  # in the shared file (see attach)
+            weights = self._average
         for key, buf in self.weights.items():
             np.copyto(buf, weights[key])
         mode = state.get("optimizer_state", "average")
@@ -209,6 +244,10 @@ class Worker:
         arrays = dict(self.weights)
         if mode == "average":
             arrays |= self.opt_state
+        if self._own is not None:            # the driver reads them from the shared file
+            for key, a in arrays.items():
+                np.copyto(self._own[key], a)
+            arrays = None
         return {"arrays": arrays, "samples": samples, "steps": steps, "loss_sum": loss_sum,
                 "counts": counts, "seconds": time.perf_counter() - t0, "done": done,
                 "index": self.index}

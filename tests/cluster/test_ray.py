@@ -65,6 +65,36 @@ def test_two_workers_k1_plain_sgd_match_one_process_with_twice_the_batch(h):
     assert hist.history["round_overhead_ms"][0] > 0
 
 
+def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights(
+        h, monkeypatch):
+    """The shared-memory exchange (local workers) against the object store (workers
+    elsewhere): the same weights bit for bit, and nothing left behind in /dev/shm."""
+    from dlrun.cluster import driver
+
+    made = []
+
+    class Recorded(driver._Exchange):
+        def __init__(self, *a):
+            super().__init__(*a)
+            made.append(self.dir)
+
+    monkeypatch.setattr(driver, "_Exchange", Recorded)
+    shared = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
+    train_distributed(shared, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
+                      seed=6, threads=1, verbose=0)
+    assert len(made) == 1 and not os.path.exists(made[0])
+    monkeypatch.setattr(driver._RayPool, "share", lambda self, out: None)
+    stored = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
+    train_distributed(stored, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
+                      seed=6, threads=1, verbose=0)
+    assert len(made) == 1
+    for a, b in zip(shared.get_weights(), stored.get_weights()):
+        assert np.array_equal(a, b)
+    for a, b in zip(shared.optimizer.get_state().values(),
+                    stored.optimizer.get_state().values()):
+        assert np.array_equal(a, b)
+
+
 class KillWorker(Callback):
     """SIGKILLs worker 1's process shortly after round ``at`` of the first epoch starts."""
 

@@ -235,7 +235,9 @@ class _RayPool:
         self.pids = [i["pid"] for i in infos]
         self.nodes = [i["node"] for i in infos]
         self.exchange, self.slots = None, list(range(len(make_args)))
-        self.local = [False] * len(make_args)       # exchanging through self.exchange
+        self.local = [False] * len(make_args)       # served through self.exchange
+        self.conns = [None] * len(make_args)        # (socket, reader) of a local one
+        self.serving = [None] * len(make_args)      # the ref of its serving call
 
     def _start(self, args):
         return self.actor_class.options(num_cpus=self.num_cpus, num_gpus=self.num_gpus,
@@ -253,18 +255,24 @@ class _RayPool:
                                "--workers") from None
 
     def share(self, out: dict) -> None:
-        """Exchange the arrays of ``out``'s layout through shared memory with the workers
-        on this node (see :class:`_Exchange`); the others keep the object store."""
+        """Run the workers on this node through a local channel (see :class:`_Exchange`):
+        arrays in shared memory, each round's request and reply over a Unix socket. The
+        others keep Ray calls and the object store."""
         here = self.ray.get_runtime_context().get_node_id()
         if not os.path.isdir("/dev/shm") or here not in self.nodes:
             return
         self.exchange = _Exchange(out, len(self.actors))
         self.local = [n == here for n in self.nodes]
-        self.ray.get([self._attach(i) for i in range(len(self.actors)) if self.local[i]])
+        for i in range(len(self.actors)):
+            if self.local[i]:
+                self._serve(i)
 
-    def _attach(self, i: int):
-        e = self.exchange
-        return self.actors[i].attach.remote(e.average_path, e.paths[self.slots[i]], e.layout)
+    def _serve(self, i: int) -> None:
+        """Start worker ``i``'s serving loop and take its connection."""
+        e, slot = self.exchange, self.slots[i]
+        self.serving[i] = self.actors[i].serve.remote(e.socket_path, slot, e.average_path,
+                                                      e.paths[slot], e.layout)
+        self.conns[i] = e.accept(slot, self.start_timeout)
 
     def put(self, arrays):
         """The averaged arrays, where the workers read them: copied into the shared file
@@ -276,21 +284,49 @@ class _RayPool:
 
     def run(self, ref, states, k) -> list:
         """The workers' results in index order; raises _Lost naming the dead workers."""
-        refs = [a.run_round.remote(None if local else ref, s, k)
-                for a, s, local in zip(self.actors, states, self.local)]
+        import json
+
+        refs = []
+        for i, (a, s) in enumerate(zip(self.actors, states)):
+            if self.local[i]:
+                try:
+                    self.conns[i][0].sendall(json.dumps({"state": s, "k": k}).encode()
+                                             + b"\n")
+                except OSError:               # gone: its reply reads as the end, below
+                    pass
+                refs.append(None)
+            else:
+                refs.append(a.run_round.remote(ref, s, k))
         results, lost = [], []
         for i, r in enumerate(refs):
             try:
-                res = self.ray.get(r)
+                if r is None:
+                    res = self._reply(i)
+                    res["arrays"] = self.exchange.own[self.slots[i]]
+                else:
+                    res = self.ray.get(r)
             except self.ray.exceptions.RayActorError:
                 lost.append(i)
                 continue
-            if res["arrays"] is None:           # written to its shared file
-                res["arrays"] = self.exchange.own[self.slots[i]]
             results.append(res)
         if lost:
             raise _Lost(lost)
         return results
+
+    def _reply(self, i: int) -> dict:
+        """Worker ``i``'s answer on its socket. When the connection ends instead, its
+        serving call says why: its error is raised as a Ray call's would be; a dead
+        worker raises RayActorError."""
+        import json
+
+        try:
+            line = self.conns[i][1].readline()
+        except OSError:
+            line = b""
+        if line:
+            return json.loads(line)
+        self.ray.get(self.serving[i])
+        raise self.ray.exceptions.RayActorError()     # (it returned: it is no more)
 
     def replace(self, i: int, timeout: float | None = None) -> int | None:
         """Start a new worker ``i``; its pid, or None if none started within ``timeout``
@@ -299,6 +335,7 @@ class _RayPool:
             self.ray.kill(self.actors[i], no_restart=True)
         except Exception:                    # noqa: BLE001 - already gone
             pass
+        self._close(i)
         self.actors[i] = self._start(self.make_args[i])
         try:
             info = self.ray.get(self.actors[i].info.remote(),
@@ -309,8 +346,14 @@ class _RayPool:
         self.local[i] = (self.exchange is not None
                          and info["node"] == self.ray.get_runtime_context().get_node_id())
         if self.local[i]:
-            self.ray.get(self._attach(i))
+            self._serve(i)
         return self.pids[i]
+
+    def _close(self, i: int) -> None:
+        if self.conns[i] is not None:
+            for c in reversed(self.conns[i]):
+                c.close()
+        self.conns[i] = self.serving[i] = None
 
     def drop(self, i: int) -> None:
         """Go on without worker ``i`` (its pending replacement is cancelled)."""
@@ -318,10 +361,13 @@ class _RayPool:
             self.ray.kill(self.actors[i], no_restart=True)
         except Exception:                    # noqa: BLE001
             pass
+        self._close(i)
         del self.actors[i], self.make_args[i], self.pids[i], self.nodes[i]
-        del self.slots[i], self.local[i]
+        del self.slots[i], self.local[i], self.conns[i], self.serving[i]
 
     def shutdown(self):
+        for i in range(len(self.actors)):
+            self._close(i)                  # (a serving worker returns)
         for a in self.actors:
             try:
                 self.ray.kill(a, no_restart=True)
@@ -334,16 +380,19 @@ class _RayPool:
 
 
 class _Exchange:
-    """Files in shared memory (/dev/shm) through which the driver and its workers on the
-    same node pass each round's arrays: the driver copies the average once into one file,
-    every worker copies it in from there and writes its arrays after the round into a file
-    of its own, which the driver averages from in place. The object store would cost a
-    put, a serialised return per worker and its fetch every round: ~10 ms of a ~45 ms
-    round of the 648k-weight MLP on 2 busy cores (BENCHMARKS.md). The driver writes only
-    between rounds and a worker only in its round, so no file is read while written."""
+    """The local channel between the driver and its workers on the same node: files in
+    shared memory (/dev/shm) for the arrays, a Unix socket for each round's request and
+    reply. The driver copies the average once into one file; every worker copies it in
+    from there, trains, writes its arrays into a file of its own (which the driver
+    averages from in place) and answers with its sample count and metrics. Ray calls
+    with the object store cost a put, a serialised return and a fetch per worker every
+    round, and a few ms of call latency each way: ~15 ms of a ~50 ms round of the
+    648k-weight MLP on 2 busy cores (BENCHMARKS.md). The driver writes only between rounds
+    and a worker only in its round, so no file is read while it is written."""
 
     def __init__(self, out: dict, slots: int):
         import shutil
+        import socket
 
         self._rmtree = shutil.rmtree
         self.dir = tempfile.mkdtemp(prefix="dlrun-exchange-", dir="/dev/shm")
@@ -352,8 +401,30 @@ class _Exchange:
         self.average = map_arrays(self.average_path, self.layout, create=True)
         self.paths = [os.path.join(self.dir, f"worker-{i}") for i in range(slots)]
         self.own = [map_arrays(p, self.layout, create=True) for p in self.paths]
+        self.socket_path = os.path.join(self.dir, "socket")
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.socket_path)
+        self.listener.listen(slots)
+
+    def accept(self, slot: int, timeout: float) -> tuple:
+        """The connection of the worker serving ``slot`` (the next to connect): (socket,
+        its reading file)."""
+        import json
+
+        self.listener.settimeout(timeout)
+        try:
+            conn, _ = self.listener.accept()
+        except TimeoutError:
+            raise ClusterError(f"worker {slot} did not connect to the driver's socket "
+                               f"within {timeout:g} s") from None
+        conn.settimeout(None)
+        reader = conn.makefile("rb")
+        hello = json.loads(reader.readline() or b"{}")
+        assert hello.get("slot") == slot, (hello, slot)
+        return conn, reader
 
     def close(self) -> None:
+        self.listener.close()
         self.average, self.own = None, []
         self._rmtree(self.dir, ignore_errors=True)
 
@@ -484,8 +555,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
     pool = (_InProcessPool(make_args) if in_process
             else _RayPool(make_args, num_cpus, num_gpus=num_gpus))
     try:
-        pool.share(out)
         infos = params["workers"] = pool.info()
+        pool.share(out)                 # (after info: a serving worker takes no calls)
         per_worker = [i["batches"] for i in infos]
         lr = spec["optimizer"]["config"]["learning_rate"]
         if verbose and announce:
@@ -506,8 +577,8 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
                 make_args = [(i, workers, spec, dataset, batch_size, seed, threads)
                              for i in range(workers)]
                 pool = trainer.pool = _RayPool(make_args, num_cpus, num_gpus=num_gpus)
-                pool.share(out)
                 infos = trainer.infos = params["workers"] = pool.info()
+                pool.share(out)
                 per_worker = trainer.per_worker = [i["batches"] for i in infos]
             rounds = trainer.plan_epoch(max(per_worker) - start)
             params["steps"] = len(rounds)

@@ -739,6 +739,7 @@ class ChunkError(DataError):
     """A chunk that cannot be trusted; ``problem`` says which and why, in a few words."""
 
     def __init__(self, where: str, problem: str):
+        self._args = (where, problem)  # what pickling (a Ray worker's error) rebuilds it from
         dataset, _, array = where.rpartition(", array ")
         self.problem = f"array {array}: {problem}"
         dataset = dataset.removeprefix("dataset ")
@@ -746,6 +747,9 @@ class ChunkError(DataError):
             f"{where}: {problem}; run `dlrun data verify {dataset}` to list every problem, "
             "then rebuild the dataset or restore it from its source"
         )
+
+    def __reduce__(self):
+        return type(self), self._args
 
 
 def check_labels(y: np.ndarray, classes: int, *, where: str) -> None:

@@ -95,6 +95,29 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
         assert np.array_equal(a, b)
 
 
+def test_an_error_in_a_worker_is_raised_not_taken_for_a_lost_worker(h, tmp_path):
+    """A corrupt chunk in worker 1's shard stops the run with the loader's error (over the
+    local channel as over a Ray call); the worker is not replaced and the round redone."""
+    from dlrun.datasets import write_dataset
+    from dlrun.errors import DataError
+
+    x, y = h.digits()
+    path = write_dataset(tmp_path / "d.zarr", (x, y), name="d", classes=10,
+                         chunk_samples=100)                  # 15 chunks: streamed
+    file = path / "x" / "c" / "1"                           # worker 1's first chunk
+    while file.is_dir():
+        file = file / "0"
+    data = bytearray(file.read_bytes())
+    data[10] ^= 0xFF
+    file.write_bytes(bytes(data))
+    events = []
+    with pytest.raises(DataError, match="chunk 1"):
+        train_distributed(h.small_model(), str(path), workers=2, average_every=2, epochs=1,
+                          batch_size=50, seed=0, threads=1, verbose=0,
+                          echo=lambda s: None, on_event=events.append)
+    assert events == []
+
+
 class KillWorker(Callback):
     """SIGKILLs worker 1's process shortly after round ``at`` of the first epoch starts."""
 

@@ -5,8 +5,10 @@ random MNIST-shaped data, batch 100 per worker. ``measure()`` trains it on local
 workers (each measurement in its own process, ``python -m dlrun.cluster.bench``) and
 reports the steady-state samples/s (epochs after the first, which compiles and warms up)
 and the per-round overhead: the round's wall time minus its busiest worker's training
-time (one put of the weights, the remote calls, the workers' copies in and out, the gets
-and the average). ``compare()`` alternates it with one process (``dlrun.engine.bench``).
+time (the exchange of the weights, the requests and replies, the average).
+``compare()`` alternates it with one process of as many threads in all, measured two
+ways: on the same data path (``measure_single``: the same zarr dataset, loader, step and
+metrics) and on in-memory batches (``dlrun.engine.bench``, as `dlrun bench mlp`).
 """
 from __future__ import annotations
 
@@ -32,12 +34,8 @@ def _dataset(folder: Path, samples: int, seed: int) -> Path:
                          classes=10, normalization={"scale": 1 / 255, "offset": 0.0})
 
 
-def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: int = 100,
-            epochs: int = 4, rounds_per_epoch: int = 8, seed: int = 0) -> dict:
-    """Samples/s and round overhead of ``workers`` local Ray workers (median of epochs
-    after the first)."""
+def _mlp(seed: int):
     import dlrun as dl
-    from dlrun.cluster.driver import ray_session, train_distributed
 
     dl.set_seed(seed)
     net = dl.Sequential([dl.layers.Dense(500, activation="relu", input_shape=(784,)),
@@ -45,6 +43,16 @@ def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
                          dl.layers.Dense(10, activation="softmax")])
     net.compile(optimizer=dl.optimizers.SGD(learning_rate=0.01),
                 loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return net
+
+
+def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: int = 100,
+            epochs: int = 6, rounds_per_epoch: int = 8, seed: int = 0) -> dict:
+    """Samples/s and round overhead of ``workers`` local Ray workers (median of epochs
+    after the first)."""
+    from dlrun.cluster.driver import ray_session, train_distributed
+
+    net = _mlp(seed)
     samples = workers * average_every * batch * rounds_per_epoch
     with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
         path = _dataset(Path(tmp), samples, seed)
@@ -64,6 +72,31 @@ def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
             "seconds_total": round(total, 2)}
 
 
+def measure_single(threads: int = 2, batch: int = 100, epochs: int = 6,
+                   samples: int = 16_000, seed: int = 0) -> dict:
+    """Samples/s of one process with ``threads`` threads on the workers' data path: the
+    same zarr dataset read by the same loader (streamed, prefetched), the same step and
+    metrics, one worker in this process training whole epochs (median of epochs after
+    the first)."""
+    from dlrun.cluster.worker import Worker, model_spec
+
+    net = _mlp(seed)
+    with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
+        path = _dataset(Path(tmp), samples, seed)
+        worker = Worker(0, 1, model_spec(net), str(path), batch, seed, threads)
+        weights = {k: v.copy() for k, v in worker.weights.items()}
+        rates = []
+        for e in range(epochs):
+            t0 = time.perf_counter()
+            res = worker.run_round(weights, {"epoch": e, "position": 0, "step": 0,
+                                             "iterations": 0, "optimizer_state": "average"},
+                                   len(worker.loader))
+            rates.append(res["samples"] / (time.perf_counter() - t0))
+    return {"bench": "single", "threads": threads, "batch": batch,
+            "train_sps_median": round(statistics.median(rates[1:]), 1),
+            "epochs_sps": [round(v, 1) for v in rates]}
+
+
 def _run(cmd: list) -> dict | None:
     p = subprocess.run(cmd, capture_output=True, text=True)
     for line in reversed(p.stdout.strip().splitlines()):
@@ -81,7 +114,7 @@ def compare(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
     """Alternate ``workers`` x ``threads`` Ray workers with one process of
     ``workers * threads`` threads; medians and their ratio."""
     single_threads = workers * threads
-    runs = {"cluster": [], "overhead_ms": [], "single": []}
+    runs = {"cluster": [], "overhead_ms": [], "single": [], "single_memory": []}
     for _ in range(repeats):
         res = _run([sys.executable, "-m", "dlrun.cluster.bench", "--workers", str(workers),
                     "--threads", str(threads), "--average-every", str(average_every),
@@ -90,25 +123,35 @@ def compare(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
             runs["cluster"].append(res["train_sps_median"])
             runs["overhead_ms"].append(res["round_overhead_ms"])
             params = res["params"]
+        samples = workers * average_every * batch * 8          # measure()'s dataset
+        res = _run([sys.executable, "-m", "dlrun.cluster.bench", "--single", "--threads",
+                    str(single_threads), "--batch", str(batch), "--samples", str(samples)])
+        if res:
+            runs["single"].append(res["train_sps_median"])
         res = _run([sys.executable, "-m", "dlrun.engine.bench", "--model", "mlp",
                     "--threads", str(single_threads), "--batch", str(batch)])
         if res:
-            runs["single"].append(res["train_sps_median"])
+            runs["single_memory"].append(res["train_sps_median"])
     row = {"workers": workers, "threads": threads, "average_every": average_every,
            "batch": batch, **{k + "_runs": v for k, v in runs.items()}}
     for k, v in runs.items():
         row[k] = round(statistics.median(v), 2) if v else None
-    if row["cluster"] and row["single"]:
-        row["ratio"] = round(row["cluster"] / row["single"], 3)
+    for key, single in (("ratio", "single"), ("ratio_memory", "single_memory")):
+        if row["cluster"] and row[single]:
+            row[key] = round(row["cluster"] / row[single], 3)
     echo(f"mlp 784-500-500-10 ({params if runs['cluster'] else '?':,} weights), batch "
          f"{batch} per worker, {repeats} alternating runs, medians")
     echo(f"  {workers} workers x {threads} thread(s), average every {average_every}: "
          f"{row['cluster'] or 0:>9,.0f} samples/s, round overhead "
          f"{row['overhead_ms'] or 0:.1f} ms")
-    echo(f"  1 process x {single_threads} threads:{' ' * 14}{row['single'] or 0:>9,.0f} "
-         "samples/s")
+    echo(f"  1 process x {single_threads} threads, the same data path: "
+         f"{row['single'] or 0:>9,.0f} samples/s")
+    echo(f"  1 process x {single_threads} threads, in-memory batches: "
+         f"{row['single_memory'] or 0:>9,.0f} samples/s (dlrun bench mlp)")
     if "ratio" in row:
-        echo(f"  workers / one process: {row['ratio']:.2f}x")
+        echo(f"  workers / one process: {row['ratio']:.2f}x (same data path)"
+             + (f", {row['ratio_memory']:.2f}x (in-memory batches)"
+                if "ratio_memory" in row else ""))
     return row
 
 
@@ -118,9 +161,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--average-every", type=int, default=10)
     ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--single", action="store_true",
+                    help="one process with --threads threads on the same data path")
+    ap.add_argument("--samples", type=int, default=16_000, help="with --single")
     a = ap.parse_args(argv)
-    print(json.dumps(measure(a.workers, a.threads, a.average_every, a.batch, a.epochs)))
+    if a.single:
+        print(json.dumps(measure_single(a.threads, a.batch, a.epochs, a.samples)))
+    else:
+        print(json.dumps(measure(a.workers, a.threads, a.average_every, a.batch, a.epochs)))
 
 
 if __name__ == "__main__":

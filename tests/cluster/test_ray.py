@@ -181,6 +181,13 @@ def test_bench_cluster_measures_samples_per_second_and_round_overhead():
     assert res["train_sps_median"] > 0 and res["round_overhead_ms"] > 0
 
 
+def test_bench_cluster_measures_one_process_on_the_same_data_path():
+    from dlrun.cluster.bench import measure_single
+
+    res = measure_single(threads=1, batch=50, epochs=2, samples=400)
+    assert res["train_sps_median"] > 0 and len(res["epochs_sps"]) == 2
+
+
 def test_driver_stopped_mid_training_resumes_bitwise_from_its_checkpoint(tmp_path,
                                                                           monkeypatch):
     from click.testing import CliRunner

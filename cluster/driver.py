@@ -379,6 +379,19 @@ class _RayPool:
             self.exchange = None
 
 
+def _remove_orphans() -> None:
+    """Remove the exchange folders of drivers that died without cleaning up (killed): the
+    folder names its driver's pid. (Only this user's can be removed.)"""
+    import shutil
+
+    for d in os.listdir("/dev/shm"):
+        if not d.startswith("dlrun-exchange-"):
+            continue
+        pid = d.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join("/dev/shm", d), ignore_errors=True)
+
+
 class _Exchange:
     """The local channel between the driver and its workers on the same node: files in
     shared memory (/dev/shm) for the arrays, a Unix socket for each round's request and
@@ -395,7 +408,8 @@ class _Exchange:
         import socket
 
         self._rmtree = shutil.rmtree
-        self.dir = tempfile.mkdtemp(prefix="dlrun-exchange-", dir="/dev/shm")
+        _remove_orphans()
+        self.dir = tempfile.mkdtemp(prefix=f"dlrun-exchange-{os.getpid()}-", dir="/dev/shm")
         self.layout = [(k, a.dtype.str, a.size) for k, a in out.items()]
         self.average_path = os.path.join(self.dir, "average")
         self.average = map_arrays(self.average_path, self.layout, create=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -68,7 +70,8 @@ def test_two_workers_k1_plain_sgd_match_one_process_with_twice_the_batch(h):
 def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights(
         h, monkeypatch):
     """The shared-memory exchange (local workers) against the object store (workers
-    elsewhere): the same weights bit for bit, and nothing left behind in /dev/shm."""
+    elsewhere): the same weights bit for bit, and nothing left behind in /dev/shm (nor
+    by a driver killed earlier)."""
     from dlrun.cluster import driver
 
     made = []
@@ -79,10 +82,15 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
             made.append(self.dir)
 
     monkeypatch.setattr(driver, "_Exchange", Recorded)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()                              # a driver killed: its folder is left behind
+    orphan = f"/dev/shm/dlrun-exchange-{gone.pid}-test"
+    os.makedirs(orphan)
     shared = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
     train_distributed(shared, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
                       seed=6, threads=1, verbose=0)
     assert len(made) == 1 and not os.path.exists(made[0])
+    assert not os.path.exists(orphan)
     monkeypatch.setattr(driver._RayPool, "share", lambda self, out: None)
     stored = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
     train_distributed(stored, "digits", workers=2, average_every=3, epochs=2, batch_size=50,

@@ -24,6 +24,9 @@ def set_threads(n: int | None = None) -> int:
     if n < 1:
         raise ConfigError(f"threads must be >= 1, got {n}")
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    from dlrun.ops.blas import set_split_threads
+
+    set_split_threads(n)               # kernels that split their batch between threads
     # a fresh scan every call: a controller made once misses libraries loaded after it
     threadpool_limits(limits=n, user_api="blas")
     return n

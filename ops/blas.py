@@ -144,3 +144,83 @@ def _gemm_numpy(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
 
 
 gemm = _gemm_cblas if HAVE_CBLAS else _gemm_numpy
+
+
+# -- splitting a kernel's work between threads -----------------------------------------------
+# Many small BLAS calls in a row (a recurrent time loop, a convolution chunk by chunk) do not
+# scale with OpenBLAS's own threads: every call hands half its work to the second thread and
+# waits for it. Measured here: two Python threads calling single-threaded BLAS on their own
+# halves of the data run at ~1.9x one thread, while both calling a 2-thread OpenBLAS at once
+# collapse (~1 GFLOP/s). So kernel drivers split the batch between threads, each of which sets
+# OpenBLAS to one thread for itself only (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27).
+
+def _find_local_threads():
+    try:
+        paths = _numpy_blas_paths()
+    except Exception:                                   # noqa: BLE001 - no splitting then
+        return None
+    for path in paths[:1]:
+        fn = getattr(ctypes.CDLL(path), "openblas_set_num_threads_local", None)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+            return fn
+    return None
+
+
+_set_local = _find_local_threads()
+_threads = None                    # the --threads knob, set by dlrun.set_threads
+_pool = None
+
+
+def set_split_threads(n: int) -> None:
+    """How many threads :func:`split_run` uses (``dlrun.set_threads`` sets it)."""
+    global _threads
+    _threads = max(1, int(n))
+
+
+def split_threads() -> int:
+    """Threads :func:`split_run` would use now: 1 where OpenBLAS cannot be limited per
+    thread."""
+    global _threads
+    if _set_local is None:
+        return 1
+    if _threads is None:
+        from dlrun.engine.threads import available_cores
+
+        _threads = available_cores()
+    return _threads
+
+
+def split_run(fn, n: int, min_per_part: int = 1) -> int:
+    """Call ``fn(start, stop)`` on contiguous parts of ``range(n)``, one part per thread,
+    in parallel, each thread's BLAS limited to one thread; returns the number of parts.
+
+    ``fn`` must release the GIL (a ``nogil`` Numba kernel) to run in parallel, and must
+    only write what its part owns. With one thread, or ``n < 2 * min_per_part``, it is
+    one call on the calling thread with BLAS as it is.
+    """
+    global _pool
+    parts = min(split_threads(), n // max(1, min_per_part))
+    if parts <= 1:
+        fn(0, n)
+        return 1
+    if _pool is None or _pool._max_workers < parts - 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="dlrun-split")
+    bounds = [n * i // parts for i in range(parts + 1)]
+
+    def part(i):
+        prev = _set_local(1)
+        try:
+            fn(bounds[i], bounds[i + 1])
+        finally:
+            _set_local(prev)
+
+    futures = [_pool.submit(part, i) for i in range(1, parts)]
+    try:
+        part(0)
+    finally:
+        for f in futures:
+            f.result()
+    return parts

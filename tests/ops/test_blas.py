@@ -69,3 +69,46 @@ def test_gemm_rejects_shapes_that_do_not_fit(gemm):
     a, b = np.ones((2, 3), np.float32), np.ones((4, 5), np.float32)
     with pytest.raises(ValueError, match="shapes"):
         gemm(a, b, np.zeros((2, 5), np.float32), 1.0, 0.0, False, False)
+
+
+# -- split_run ---------------------------------------------------------------------------
+def test_split_run_covers_every_index_once_and_restores_threads(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(blas, "_threads", 3)
+    if blas._set_local is None:
+        pytest.skip("this OpenBLAS cannot limit threads per thread")
+    seen = np.zeros(10, int)
+    names = set()
+
+    def fn(a, b):
+        names.add(threading.current_thread().name)
+        seen[a:b] += 1
+
+    assert blas.split_run(fn, 10) == 3
+    np.testing.assert_array_equal(seen, 1)
+    assert len(names) >= 2                # the caller and at least one pool thread
+    assert blas.split_run(fn, 10, min_per_part=4) == 2          # 10 // 4 parts at most
+    assert blas.split_run(fn, 1) == 1
+    # the calling thread's own BLAS setting is back as it was
+    before = blas._set_local(5)
+    blas._set_local(before)
+    blas.split_run(fn, 10)
+    assert blas._set_local(before) == before
+
+
+def test_split_run_products_match_one_call_and_errors_propagate(monkeypatch):
+    monkeypatch.setattr(blas, "_threads", 2)
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((40, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    out = np.full((40, 8), np.nan, np.float32)
+    blas.split_run(lambda s, e: blas.gemm(a[s:e], w, out[s:e], 1.0, 0.0, False, False), 40)
+    np.testing.assert_allclose(out, a @ w, rtol=1e-5, atol=1e-5)
+
+    def bad(s, e):
+        if s > 0:
+            raise RuntimeError("part failed")
+    if blas.split_threads() > 1:
+        with pytest.raises(RuntimeError, match="part failed"):
+            blas.split_run(bad, 40)

@@ -54,6 +54,9 @@ class Loader:
     prefetch : zarr only: windows read ahead by a background thread (0: read in the
         caller's thread).
     transform : applied to every batch, ``transform(xb, yb) -> (xb, yb)``.
+    cache : zarr only: keep the chunks read (checked, read-only) for the next epochs,
+        which then read nothing from storage: for a share that fits in memory and is
+        read every epoch, as a cluster worker's is.
 
     Examples
     --------
@@ -76,6 +79,7 @@ class Loader:
         window: int = 4,
         prefetch: int = 2,
         transform: Callable[[np.ndarray, np.ndarray], Batch] | None = None,
+        cache: bool = False,
     ):
         self.in_memory = not isinstance(x, zarr.Array)
         if self.in_memory:
@@ -97,6 +101,7 @@ class Loader:
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.worker, self.window, self.prefetch = (i, n), window, prefetch
         self.transform = transform
+        self._cache = {} if cache else None
         if self.in_memory:
             self.lo, self.hi = i * len(x) // n, (i + 1) * len(x) // n
             self.num_samples = self.hi - self.lo
@@ -169,8 +174,13 @@ class Loader:
     def _read(self, arr: zarr.Array, which: int, piece: Piece) -> np.ndarray:
         c, lo, hi = piece
         k = self.x.chunks[0]
-        raw = read_chunk(arr, c, where=describe(arr), chunk_samples=k,
-                         checksums=self._checksums[which])
+        raw = None if self._cache is None else self._cache.get((which, c))
+        if raw is None:
+            raw = read_chunk(arr, c, where=describe(arr), chunk_samples=k,
+                             checksums=self._checksums[which])
+            if self._cache is not None:
+                raw.flags.writeable = False  # batches may be views of it
+                self._cache[(which, c)] = raw
         return raw[lo - c * k : hi - c * k]
 
 

@@ -244,6 +244,23 @@ def test_a_large_split_is_streamed_chunk_by_chunk_one_worker_as_one_process(h, c
         assert np.array_equal(a, b)
 
 
+def test_a_streamed_share_that_fits_is_read_once_and_batched_as_before(h, chunked):
+    import shutil
+
+    from dlrun.cluster.worker import load_shard
+
+    path, x, y = chunked
+    cached = load_shard(str(path), 1, 3, 50, 4)
+    plain = load_shard(str(path), 1, 3, 50, 4)
+    plain._cache = None
+    batches = [[(xb.copy(), yb.copy()) for xb, yb in plain.epoch(e)] for e in range(3)]
+    for e in range(3):
+        for (xb, yb), (xr, yr) in zip(cached.epoch(e), batches[e], strict=True):
+            assert np.array_equal(xb, xr) and np.array_equal(yb, yr)
+        if e == 0:                           # later epochs read nothing from storage
+            shutil.rmtree(path / "x")
+
+
 def test_streamed_workers_read_disjoint_chunks_and_see_every_sample_once(h, chunked):
     path, x, y = chunked
     model = h.small_model()

@@ -469,7 +469,7 @@ class Dataset:
             # A table of the 256 values, computed as below: the same numbers, faster.
             if self._table is None:
                 self._table = _normalize(np.arange(256, dtype=np.uint8), scale, offset)
-            return self._table[raw]
+            return np.take(self._table, raw)  # (table[raw] gathers the same, ~2x slower)
         return _normalize(raw, scale, offset)
 
     def loader(self, split: str | None, batch_size: int, **kwargs) -> Loader:

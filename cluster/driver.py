@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from dlrun.cluster.averaging import average_into, scratch_for
-from dlrun.cluster.worker import (OPTIMIZER_STATES, Worker, flatten_optimizer_state,
+from dlrun.cluster.worker import (OPTIMIZER_STATES, Worker, _plain, flatten_optimizer_state,
                                   flatten_weights, map_arrays, model_spec)
 from dlrun.errors import ConfigError, DlrunError
 
@@ -290,8 +290,8 @@ class _RayPool:
         for i, (a, s) in enumerate(zip(self.actors, states)):
             if self.local[i]:
                 try:
-                    self.conns[i][0].sendall(json.dumps({"state": s, "k": k}).encode()
-                                             + b"\n")
+                    self.conns[i][0].sendall(json.dumps({"state": s, "k": k},
+                                                        default=_plain).encode() + b"\n")
                 except OSError:               # gone: its reply reads as the end, below
                     pass
                 refs.append(None)

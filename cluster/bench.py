@@ -24,14 +24,17 @@ from pathlib import Path
 import numpy as np
 
 
-def _dataset(folder: Path, samples: int, seed: int) -> Path:
+def _dataset(folder: Path, samples: int, seed: int, stream: bool = True) -> Path:
+    """Random MNIST-shaped data in ~1 MB chunks, which workers stream; ``stream=False``:
+    in one chunk, which each worker (and one process) reads into memory whole."""
     from dlrun.datasets import write_dataset
 
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (samples, 784), dtype=np.uint8)
     y = rng.integers(0, 10, samples)
     return write_dataset(folder / "random-mnist.zarr", (x, y), name="random-mnist",
-                         classes=10, normalization={"scale": 1 / 255, "offset": 0.0})
+                         classes=10, normalization={"scale": 1 / 255, "offset": 0.0},
+                         chunk_samples=None if stream else samples)
 
 
 def _mlp(seed: int):
@@ -47,15 +50,16 @@ def _mlp(seed: int):
 
 
 def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: int = 100,
-            epochs: int = 6, rounds_per_epoch: int = 8, seed: int = 0) -> dict:
+            epochs: int = 6, rounds_per_epoch: int = 8, seed: int = 0,
+            stream: bool = True) -> dict:
     """Samples/s and round overhead of ``workers`` local Ray workers (median of epochs
-    after the first)."""
+    after the first); ``stream=False``: each worker holds its share in memory."""
     from dlrun.cluster.driver import ray_session, train_distributed
 
     net = _mlp(seed)
     samples = workers * average_every * batch * rounds_per_epoch
     with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
-        path = _dataset(Path(tmp), samples, seed)
+        path = _dataset(Path(tmp), samples, seed, stream)
         with ray_session(num_cpus=workers * threads):
             t0 = time.perf_counter()
             hist = train_distributed(net, str(path), workers=workers,
@@ -73,7 +77,7 @@ def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
 
 
 def measure_single(threads: int = 2, batch: int = 100, epochs: int = 6,
-                   samples: int = 16_000, seed: int = 0) -> dict:
+                   samples: int = 16_000, seed: int = 0, stream: bool = True) -> dict:
     """Samples/s of one process with ``threads`` threads on the workers' data path: the
     same zarr dataset read by the same loader (streamed, prefetched), the same step and
     metrics, one worker in this process training whole epochs (median of epochs after
@@ -82,7 +86,7 @@ def measure_single(threads: int = 2, batch: int = 100, epochs: int = 6,
 
     net = _mlp(seed)
     with tempfile.TemporaryDirectory(prefix="dlrun-bench-") as tmp:
-        path = _dataset(Path(tmp), samples, seed)
+        path = _dataset(Path(tmp), samples, seed, stream)
         worker = Worker(0, 1, model_spec(net), str(path), batch, seed, threads)
         weights = {k: v.copy() for k, v in worker.weights.items()}
         rates = []
@@ -165,11 +169,15 @@ def main(argv=None):
     ap.add_argument("--single", action="store_true",
                     help="one process with --threads threads on the same data path")
     ap.add_argument("--samples", type=int, default=16_000, help="with --single")
+    ap.add_argument("--memory", action="store_true",
+                    help="the dataset in one chunk: every share is held in memory")
     a = ap.parse_args(argv)
     if a.single:
-        print(json.dumps(measure_single(a.threads, a.batch, a.epochs, a.samples)))
+        res = measure_single(a.threads, a.batch, a.epochs, a.samples, stream=not a.memory)
     else:
-        print(json.dumps(measure(a.workers, a.threads, a.average_every, a.batch, a.epochs)))
+        res = measure(a.workers, a.threads, a.average_every, a.batch, a.epochs,
+                      stream=not a.memory)
+    print(json.dumps(res | {"data": "memory" if a.memory else "streamed"}))
 
 
 if __name__ == "__main__":

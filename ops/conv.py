@@ -17,6 +17,7 @@ import threading
 import numpy as np
 
 from dlrun.ops import config
+from dlrun.ops.blas import gemm, split_run
 from dlrun.ops.config import cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 from dlrun.ops.shape import copy_cuda
@@ -159,50 +160,92 @@ def _chunk(n: int, k: int, p: int) -> int:
     return max(1, min(n, (1 << 19) // max(1, k * p)))
 
 
-def _conv_forward(x, w, b, relu, strides, padding, y):
-    """y = act(conv(x, w) + b), a chunk of samples per BLAS product"""
-    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, y, strides, padding)
-    w2 = w.reshape(w.shape[0], -1)
-    y3 = y.reshape(y.shape[0], y.shape[1], oh * ow)
+@jit
+def conv_fwd_part_cpu(x, w2, b, relu, geo, step, cols_ws, t_ws, y3):
+    """y3[n] = act(w2 @ im2col(x[n]) + b) for the samples of ``x``, ``step`` per product;
+    the workspaces are flat and reshaped per chunk (the last chunk may be shorter)"""
+    kh, kw, sh, sw, pt, pl, oh, ow = geo
     pix = oh * ow
-    step = _chunk(x.shape[0], w2.shape[1], pix)
     for n0 in range(0, x.shape[0], step):
-        m = min(step, x.shape[0] - n0) * pix       # contiguous views of the workspaces
-        cols = workspace("conv2d.cols", (w2.shape[1], m), x.dtype)
-        t = workspace("conv2d.t", (w2.shape[0], m), x.dtype)
-        im2col_cpu(x[n0:n0 + step], kh, kw, sh, sw, pt, pl, oh, ow, cols)
-        np.dot(w2, cols, out=t)
-        scatter_bias_relu_cpu(t, b, relu, y3[n0:n0 + step])
+        m = min(step, x.shape[0] - n0)
+        cols = cols_ws[:w2.shape[1] * m * pix].reshape((w2.shape[1], m * pix))
+        t = t_ws[:w2.shape[0] * m * pix].reshape((w2.shape[0], m * pix))
+        im2col_cpu(x[n0:n0 + m], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+        gemm(w2, cols, t, 1.0, 0.0, False, False)
+        scatter_bias_relu_cpu(t, b, relu, y3[n0:n0 + m])
+
+
+@jit
+def conv_bwd_part_cpu(dy3, y3, x, w2, relu, geo, step, cols_ws, t_ws, want_dw, want_dx,
+                      dw2, db, dx):
+    """For the samples of ``x``: t = dy masked by y > 0 (when relu), db += sum t,
+    dw2 = sum over chunks t @ im2col(x).T, dx = col2im(w2.T @ t), ``step`` per product"""
+    kh, kw, sh, sw, pt, pl, oh, ow = geo
+    pix = oh * ow
+    for n0 in range(0, x.shape[0], step):
+        m = min(step, x.shape[0] - n0)
+        cols = cols_ws[:w2.shape[1] * m * pix].reshape((w2.shape[1], m * pix))
+        t = t_ws[:w2.shape[0] * m * pix].reshape((w2.shape[0], m * pix))
+        gather_relu_mask_cpu(dy3[n0:n0 + m], y3[n0:n0 + m], relu, t, db)
+        if want_dw:
+            im2col_cpu(x[n0:n0 + m], kh, kw, sh, sw, pt, pl, oh, ow, cols)
+            gemm(t, cols, dw2, 1.0, 0.0 if n0 == 0 else 1.0, False, True)
+        if want_dx:
+            gemm(w2, t, cols, 1.0, 0.0, True, False)    # the columns' gradient, scattered
+            col2im_cpu(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx[n0:n0 + m])
+
+
+def _conv_forward(x, w, b, relu, strides, padding, y):
+    """y = act(conv(x, w) + b): the batch split between threads (``blas.split_run``), each
+    part a compiled loop over chunks of samples, one BLAS product per chunk"""
+    geo = _conv2d_geometry(x, w, y, strides, padding)
+    w2 = w.reshape(w.shape[0], -1)
+    y3 = y.reshape(y.shape[0], y.shape[1], geo[6] * geo[7])
+    pix = geo[6] * geo[7]
+    step = _chunk(x.shape[0], w2.shape[1], pix)
+
+    def part(s, e):
+        cols = workspace("conv2d.cols", (w2.shape[1] * step * pix,), x.dtype)
+        t = workspace("conv2d.t", (w2.shape[0] * step * pix,), x.dtype)
+        conv_fwd_part_cpu(x[s:e], w2, b, relu, geo, step, cols, t, y3[s:e])
+
+    split_run(part, x.shape[0])
 
 
 def _conv_backward(dy, x, w, y, relu, strides, padding, dx, dw, db):
-    """t = dy masked by y > 0 (when relu) in column layout ; db = sum t ;
-    dw = sum over chunks t @ cols.T ; dx = col2im(w2.T @ t)"""
-    kh, kw, sh, sw, pt, pl, oh, ow = _conv2d_geometry(x, w, dy, strides, padding)
+    """db = sum dy (masked by y > 0 when relu) ; dw = sum over samples ; dx = col2im: the
+    batch split between threads, each with its own partial dw and db, summed after"""
+    geo = _conv2d_geometry(x, w, dy, strides, padding)
     w2 = w.reshape(w.shape[0], -1)
-    dy3 = dy.reshape(dy.shape[0], dy.shape[1], oh * ow)
+    pix = geo[6] * geo[7]
+    dy3 = dy.reshape(dy.shape[0], dy.shape[1], pix)
     y3 = y.reshape(dy3.shape)
-    pix = oh * ow
     step = _chunk(x.shape[0], w2.shape[1], pix)
-    if db is not None:
-        db[...] = 0.0
-    sums = db if db is not None else np.empty(0, x.dtype)
+    none = np.empty(0, x.dtype)
+    partials = []
+
+    def part(s, e):
+        cols = workspace("conv2d.cols", (w2.shape[1] * step * pix,), x.dtype)
+        t = workspace("conv2d.t", (w2.shape[0] * step * pix,), x.dtype)
+        # partials named by the part's first row: one pool thread may run two parts
+        pdw = workspace(f"conv2d.dw{s}", w2.shape, x.dtype) if dw is not None else none
+        pdb = workspace(f"conv2d.db{s}", (w2.shape[0],), x.dtype) if db is not None else none
+        pdb[...] = 0.0
+        conv_bwd_part_cpu(dy3[s:e], y3[s:e], x[s:e], w2, relu, geo, step, cols, t,
+                          dw is not None, dx is not None, pdw.reshape(w2.shape) if
+                          dw is not None else none.reshape(0, 0), pdb,
+                          dx[s:e] if dx is not None else x[:0])
+        partials.append((pdw, pdb))
+
+    split_run(part, x.shape[0])
     if dw is not None:
-        dw2 = dw.reshape(w2.shape)
-        part = workspace("conv2d.dw", w2.shape, x.dtype)
-    for n0 in range(0, x.shape[0], step):
-        m = min(step, x.shape[0] - n0) * pix       # contiguous views of the workspaces
-        cols = workspace("conv2d.cols", (w2.shape[1], m), x.dtype)
-        t = workspace("conv2d.t", (w2.shape[0], m), x.dtype)
-        gather_relu_mask_cpu(dy3[n0:n0 + step], y3[n0:n0 + step], relu, t, sums)
-        if dw is not None:
-            im2col_cpu(x[n0:n0 + step], kh, kw, sh, sw, pt, pl, oh, ow, cols)
-            np.dot(t, cols.T, out=dw2 if n0 == 0 else part)
-            if n0:
-                dw2 += part
-        if dx is not None:
-            np.dot(w2.T, t, out=cols)                 # the columns' gradient, scattered
-            col2im_cpu(cols, kh, kw, sh, sw, pt, pl, oh, ow, dx[n0:n0 + step])
+        np.copyto(dw.reshape(w2.shape), partials[0][0])
+        for pdw, _ in partials[1:]:
+            dw.reshape(w2.shape)[...] += pdw
+    if db is not None:
+        np.copyto(db, partials[0][1])
+        for _, pdb in partials[1:]:
+            db += pdb
 
 
 def conv2d_fwd_cpu(x, w, strides, padding, y):

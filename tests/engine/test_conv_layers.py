@@ -347,3 +347,27 @@ def test_frozen_batch_norm_keeps_all_its_weights_during_fit():
     for a, b in zip(bn.get_weights(), before):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(model.layers[0].get_weights()[0], conv_before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_conv_split_between_threads_matches_one_thread(monkeypatch, threads):
+    """The CPU convolution splits its batch between threads (each with its own partial
+    weight and bias gradients): any split gives what one thread gives."""
+    from dlrun.ops import blas, conv
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 3, 7, 6))
+    w = rng.standard_normal((4, 3, 3, 2))
+    b = rng.standard_normal(4)
+    dy = rng.standard_normal((5, 4, 4, 3))
+
+    def run(n):
+        monkeypatch.setattr(blas, "_threads", n)
+        y = np.empty((5, 4, 4, 3))
+        conv.conv2d_bias_fwd_cpu(x, w, b, (2, 2), "same", True, y)
+        dx, dw, db = np.empty_like(x), np.empty_like(w), np.empty_like(b)
+        conv.conv2d_bias_bwd_cpu(dy, x, w, y, (2, 2), "same", True, dx, dw, db)
+        return y, dx, dw, db
+
+    for got, want in zip(run(threads), run(1)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

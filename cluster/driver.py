@@ -261,7 +261,10 @@ class _RayPool:
         here = self.ray.get_runtime_context().get_node_id()
         if not os.path.isdir("/dev/shm") or here not in self.nodes:
             return
-        self.exchange = _Exchange(out, len(self.actors))
+        try:
+            self.exchange = _Exchange(out, len(self.actors))
+        except OSError:                      # /dev/shm full or small (a container's)
+            return
         self.local = [n == here for n in self.nodes]
         for i in range(len(self.actors)):
             if self.local[i]:
@@ -410,15 +413,20 @@ class _Exchange:
         self._rmtree = shutil.rmtree
         _remove_orphans()
         self.dir = tempfile.mkdtemp(prefix=f"dlrun-exchange-{os.getpid()}-", dir="/dev/shm")
-        self.layout = [(k, a.dtype.str, a.size) for k, a in out.items()]
-        self.average_path = os.path.join(self.dir, "average")
-        self.average = map_arrays(self.average_path, self.layout, create=True)
-        self.paths = [os.path.join(self.dir, f"worker-{i}") for i in range(slots)]
-        self.own = [map_arrays(p, self.layout, create=True) for p in self.paths]
-        self.socket_path = os.path.join(self.dir, "socket")
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(self.socket_path)
-        self.listener.listen(slots)
+        self.listener = None
+        try:
+            self.layout = [(k, a.dtype.str, a.size) for k, a in out.items()]
+            self.average_path = os.path.join(self.dir, "average")
+            self.average = map_arrays(self.average_path, self.layout, create=True)
+            self.paths = [os.path.join(self.dir, f"worker-{i}") for i in range(slots)]
+            self.own = [map_arrays(p, self.layout, create=True) for p in self.paths]
+            self.socket_path = os.path.join(self.dir, "socket")
+            self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.listener.bind(self.socket_path)
+            self.listener.listen(slots)
+        except OSError:
+            self.close()
+            raise
 
     def accept(self, slot: int, timeout: float) -> tuple:
         """The connection of the worker serving ``slot`` (the next to connect): (socket,
@@ -438,7 +446,8 @@ class _Exchange:
         return conn, reader
 
     def close(self) -> None:
-        self.listener.close()
+        if self.listener is not None:
+            self.listener.close()
         self.average, self.own = None, []
         self._rmtree(self.dir, ignore_errors=True)
 

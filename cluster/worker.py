@@ -7,6 +7,7 @@ but the weights of each round.
 """
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -107,8 +108,19 @@ def map_arrays(path: str, layout: list, create: bool = False,
         at = -(-at // 64) * 64
         offsets.append(at)
         at += np.dtype(dtype).itemsize * size
-    mode = "w+" if create else "r" if readonly else "r+"
-    mm = np.memmap(path, np.uint8, mode, shape=(max(at, 1),))
+    nbytes = max(at, 1)
+    if create:
+        # reserve the pages now: a full /dev/shm then fails here (OSError), not with a
+        # SIGBUS at the first write into a page it cannot back
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fd, 0, nbytes)
+            else:
+                os.ftruncate(fd, nbytes)
+        finally:
+            os.close(fd)
+    mm = np.memmap(path, np.uint8, "r" if readonly else "r+", shape=(nbytes,))
     return {name: mm[o:o + np.dtype(dtype).itemsize * size].view(dtype)
             for (name, dtype, size), o in zip(layout, offsets)}
 

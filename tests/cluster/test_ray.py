@@ -102,6 +102,21 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
         assert np.array_equal(a, b)
 
 
+def test_a_full_dev_shm_leaves_the_workers_on_the_object_store(h, monkeypatch):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    model = h.small_model()
+    hist = train_distributed(model, "digits", workers=2, average_every=3, epochs=1,
+                             batch_size=50, seed=0, threads=1, verbose=0)
+    assert len(hist.history["loss"]) == 1 and np.isfinite(hist.history["loss"][0])
+    assert not [d for d in os.listdir("/dev/shm")
+                if d.startswith(f"dlrun-exchange-{os.getpid()}-")]
+
+
 def test_an_error_in_a_worker_is_raised_not_taken_for_a_lost_worker(h, tmp_path):
     """A corrupt chunk in worker 1's shard stops the run with the loader's error (over the
     local channel as over a Ray call); the worker is not replaced and the round redone."""

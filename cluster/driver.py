@@ -384,15 +384,23 @@ class _RayPool:
 
 def _remove_orphans() -> None:
     """Remove the exchange folders of drivers that died without cleaning up (killed): the
-    folder names its driver's pid. (Only this user's can be removed.)"""
+    folder names its driver's pid, and nothing listens on its socket any more (a driver
+    in another pid namespace sharing /dev/shm still does). Only this user's can go."""
     import shutil
+    import socket
 
     for d in os.listdir("/dev/shm"):
-        if not d.startswith("dlrun-exchange-"):
+        pid = d.split("-")[2] if d.startswith("dlrun-exchange-") else ""
+        if not pid.isdigit() or os.path.exists(f"/proc/{pid}"):
             continue
-        pid = d.split("-")[2]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            shutil.rmtree(os.path.join("/dev/shm", d), ignore_errors=True)
+        path = os.path.join("/dev/shm", d)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(1.0)
+                probe.connect(os.path.join(path, "socket"))
+            continue                          # someone listens: alive
+        except OSError:                       # refused, or no socket: orphaned
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _Exchange:
@@ -433,17 +441,25 @@ class _Exchange:
         its reading file)."""
         import json
 
-        self.listener.settimeout(timeout)
-        try:
-            conn, _ = self.listener.accept()
-        except TimeoutError:
-            raise ClusterError(f"worker {slot} did not connect to the driver's socket "
-                               f"within {timeout:g} s") from None
-        conn.settimeout(None)
-        reader = conn.makefile("rb")
-        hello = json.loads(reader.readline() or b"{}")
-        assert hello.get("slot") == slot, (hello, slot)
-        return conn, reader
+        deadline = time.monotonic() + timeout
+        while True:
+            self.listener.settimeout(max(deadline - time.monotonic(), 0.001))
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                raise ClusterError(f"worker {slot} did not connect to the driver's socket "
+                                   f"within {timeout:g} s") from None
+            conn.settimeout(10.0)
+            reader = conn.makefile("rb")
+            try:
+                hello = json.loads(reader.readline() or b"{}")
+            except (OSError, ValueError):
+                hello = {}
+            if hello.get("slot") == slot:
+                conn.settimeout(None)
+                return conn, reader
+            reader.close()                    # not a worker: another driver's liveness
+            conn.close()                      # check (see _remove_orphans)
 
     def close(self) -> None:
         if self.listener is not None:

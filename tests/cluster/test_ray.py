@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -20,8 +22,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    import shutil
-
     import ray
 
     from dlrun.cluster.driver import start_local_ray
@@ -85,9 +85,20 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
     gone.wait()                              # a driver killed: its folder is left behind
     orphan = f"/dev/shm/dlrun-exchange-{gone.pid}-test"
     os.makedirs(orphan)
-    shared = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
-    train_distributed(shared, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
-                      seed=6, threads=1, verbose=0)
+    # a driver whose pid this process cannot see (another pid namespace) but that listens
+    alive = f"/dev/shm/dlrun-exchange-{gone.pid}-alive"
+    os.makedirs(alive)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"{alive}/socket")
+    listener.listen(1)
+    try:
+        shared = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
+        train_distributed(shared, "digits", workers=2, average_every=3, epochs=2,
+                          batch_size=50, seed=6, threads=1, verbose=0)
+        assert os.path.exists(alive)
+    finally:
+        listener.close()
+        shutil.rmtree(alive, ignore_errors=True)
     assert len(made) == 1 and not os.path.exists(made[0])
     assert not os.path.exists(orphan)
     monkeypatch.setattr(driver._RayPool, "share", lambda self, out: None)

@@ -1,0 +1,53 @@
+"""Workers on the driver's node and elsewhere at once, on ray.cluster_utils.Cluster (a
+head with one CPU, which the driver joins, and a second one-CPU node): the worker beside
+the driver exchanges through shared memory and a socket, the other through Ray calls and
+the object store, and the run gives the weights of the same workers run in process."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlrun as dl
+from dlrun.cluster import train_distributed
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.skip("this process already joined a Ray instance")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
+                                                       "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    ray.init(address=c.address)
+    c.wait_for_nodes()
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeypatch):
+    from dlrun.cluster import driver
+
+    share, local = driver._RayPool.share, []
+
+    def recorded(self, out):
+        share(self, out)
+        local.append(list(self.local))
+    monkeypatch.setattr(driver._RayPool, "share", recorded)
+    dl.set_threads(1)
+    x, y = h.digits()
+    ref = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
+    train_distributed(ref, (x, y), workers=2, average_every=3, epochs=2, batch_size=50,
+                      seed=3, threads=1, verbose=0, in_process=True)
+    model = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
+    train_distributed(model, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
+                      seed=3, threads=1, verbose=0)
+    dl.set_threads()
+    assert local and sorted(local[0]) == [False, True], local
+    for a, b in zip(model.get_weights(), ref.get_weights()):
+        assert np.array_equal(a, b)

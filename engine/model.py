@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 
 from dlrun.engine import device as device_mod
+from dlrun.engine import fusion
 from dlrun.engine import losses as losses_mod
 from dlrun.engine import metrics as metrics_mod
 from dlrun.engine import optimizers as optimizers_mod
@@ -130,6 +131,9 @@ class Model:
                     trainable = [p for p in params if p.id in plan.grads]
                     self.optimizer.build(trainable)
                     entry["updates"] = [(p, plan.grad(p)) for p in trainable]
+                    if on["store"] is None and fusion.sgd_fusable(self.optimizer):
+                        entry["updates"], entry["lr"] = fusion.fuse_sgd(plan,
+                                                                        entry["updates"])
                 else:
                     plan = Plan(xs + ys, keep, params, **on)
                 entry["plan"] = plan
@@ -288,6 +292,8 @@ class Model:
             np.take(src, idx, axis=0, out=plan.feed[t], mode="clip")
         if plan.device == "cuda":
             return device_mod.run_batch(self, e, mode, len(idx))
+        if mode == "train" and e.get("lr") is not None:
+            e["lr"][0] = self.optimizer.learning_rate     # read by the fused SGD steps
         plan.run(seed=self._seed + self._step)
         if mode == "train":
             self.optimizer.apply(e["updates"])

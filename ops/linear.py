@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.ops import config
+from dlrun.ops.blas import gemm
 from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 from dlrun.ops.shape import copy_cuda
@@ -82,6 +83,14 @@ def matmul_bwd_cpu(dy, a, b, da, db):
         np.dot(dy, b.T, out=da)
     if db is not None:
         np.dot(a.T, dy, out=db)
+
+
+def matmul_bwd_sgd_cpu(dy, a, b, lr, da):
+    """da = dy @ b.T ; then b -= lr[0] * a.T @ dy in place: plain SGD fused into the weight
+    gradient's product (one BLAS call with beta = 1, no gradient array written or read)"""
+    if da is not None:
+        np.dot(dy, b.T, out=da)             # before b changes
+    gemm(a, dy, b, -lr[0], 1.0, True, False)
 
 
 def matmul_bwd_cuda(dy, a, b, da, db):

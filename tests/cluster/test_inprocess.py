@@ -246,6 +246,7 @@ def test_a_large_split_is_streamed_chunk_by_chunk_one_worker_as_one_process(h, c
 
 def test_a_streamed_share_that_fits_is_read_once_and_batched_as_before(h, chunked):
     import shutil
+    import threading
 
     from dlrun.cluster.worker import load_shard
 
@@ -257,6 +258,9 @@ def test_a_streamed_share_that_fits_is_read_once_and_batched_as_before(h, chunke
     for e in range(3):
         for (xb, yb), (xr, yr) in zip(cached.epoch(e), batches[e], strict=True):
             assert np.array_equal(xb, xr) and np.array_equal(yb, yr)
+            # ... and need no thread reading ahead (epoch 0's is gone by epoch 2)
+            assert e < 2 or "dlrun-loader-prefetch" not in {
+                t.name for t in threading.enumerate()}
         if e == 0:                           # later epochs read nothing from storage
             shutil.rmtree(path / "x")
 

@@ -100,9 +100,11 @@ def main():
               type=click.Choice(["average", "reset", "local"]),
               help="Momentum / Adam moments across workers: averaged like the weights, reset "
                    "every round, or kept by each worker.")
-@click.option("--lr-scaling", default="none", show_default=True,
-              type=click.Choice(["none", "linear"]),
-              help="linear: multiply the learning rate by the number of workers.")
+@click.option("--lr-scaling", default="auto", show_default=True,
+              type=click.Choice(["auto", "none", "linear"]),
+              help="linear: multiply the learning rate by the number of workers (the larger "
+                   "global batch takes fewer steps); auto: linear for 2 to 8 workers, none "
+                   "beyond, where a rate that large tends to diverge.")
 @click.option("--sync-warmup", default=0, show_default=True, type=click.IntRange(0),
               help="Steps averaged after every step before averaging every K "
                    "(post-local SGD).")

@@ -47,7 +47,7 @@ class TrainConfig:
     workers: int | None = None       # None: one process; N: N Ray workers (dlrun.cluster)
     average_every: int = 5
     optimizer_state: str = "average"
-    lr_scaling: str = "none"
+    lr_scaling: str = "auto"
     sync_warmup: int = 0
     address: str | None = None       # a running Ray cluster; None: $RAY_ADDRESS or local
     checkpoint_every: int = 0        # rounds between mid-epoch checkpoints (0: epochs only)
@@ -349,7 +349,8 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     model = build_run_model(cfg, x.shape[1:], ds.classes)
     shard = math.ceil(len(x) / cfg.workers) if distributed else len(x)
     scaled = cfg
-    if distributed and cfg.lr_scaling == "linear":
+    scaling = effective_lr_scaling(cfg)
+    if distributed and scaling == "linear":
         make_optimizer(cfg)                           # fills in the default lr
         scaled = replace(cfg, lr=cfg.lr * cfg.workers)
     opt = make_optimizer(scaled, steps_per_epoch=math.ceil(shard / cfg.batch_size))
@@ -370,8 +371,9 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         echo(f"{cfg.workers} workers x batch {cfg.batch_size} = global batch "
              f"{cfg.workers * cfg.batch_size}; average every {cfg.average_every} steps "
              f"(sync warm-up {cfg.sync_warmup} steps); optimizer state "
-             f"{cfg.optimizer_state}; lr scaling {cfg.lr_scaling}"
-             + (f" (lr {cfg.lr} x {cfg.workers})" if cfg.lr_scaling == "linear" else ""))
+             f"{cfg.optimizer_state}; lr scaling {scaling}"
+             + (" (auto)" if cfg.lr_scaling == "auto" else "")
+             + (f" (lr {cfg.lr} x {cfg.workers})" if scaling == "linear" else ""))
     if resuming:
         echo(f"resuming {out} after epoch {done}")
     log = MetricsLog(out / "metrics.csv", append=resuming)
@@ -403,6 +405,21 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     return summary
 
 
+# --lr-scaling auto: linear up to this many workers. Measured on mnist-5k (20 epochs, 3 seeds):
+# 4 workers without scaling end 1.3 points below one process (a global batch 4x larger
+# takes 4x fewer steps; averaging every step does no better), with linear scaling 0.3
+# above. Beyond a few workers a rate x N with momentum tends to diverge.
+AUTO_LINEAR_MAX_WORKERS = 8
+
+
+def effective_lr_scaling(cfg: TrainConfig) -> str:
+    """'none' or 'linear': ``auto`` is linear for 2..AUTO_LINEAR_MAX_WORKERS workers."""
+    if cfg.lr_scaling != "auto":
+        return cfg.lr_scaling
+    workers = cfg.workers or 1
+    return "linear" if 1 < workers <= AUTO_LINEAR_MAX_WORKERS else "none"
+
+
 def _check_cluster_options(cfg: TrainConfig) -> None:
     from dlrun.cluster.driver import LR_SCALINGS, OPTIMIZER_STATES, WARN_AVERAGE_EVERY
 
@@ -411,8 +428,8 @@ def _check_cluster_options(cfg: TrainConfig) -> None:
     if cfg.optimizer_state not in OPTIMIZER_STATES:
         raise ConfigError(f"optimizer_state must be one of {', '.join(OPTIMIZER_STATES)}, "
                           f"got {cfg.optimizer_state!r}")
-    if cfg.lr_scaling not in LR_SCALINGS:
-        raise ConfigError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, got "
+    if cfg.lr_scaling not in (*LR_SCALINGS, "auto"):
+        raise ConfigError(f"lr_scaling must be one of {', '.join(LR_SCALINGS)}, auto; got "
                           f"{cfg.lr_scaling!r}")
     if cfg.average_every > WARN_AVERAGE_EVERY:
         warnings.warn(f"--average-every {cfg.average_every}: workers drift apart over more "

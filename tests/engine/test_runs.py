@@ -134,3 +134,13 @@ def test_recipe_options_build_the_model_they_name(tmp_path):
     assert all(l.kernel_regularizer.l2 == 0.001 for l in model.layers
                if type(l).__name__ == "Dense")
     assert type(model.optimizer.schedule).__name__ == "CosineDecay"
+
+
+@pytest.mark.parametrize("workers,given,want", [
+    (1, "auto", "none"), (2, "auto", "linear"), (8, "auto", "linear"), (9, "auto", "none"),
+    (4, "none", "none"), (16, "linear", "linear")])
+def test_lr_scaling_auto_is_linear_for_a_few_workers(workers, given, want):
+    from dlrun.engine.runs import TrainConfig, effective_lr_scaling
+
+    assert effective_lr_scaling(TrainConfig(workers=workers, lr_scaling=given)) == want
+    assert TrainConfig().lr_scaling == "auto"

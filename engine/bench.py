@@ -19,7 +19,7 @@ import numpy as np
 
 MODELS = {"mlp": {"batch": 100}, "cnn": {"batch": 128}, "lstm": {"batch": 128}}
 # models whose inference samples/s compare() also times beside PyTorch's
-INFER_MODELS = ("lstm",)
+INFER_MODELS = ("cnn", "lstm")
 
 
 def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int | None = None,

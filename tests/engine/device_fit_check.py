@@ -211,7 +211,50 @@ def case_launches(problems, facts):
         problems.append(f"the benchmark MLP's step launches {k} kernels, expected 19")
 
 
-CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches]
+def case_recurrent(problems, facts):
+    """An LSTM over 4 steps under a SimpleRNN returning sequences, trained with Adam: the
+    per-step CUDA kernels against the CPU's compiled time loops."""
+    x, y = data((4, 3), n=16, seed=2)
+
+    def build():
+        return dl.Sequential([L.SimpleRNN(4, return_sequences=True, input_shape=(4, 3)),
+                              L.LSTM(3), L.Dense(3, activation="softmax")])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.Adam(0.01))
+    fit_both(cpu, gpu, x, y, problems, batch_size=8, epochs=1)
+
+
+def case_functional(problems, facts):
+    """A functional model: a residual Add, a Concatenate, a Highway layer and two outputs
+    weighted by loss_weights."""
+    x, y = data((5,), n=16, seed=3)
+    y2 = (y % 2).astype(np.int64)
+
+    def build():
+        inp = dl.Input(shape=(5,))
+        h = L.Dense(5, activation="relu")(inp)
+        h = L.Add()([inp, h])
+        c = L.Concatenate()([h, L.Highway()(h)])
+        a = L.Dense(3, activation="softmax", name="digit")(c)
+        b = L.Dense(2, activation="softmax", name="parity")(c)
+        return dl.Model(inp, [a, b])
+
+    out = {}
+    for device in ("cpu", "cuda"):
+        dl.set_seed(1)
+        m = build()
+        m.compile(dl.optimizers.SGD(0.1, momentum=0.9), loss="sparse_categorical_crossentropy",
+                  loss_weights=[1.0, 0.5], metrics=["accuracy"], device=device)
+        dl.set_seed(7)
+        out[device] = (m, m.fit(x, [y, y2], batch_size=8, epochs=1, verbose=0).history)
+    (cpu, hc), (gpu, hg) = out["cpu"], out["cuda"]
+    for k in hc:
+        close(f"functional history {k}", hc[k], hg[k], problems)
+    same_weights("functional", cpu, gpu, problems)
+
+
+CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches,
+         case_recurrent, case_functional]
 
 
 def main() -> int:

@@ -11,7 +11,8 @@ import numpy as np
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.graph import apply
-from dlrun.engine.layers import LAYERS, KernelLayer, Layer, _name, activation_op
+from dlrun.engine.layers import (LAYERS, KernelLayer, Layer, _name, activation_op,
+                                  require_features)
 from dlrun.errors import ConfigError, ShapeError
 from dlrun.ops.conv import window_geometry
 
@@ -277,10 +278,7 @@ class Maxout(Layer):
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ShapeError(f"Maxout layer {self.name!r} expects (batch, features), got "
-                             f"(batch, {', '.join(map(str, input_shape))}); put a Flatten "
-                             "layer before it")
+        require_features(self, input_shape)
         n = self.units * self.pieces
         self.kernel = self.add_weight("kernel", (input_shape[0], n), self.kernel_initializer,
                                       regularizer=self.kernel_regularizer)

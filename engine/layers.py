@@ -129,6 +129,14 @@ class Layer:
         return f"<{type(self).__name__} {self.name}>"
 
 
+def require_features(layer: Layer, input_shape: tuple) -> None:
+    """Refuse inputs other than (batch, features), as layers of one weight matrix need."""
+    if len(input_shape) != 1:
+        raise ShapeError(f"{type(layer).__name__} layer {layer.name!r} expects inputs of "
+                         f"shape (batch, features), got (batch, "
+                         f"{', '.join(map(str, input_shape))}); put a Flatten layer before it")
+
+
 def _snake(name: str) -> str:
     return "".join("_" + c.lower() if c.isupper() and i else c.lower()
                    for i, c in enumerate(name))
@@ -177,10 +185,7 @@ class Dense(KernelLayer):
         self.units = int(units)
 
     def build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ShapeError(f"Dense layer {self.name!r} expects inputs of shape "
-                             f"(batch, features), got (batch, {', '.join(map(str, input_shape))}); "
-                             "put a Flatten layer before it")
+        require_features(self, input_shape)
         self.add_kernel_and_bias((input_shape[0], self.units), (self.units,))
 
     def call(self, x, training):
@@ -223,10 +228,7 @@ class Highway(Layer):
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        if len(input_shape) != 1:
-            raise ShapeError(f"Highway layer {self.name!r} expects inputs of shape (batch, "
-                             f"features), got (batch, {', '.join(map(str, input_shape))}); "
-                             "put a Flatten layer before it")
+        require_features(self, input_shape)
         n = input_shape[0]
         self.kernel = self.add_weight("kernel", (n, n), self.kernel_initializer,
                                       regularizer=self.kernel_regularizer)

@@ -161,11 +161,23 @@ def _chunk(n: int, k: int, p: int) -> int:
 
 
 @jit
+def _pointwise(geo):
+    """A 1x1 kernel with stride 1 and no padding (the lectures' "network in network")"""
+    kh, kw, sh, sw, pt, pl, oh, ow = geo
+    return kh == 1 and kw == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0
+
+
+@jit
 def conv_fwd_part_cpu(x, w2, b, relu, geo, step, cols_ws, t_ws, y3):
     """y3[n] = act(w2 @ im2col(x[n]) + b) for the samples of ``x``, ``step`` per product;
     the workspaces are flat and reshaped per chunk (the last chunk may be shorter)"""
     kh, kw, sh, sw, pt, pl, oh, ow = geo
     pix = oh * ow
+    if _pointwise(geo):                 # 1x1: a sample's columns are the sample itself
+        for n in range(x.shape[0]):
+            gemm(w2, x[n].reshape((x.shape[1], pix)), y3[n], 1.0, 0.0, False, False)
+            scatter_bias_relu_cpu(y3[n], b, relu, y3[n:n + 1])    # in place
+        return
     for n0 in range(0, x.shape[0], step):
         m = min(step, x.shape[0] - n0)
         cols = cols_ws[:w2.shape[1] * m * pix].reshape((w2.shape[1], m * pix))
@@ -182,6 +194,16 @@ def conv_bwd_part_cpu(dy3, y3, x, w2, relu, geo, step, cols_ws, t_ws, want_dw, w
     dw2 = sum over chunks t @ im2col(x).T, dx = col2im(w2.T @ t), ``step`` per product"""
     kh, kw, sh, sw, pt, pl, oh, ow = geo
     pix = oh * ow
+    if _pointwise(geo):                 # 1x1: products straight from and into the samples
+        t = t_ws[:w2.shape[0] * pix].reshape((w2.shape[0], pix))
+        for n in range(x.shape[0]):
+            gather_relu_mask_cpu(dy3[n:n + 1], y3[n:n + 1], relu, t, db)
+            if want_dw:
+                gemm(t, x[n].reshape((x.shape[1], pix)), dw2, 1.0, 0.0 if n == 0 else 1.0,
+                     False, True)
+            if want_dx:
+                gemm(w2, t, dx[n].reshape((x.shape[1], pix)), 1.0, 0.0, True, False)
+        return
     for n0 in range(0, x.shape[0], step):
         m = min(step, x.shape[0] - n0)
         cols = cols_ws[:w2.shape[1] * m * pix].reshape((w2.shape[1], m * pix))

@@ -371,3 +371,22 @@ def test_conv_split_between_threads_matches_one_thread(monkeypatch, threads):
 
     for got, want in zip(run(threads), run(1)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv1x1_direct_products_match_the_reference_and_gradcheck(monkeypatch, relu, threads):
+    """A 1x1 kernel (stride 1, no padding) multiplies each sample directly, without
+    columns: forward against the numpy reference, backward by finite differences."""
+    from dlrun.ops import blas, conv, gradcheck
+
+    monkeypatch.setattr(blas, "_threads", threads)
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 4, 2, 3))
+    w = rng.standard_normal((5, 4, 1, 1))
+    b = rng.standard_normal(5)
+    y = np.full((3, 5, 2, 3), np.nan)
+    conv.conv2d_bias_fwd_cpu(x, w, b, (1, 1), "valid", relu, y)
+    want = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x) + b[None, :, None, None]
+    np.testing.assert_allclose(y, np.maximum(want, 0) if relu else want, rtol=1e-12)
+    assert gradcheck("conv2d_bias", x, w, b, strides=(1, 1), padding="valid", relu=relu)

@@ -37,8 +37,11 @@ def _numpy_blas_paths() -> list:
 
     np.dot(np.ones((2, 2)), np.ones((2, 2)))            # make sure numpy's BLAS is loaded
     infos = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    npdir = os.path.dirname(os.path.dirname(np.__file__))
-    infos.sort(key=lambda i: not os.path.realpath(i["filepath"]).startswith(npdir))
+    # numpy's wheels bundle theirs in numpy.libs/ (numpy/.dylibs/ on macOS); SciPy's own
+    # copy sits in scipy.libs/. Elsewhere (conda) both use one library: load order then.
+    pkg = os.path.realpath(os.path.dirname(np.__file__))
+    own = (pkg + os.sep, pkg + ".libs" + os.sep)
+    infos.sort(key=lambda i: not os.path.realpath(i["filepath"]).startswith(own))
     return [i["filepath"] for i in infos]
 
 
@@ -207,6 +210,8 @@ def split_run(fn, n: int, min_per_part: int = 1) -> int:
     if _pool is None or _pool._max_workers < parts - 1:
         from concurrent.futures import ThreadPoolExecutor
 
+        if _pool is not None:
+            _pool.shutdown(wait=False)
         _pool = ThreadPoolExecutor(parts - 1, thread_name_prefix="dlrun-split")
     bounds = [n * i // parts for i in range(parts + 1)]
 

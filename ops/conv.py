@@ -257,9 +257,11 @@ def _conv_backward(dy, x, w, y, relu, strides, padding, dx, dw, db):
                           dw is not None, dx is not None, pdw.reshape(w2.shape) if
                           dw is not None else none.reshape(0, 0), pdb,
                           dx[s:e] if dx is not None else x[:0])
-        partials.append((pdw, pdb))
+        partials.append((s, pdw, pdb))
 
     split_run(part, x.shape[0])
+    # summed in the order of the parts' rows, whichever thread finished first
+    partials = [(pdw, pdb) for _, pdw, pdb in sorted(partials, key=lambda p: p[0])]
     if dw is not None:
         np.copyto(dw.reshape(w2.shape), partials[0][0])
         for pdw, _ in partials[1:]:

@@ -1,6 +1,8 @@
 """``dlrun.ops.blas.gemm``: numpy's own BLAS called from compiled code, and its fallback."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -16,6 +18,10 @@ def test_numpy_blas_found():
     # numpy's wheels bundle OpenBLAS; without it every recurrent kernel is slower
     assert blas.HAVE_CBLAS
     assert blas.gemm is blas._gemm_cblas
+    import scipy.linalg  # noqa: F401  SciPy's own OpenBLAS, loaded too, must come second
+
+    first = os.path.realpath(blas._numpy_blas_paths()[0])
+    assert first.startswith(os.path.realpath(os.path.dirname(np.__file__)))
 
 
 @pytest.mark.parametrize("gemm", IMPLS)

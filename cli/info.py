@@ -28,6 +28,7 @@ def collect() -> list:
     from dlrun import __version__
     from dlrun.datasets import list_datasets
     from dlrun.engine.threads import available_cores
+    from dlrun.ops.blas import sgemm_choice
 
     # which kernels OpenBLAS runs decides much of the speed: say when the environment forces
     # them (e.g. OPENBLAS_CORETYPE=Haswell, AVX2 only, on a CPU that has AVX-512)
@@ -41,6 +42,7 @@ def collect() -> list:
     rows += [("cores available", available_cores()),
              ("numba threads", numba.config.NUMBA_NUM_THREADS),
              ("blas", "; ".join(blas) or "none found"),
+             ("float32 matmul", sgemm_choice()),
              ("numba cache", os.environ.get("NUMBA_CACHE_DIR", "beside the sources "
                                             "(set NUMBA_CACHE_DIR to move it)")),
              ("cuda", cuda_status()),

@@ -11,6 +11,12 @@ into ``c``) and transposes without copies.
 
 Where numpy's BLAS cannot be found (another BLAS vendor), ``gemm`` falls back to
 ``np.dot`` inside Numba (SciPy's BLAS) with the same semantics.
+
+float32 products on CPUs with AVX-512 go to dlrun's own kernel instead
+(:mod:`dlrun.ops.sgemm`): 1.6x OpenBLAS's AVX2 kernels, which an environment may force
+(``OPENBLAS_CORETYPE``). :func:`sgemm_choice` says which runs and why; ``DLRUN_GEMM=openblas``
+or ``=dlrun`` overrides the choice. :func:`matmul` is the entry for code outside kernels:
+it splits a large product between ``--threads`` threads.
 """
 from __future__ import annotations
 
@@ -19,7 +25,11 @@ import os
 
 import numpy as np
 
+from numba.core import types
+from numba.extending import intrinsic, overload
+
 from dlrun.ops.config import jit
+from dlrun.ops.sgemm import sgemm, sgemm_parallel
 
 # CBLAS enum values
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -146,7 +156,132 @@ def _gemm_numpy(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
             c[i, j] = alpha * p[i, j] + (beta * c[i, j] if beta != 0.0 else 0.0)
 
 
-gemm = _gemm_cblas if HAVE_CBLAS else _gemm_numpy
+_gemm_blas = _gemm_cblas if HAVE_CBLAS else _gemm_numpy
+
+
+# -- float32: dlrun's own kernel where the CPU has AVX-512 ----------------------------------
+def _host_has_avx512() -> bool:
+    try:
+        import llvmlite.binding as llvm
+
+        return "+avx512f" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:                                   # noqa: BLE001 - then OpenBLAS
+        return False
+
+
+def _choose_sgemm() -> tuple[bool, str]:
+    forced = os.environ.get("DLRUN_GEMM", "").strip().lower()
+    if forced in ("openblas", "blas"):
+        return False, "DLRUN_GEMM=openblas"
+    if forced == "dlrun":
+        return True, "DLRUN_GEMM=dlrun"
+    if forced:
+        from dlrun.errors import ConfigError
+
+        raise ConfigError(f"DLRUN_GEMM must be 'dlrun' or 'openblas', got {forced!r}")
+    if _host_has_avx512():
+        return True, "the CPU has AVX-512"
+    return False, "the CPU has no AVX-512"
+
+
+OWN_SGEMM, _WHY = _choose_sgemm()
+
+# The choice is read at run time by compiled code through a C global registered under a
+# fixed name, so kernels cached on disk follow this process's choice (a Python global would
+# be frozen into the cached machine code).
+_FLAG = ctypes.c_int32(1 if OWN_SGEMM else 0)
+
+
+def _register_flag():
+    import llvmlite.binding as llvm
+
+    llvm.add_symbol("dlrun_own_sgemm", ctypes.addressof(_FLAG))
+
+
+_register_flag()
+
+
+@intrinsic
+def _own_sgemm_on(typingctx):
+    """Whether float32 products use dlrun's kernel in this process (reads the C global)."""
+    def codegen(context, builder, signature, args):
+        from llvmlite import ir
+
+        mod = builder.module
+        gv = mod.globals.get("dlrun_own_sgemm")
+        if gv is None:
+            gv = ir.GlobalVariable(mod, ir.IntType(32), "dlrun_own_sgemm")
+            gv.linkage = "external"
+        return builder.icmp_unsigned("!=", builder.load(gv), ir.Constant(ir.IntType(32), 0))
+    return types.boolean(), codegen
+
+
+def sgemm_choice() -> str:
+    """Which kernel multiplies float32 matrices here, and why (for ``dlrun info``)."""
+    if OWN_SGEMM:
+        return f"dlrun sgemm, AVX-512 micro-kernel ({_WHY})"
+    return f"OpenBLAS ({_WHY})"
+
+
+def _sgemm_if_f32(a, b, c, alpha, beta, trans_a, trans_b):
+    """Stub: runs :func:`sgemm` and returns True for float32 arrays, else returns False."""
+
+
+@overload(_sgemm_if_f32, jit_options=dict(nogil=True))
+def _sgemm_if_f32_impl(a, b, c, alpha, beta, trans_a, trans_b):
+    if a.dtype == b.dtype == c.dtype == types.float32:
+        def run(a, b, c, alpha, beta, trans_a, trans_b):
+            sgemm(a, b, c, alpha, beta, trans_a, trans_b)
+            return True
+        return run
+    return lambda a, b, c, alpha, beta, trans_a, trans_b: False
+
+
+@jit
+def gemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """c = alpha * op(a) @ op(b) + beta * c on the calling thread's BLAS (or dlrun's kernel
+    for float32, where chosen); callable inside kernels."""
+    if _own_sgemm_on():
+        if _sgemm_if_f32(a, b, c, alpha, beta, trans_a, trans_b):
+            return
+    _gemm_blas(a, b, c, alpha, beta, trans_a, trans_b)
+
+
+# Below this many flops a product is not split between threads: waking the second thread
+# costs more than it saves (measured: a 1 MFLOP product ran slower on two).
+PARALLEL_MIN_FLOPS = 4_000_000
+
+
+def matmul(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False) -> None:
+    """c = alpha * op(a) @ op(b) + beta * c, from Python, on ``--threads`` threads.
+
+    float32 with dlrun's kernel: cut between Numba's threads when large enough. Otherwise
+    OpenBLAS with its own threads (numpy's ``@`` where a layout needs it).
+    """
+    if (OWN_SGEMM and c.dtype == np.float32 and a.dtype == np.float32
+            and b.dtype == np.float32 and _rows_contiguous(a, b, c)):
+        m, n = c.shape
+        k = a.shape[0] if trans_a else a.shape[1]
+        parts = 1
+        if 2 * m * n * k >= PARALLEL_MIN_FLOPS:
+            import numba
+
+            parts = numba.get_num_threads()
+        if parts > 1:
+            sgemm_parallel(a, b, c, alpha, beta, trans_a, trans_b, parts)
+        else:
+            sgemm(a, b, c, alpha, beta, trans_a, trans_b)
+        return
+    if alpha == 1.0 and beta == 0.0:
+        np.dot(a.T if trans_a else a, b.T if trans_b else b, out=c)
+    else:
+        _gemm_blas(np.ascontiguousarray(a), np.ascontiguousarray(b), c, alpha, beta,
+                   trans_a, trans_b)
+
+
+def _rows_contiguous(*arrays) -> bool:
+    return all(x.ndim == 2 and (x.shape[1] <= 1 or x.strides[1] == x.itemsize)
+               for x in arrays)
 
 
 # -- splitting a kernel's work between threads -----------------------------------------------

@@ -94,7 +94,8 @@ def test_train_malformed_dataset_path(runner, tmp_path):
 def test_info(runner):
     res = runner.invoke(main, ["info"])
     assert res.exit_code == 0, res.output
-    for key in ("dlrun", "numba", "cores available", "blas", "cuda", "mnist-5k"):
+    for key in ("dlrun", "numba", "cores available", "blas", "float32 matmul", "cuda",
+                "mnist-5k"):
         assert key in res.output
 
 

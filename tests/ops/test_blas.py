@@ -1,4 +1,5 @@
-"""``dlrun.ops.blas.gemm``: numpy's own BLAS called from compiled code, and its fallback."""
+"""``dlrun.ops.blas.gemm``: numpy's own BLAS called from compiled code, its fallback, and
+the dispatcher that sends float32 to dlrun's kernel where chosen."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,8 @@ import pytest
 from dlrun.ops import blas
 from dlrun.ops.config import jit
 
-IMPLS = [pytest.param(blas._gemm_numpy, id="numpy-fallback")]
+IMPLS = [pytest.param(blas._gemm_numpy, id="numpy-fallback"),
+         pytest.param(blas.gemm, id="dispatch")]
 if blas.HAVE_CBLAS:
     IMPLS.insert(0, pytest.param(blas._gemm_cblas, id="cblas"))
 
@@ -17,7 +19,7 @@ if blas.HAVE_CBLAS:
 def test_numpy_blas_found():
     # numpy's wheels bundle OpenBLAS; without it every recurrent kernel is slower
     assert blas.HAVE_CBLAS
-    assert blas.gemm is blas._gemm_cblas
+    assert blas._gemm_blas is blas._gemm_cblas
     import scipy.linalg  # noqa: F401  SciPy's own OpenBLAS, loaded too, must come second
 
     first = os.path.realpath(blas._numpy_blas_paths()[0])

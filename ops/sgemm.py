@@ -1,0 +1,316 @@
+"""dlrun's own float32 matrix product: packing loops in Numba around one explicit-vector
+micro-kernel.
+
+Why it exists: OpenBLAS picks its kernels per CPU, and an environment can force a choice
+(``OPENBLAS_CORETYPE``; this project's machine image forces ``Haswell``, AVX2, on a CPU with
+AVX-512). Measured here on one core: OpenBLAS's AVX2 sgemm runs ~120 GFLOP/s, its AVX-512
+one ~220, and the micro-kernel below ~265 in cache. So on CPUs with AVX-512 dlrun multiplies
+float32 matrices itself; elsewhere, and for float64, ``ops.blas.gemm`` calls OpenBLAS.
+``DLRUN_GEMM=openblas`` (or ``dlrun``) overrides the choice; ``dlrun info`` names it.
+
+The shape is the classic one (Goto, BLIS): ``c = alpha * op(a) @ op(b) + beta * c`` is cut
+into ``KC``-deep slices of the shared dimension; each slice of ``op(a)`` is copied
+("packed") into ``MR``-row strips laid out step by step, and ``op(b)`` is read ``NR``
+columns at a time, straight from ``b`` when its rows are contiguous, else packed the same
+way. The micro-kernel multiplies one ``MR x KC`` strip by one ``KC x NR`` strip with
+``MR * NR / 16`` accumulators held in 16-wide vector registers the whole time, and adds
+the result into ``c`` once. Edge tiles (``m`` or ``n`` not a multiple of the tile) go
+through a small scratch tile.
+
+The micro-kernel is written as LLVM IR through a Numba intrinsic, because that is the one
+way to make Numba keep 16 vector accumulators in registers (a plain loop over a local
+tile array loads and stores it every step: ~30 GFLOP/s). Everything else is plain Numba.
+The product is single-threaded; callers split work between threads (``ops.blas``).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba import prange
+from numba.extending import intrinsic
+
+from dlrun.ops.config import jit
+
+W = 16                 # float32 lanes in one vector (a 512-bit register)
+MR = 8                 # tile rows
+NR = 2 * W             # tile columns: MR x NR takes 16 vector accumulators
+NR_NARROW = W          # tile columns where n is at most W (a 10-class output layer)
+KC = 256               # depth of one slice of the shared dimension
+MC = 128               # rows of op(a) packed at a time (a multiple of MR)
+
+_I64 = ir.IntType(64)
+
+
+def _i(v):
+    return ir.Constant(_I64, v)
+
+
+@intrinsic
+def _addr(typingctx, ary):
+    """The address of an array's first element, as an integer (for the micro-kernel)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, _I64)
+    return types.int64(ary), codegen
+
+
+def _make_microkernel(NV):
+    """The micro-kernel for tiles of MR x (NV * W): an intrinsic taking
+    ``(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta)`` that computes
+    ``c[0:MR, 0:NV*W] = alpha * A @ B + beta * c`` (beta == 0: c is not read). ``a``,
+    ``b``, ``c`` are addresses of float32 data (:func:`_addr` plus 4 * offset): A[r, p] is
+    ``a[p * aps + r * ars]`` (packed: aps = MR, ars = 1), B[p, :] starts at ``b[p * ldb]``
+    and C[r, :] at ``c[r * ldc]``, each row NV*W contiguous floats.
+    """
+    def typer(typingctx, kc, a, aps, ars, b, ldb, c, ldc, alpha, beta):
+        return types.void(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta), codegen
+
+    def codegen(context, builder, signature, args):
+        kc_, a_, aps_, ars_, b_, ldb_, c_, ldc_, alpha_, beta_ = args
+        f32 = ir.FloatType()
+        a_ptr = builder.inttoptr(a_, f32.as_pointer())
+        b_ptr = builder.inttoptr(b_, f32.as_pointer())
+        c_ptr = builder.inttoptr(c_, f32.as_pointer())
+        a_rows = [builder.mul(_i(r), ars_) for r in range(MR)]
+        vec = ir.VectorType(f32, W)
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{W}f32")
+        zero = ir.Constant(vec, [0.0] * W)
+        splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+        undef = ir.Constant(vec, ir.Undefined)
+
+        def broadcast(x):
+            v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(v, undef, splat)
+
+        fn = builder.function
+        entry = builder.block
+        loop = fn.append_basic_block("mk.loop")
+        body = fn.append_basic_block("mk.body")
+        done = fn.append_basic_block("mk.done")
+        builder.branch(loop)
+
+        # the k loop: accumulators are phi nodes, so they live in registers
+        builder.position_at_end(loop)
+        p = builder.phi(_I64)
+        p.add_incoming(_i(0), entry)
+        acc = []
+        for _ in range(MR * NV):
+            phi = builder.phi(vec)
+            phi.add_incoming(zero, entry)
+            acc.append(phi)
+        builder.cbranch(builder.icmp_signed("<", p, kc_), body, done)
+
+        builder.position_at_end(body)
+        brow = builder.bitcast(builder.gep(b_ptr, [builder.mul(p, ldb_)]), vec.as_pointer())
+        bv = [builder.load(builder.gep(brow, [_i(v)]), align=4) for v in range(NV)]
+        arow = builder.gep(a_ptr, [builder.mul(p, aps_)])
+        nxt = []
+        for r in range(MR):
+            av = broadcast(builder.load(builder.gep(arow, [a_rows[r]])))
+            for v in range(NV):
+                nxt.append(builder.call(fma, [av, bv[v], acc[r * NV + v]]))
+        p_next = builder.add(p, _i(1))
+        tail = builder.block
+        builder.branch(loop)
+        p.add_incoming(p_next, tail)
+        for phi, val in zip(acc, nxt):
+            phi.add_incoming(val, tail)
+
+        # write the tile: c = alpha * acc (+ beta * c unless beta == 0)
+        builder.position_at_end(done)
+        va = broadcast(builder.fptrunc(alpha_, f32) if alpha_.type != f32 else alpha_)
+        beta32 = builder.fptrunc(beta_, f32) if beta_.type != f32 else beta_
+        vb = broadcast(beta32)
+        rows = []
+        for r in range(MR):
+            crow = builder.bitcast(builder.gep(c_ptr, [builder.mul(_i(r), ldc_)]),
+                                   vec.as_pointer())
+            rows.append([builder.gep(crow, [_i(v)]) for v in range(NV)])
+        no_beta = builder.fcmp_ordered("==", beta32, ir.Constant(f32, 0.0))
+        with builder.if_else(no_beta) as (then, otherwise):
+            with then:
+                for r in range(MR):
+                    for v in range(NV):
+                        builder.store(builder.fmul(va, acc[r * NV + v]), rows[r][v], align=4)
+            with otherwise:
+                for r in range(MR):
+                    for v in range(NV):
+                        old = builder.load(rows[r][v], align=4)
+                        new = builder.call(fma, [va, acc[r * NV + v], builder.fmul(vb, old)])
+                        builder.store(new, rows[r][v], align=4)
+        return context.get_dummy_value()
+
+    typer.__name__ = f"_microkernel_{NV * W}"
+    return intrinsic(typer)
+
+
+_mk_wide = _make_microkernel(2)          # MR x 32
+_mk_narrow = _make_microkernel(1)        # MR x 16
+
+
+@jit
+def _pack_a(a, trans_a, i0, p0, mc, kc, out):
+    """out[strip * kc * MR + p * MR + r] = op(a)[i0 + strip * MR + r, p0 + p], zero past the
+    last row."""
+    for s in range((mc + MR - 1) // MR):
+        base = s * kc * MR
+        for r in range(MR):
+            i = s * MR + r
+            if i < mc:
+                if trans_a:
+                    for p in range(kc):
+                        out[base + p * MR + r] = a[p0 + p, i0 + i]
+                else:
+                    for p in range(kc):
+                        out[base + p * MR + r] = a[i0 + i, p0 + p]
+            else:
+                for p in range(kc):
+                    out[base + p * MR + r] = 0.0
+
+
+@jit
+def _pack_b(b, trans_b, p0, j0, kc, nr, nt, out):
+    """out[p * nt + j] = op(b)[p0 + p, j0 + j] for j < nr, zero up to the tile width nt."""
+    if trans_b:
+        for j in range(nr):                 # along b's rows: reads stay contiguous
+            for p in range(kc):
+                out[p * nt + j] = b[j0 + j, p0 + p]
+    else:
+        for p in range(kc):
+            for j in range(nr):
+                out[p * nt + j] = b[p0 + p, j0 + j]
+    if nr < nt:
+        for p in range(kc):
+            for j in range(nr, nt):
+                out[p * nt + j] = 0.0
+
+
+@jit
+def _tile(nt, kc, a, aps, ars, b, ldb, c, ldc, alpha, beta):
+    if nt == NR:
+        _mk_wide(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta)
+    else:
+        _mk_narrow(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta)
+
+
+@jit
+def _dims(a, b, c, trans_a, trans_b):
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if k != k2 or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("sgemm: shapes do not fit")
+    return m, n, k
+
+
+@jit
+def sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, i_lo, i_hi, j_lo, j_hi):
+    """Rows ``i_lo:i_hi`` and columns ``j_lo:j_hi`` of
+    ``c = alpha * op(a) @ op(b) + beta * c`` (float32, single-threaded); see :func:`sgemm`.
+    """
+    m, n, k = _dims(a, b, c, trans_a, trans_b)
+    if i_hi <= i_lo or j_hi <= j_lo:
+        return
+    al = np.float32(alpha)
+    if k == 0:
+        for i in range(i_lo, i_hi):
+            for j in range(j_lo, j_hi):
+                c[i, j] = beta * c[i, j] if beta != 0.0 else 0.0
+        return
+    nt = NR_NARROW if j_hi - j_lo <= NR_NARROW else NR
+    ldc = c.strides[0] // 4 if m > 1 else n
+    ldb = b.strides[0] // 4 if b.shape[0] > 1 else b.shape[1]
+    # b is read in place where its rows are contiguous and it is not transposed
+    direct = not trans_b and (b.shape[1] <= 1 or b.strides[1] == 4)
+    kcap = min(k, KC)
+    apack = np.empty((min(i_hi - i_lo, MC) + MR - 1) // MR * MR * kcap, np.float32)
+    bpack = np.empty(kcap * nt, np.float32)
+    tile = np.empty(MR * nt, np.float32)
+    one = np.float32(1.0)
+    zero = np.float32(0.0)
+    lda = a.strides[0] // 4 if a.shape[0] > 1 else a.shape[1]
+    a_rows_ok = a.shape[1] <= 1 or a.strides[1] == 4
+    # op(a) is read in place (measured faster than packing it, at every shape dlrun's models
+    # use), unless its rows are strided inside; a partial last strip is copied zero-padded
+    pack = not a_rows_ok
+    aps, ars = (lda, 1) if trans_a else (1, lda)
+    a_base, b_base, c_base = _addr(a), _addr(b), _addr(c)
+    apack_at, bpack_at, tile_at = _addr(apack), _addr(bpack), _addr(tile)
+    for p0 in range(0, k, KC):
+        kc = min(KC, k - p0)
+        bet = np.float32(beta) if p0 == 0 else one
+        for i0 in range(i_lo, i_hi, MC):
+            mc = min(MC, i_hi - i0)
+            if pack:
+                _pack_a(a, trans_a, i0, p0, mc, kc, apack)
+            elif mc % MR:                   # the last, partial strip: zero-padded copy
+                last = i0 + mc // MR * MR
+                _pack_a(a, trans_a, last, p0, mc % MR, kc, apack)
+            for j0 in range(j_lo, j_hi, nt):
+                nr = min(nt, j_hi - j0)
+                in_place = direct and nr == nt
+                if not in_place:
+                    _pack_b(b, trans_b, p0, j0, kc, nr, nt, bpack)
+                if in_place:
+                    b_at, bld = b_base + 4 * (p0 * ldb + j0), ldb
+                else:
+                    b_at, bld = bpack_at, nt
+                for s in range((mc + MR - 1) // MR):
+                    r0 = i0 + s * MR
+                    mr = min(MR, i_hi - r0)
+                    if pack:
+                        a_at, sp, sr = apack_at + 4 * s * kc * MR, MR, 1
+                    elif mr < MR:
+                        a_at, sp, sr = apack_at, MR, 1
+                    else:
+                        off = p0 * lda + r0 if trans_a else r0 * lda + p0
+                        a_at, sp, sr = a_base + 4 * off, aps, ars
+                    if mr == MR and nr == nt:
+                        _tile(nt, kc, a_at, sp, sr, b_at, bld, c_base + 4 * (r0 * ldc + j0),
+                              ldc, al, bet)
+                    else:                   # an edge tile: through the scratch tile
+                        _tile(nt, kc, a_at, sp, sr, b_at, bld, tile_at, nt, one, zero)
+                        for r in range(mr):
+                            for j in range(nr):
+                                v = al * tile[r * nt + j]
+                                if bet != 0.0:
+                                    v += bet * c[r0 + r, j0 + j]
+                                c[r0 + r, j0 + j] = v
+
+
+@jit
+def sgemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
+    """c = alpha * op(a) @ op(b) + beta * c for float32 2-D arrays, single-threaded.
+
+    Rows of ``a``, ``b``, ``c`` may be strided (slices); elements within a row must be
+    contiguous. ``beta == 0`` never reads ``c`` (it may hold NaN).
+    """
+    m, n, _ = _dims(a, b, c, trans_a, trans_b)
+    sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, 0, m, 0, n)
+
+
+@jit
+def split_bounds(m, n, parts):
+    """How :func:`sgemm_parallel` cuts c between ``parts`` threads: along the longer side, at
+    whole tiles. Returns (along rows?, array of parts + 1 bounds)."""
+    rows = m >= n
+    size, unit = (m, MR) if rows else (n, NR)
+    tiles = (size + unit - 1) // unit
+    parts = max(1, min(parts, tiles))
+    bounds = np.empty(parts + 1, np.int64)
+    for t in range(parts + 1):
+        bounds[t] = min(size, (tiles * t // parts) * unit)
+    return rows, bounds
+
+
+@jit(parallel=True)
+def sgemm_parallel(a, b, c, alpha, beta, trans_a, trans_b, parts):
+    """:func:`sgemm` with c cut between ``parts`` threads (Numba's thread pool)."""
+    m, n, _ = _dims(a, b, c, trans_a, trans_b)
+    rows, bounds = split_bounds(m, n, parts)
+    for t in prange(bounds.size - 1):
+        if rows:
+            sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, bounds[t], bounds[t + 1], 0, n)
+        else:
+            sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, 0, m, bounds[t], bounds[t + 1])

@@ -1,10 +1,8 @@
 """Dense-layer primitives: matrix product (BLAS; a tiled kernel on CUDA) and bias add."""
 from __future__ import annotations
 
-import numpy as np
-
 from dlrun.ops import config
-from dlrun.ops.blas import gemm
+from dlrun.ops.blas import matmul
 from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 from dlrun.ops.shape import copy_cuda
@@ -27,8 +25,8 @@ def _matmul_shape(a: Spec, b: Spec) -> list:
 
 
 def matmul_fwd_cpu(a, b, y):
-    """y = a @ b  (BLAS)"""
-    np.dot(a, b, out=y)
+    """y = a @ b  (``ops.blas.matmul``: dlrun's sgemm or OpenBLAS, on --threads threads)"""
+    matmul(a, b, y)
 
 
 @cuda_device
@@ -78,19 +76,19 @@ def matmul_fwd_cuda(a, b, y):
 
 
 def matmul_bwd_cpu(dy, a, b, da, db):
-    """da = dy @ b.T ; db = a.T @ dy  (BLAS; transposes are views, not copies)"""
+    """da = dy @ b.T ; db = a.T @ dy  (``ops.blas.matmul``; transposes are flags, not copies)"""
     if da is not None:
-        np.dot(dy, b.T, out=da)
+        matmul(dy, b, da, trans_b=True)
     if db is not None:
-        np.dot(a.T, dy, out=db)
+        matmul(a, dy, db, trans_a=True)
 
 
 def matmul_bwd_sgd_cpu(dy, a, b, lr, da):
     """da = dy @ b.T ; then b -= lr[0] * a.T @ dy in place: plain SGD fused into the weight
     gradient's product (one BLAS call with beta = 1, no gradient array written or read)"""
     if da is not None:
-        np.dot(dy, b.T, out=da)             # before b changes
-    gemm(a, dy, b, -lr[0], 1.0, True, False)
+        matmul(dy, b, da, trans_b=True)     # before b changes
+    matmul(a, dy, b, -lr[0], 1.0, True, False)
 
 
 def matmul_bwd_cuda(dy, a, b, da, db):

@@ -7,13 +7,13 @@ Sequences are (batch, time, features); weights are Keras's: ``W (in, units)`` or
 are laid out i, f, c, o along the last axis; the initial state is zero.
 
 The batch is split between threads (``ops.blas.split_run``, one part per ``--threads``,
-OpenBLAS at one thread within each part): the sequences are independent, so each thread
+BLAS at one thread within each part): the sequences are independent, so each thread
 runs its own rows through the whole time loop, one compiled kernel per part. In a part,
-the input projection of every step is one GEMM (``x (rows*time, in) @ W``) into the gates
-buffer; then each step adds ``h_{t-1} @ U`` into its slice (``ops.blas.gemm`` with
-``beta=1``, numpy's own BLAS) and applies the gate arithmetic, fused, in a serial Numba
-loop. The backward runs the steps in reverse, one small GEMM per step for
-``dh_{t-1} = dz_t U^T``, and after the loop one GEMM each for ``dW = X^T dZ``,
+each step projects its input (``x_t @ W``) into its slice of the gates buffer, adds
+``h_{t-1} @ U`` into it (``ops.blas.gemm`` with ``beta=1``: dlrun's sgemm or OpenBLAS)
+and applies the gate arithmetic, fused, in a serial Numba loop. The backward runs the
+steps in reverse, one small GEMM per step for ``dh_{t-1} = dz_t U^T`` (by a contiguous
+copy of U^T made once), and after the loop one GEMM each for ``dW = X^T dZ``,
 ``dU = H_prev^T dZ`` and ``dX = dZ W^T`` over the part's rows (dW, dU, db as partials,
 summed after the join). Float32 sigmoid and tanh use an exp that LLVM vectorizes (numba
 has no vector math library here): the gate arithmetic costs a fifth of what libm's would.
@@ -163,12 +163,13 @@ def _grads_or_empty(x, dx, dw, du, db):
 MIN_PER_PART = 4                   # rows; below 2x this a batch is one call
 
 
-@jit
-def _project(x, w, out):
-    """out[s, t] = x[s, t] @ W for every sample and step: one GEMM"""
-    nb, nt, nin = x.shape
-    gemm(x.reshape(nb * nt, nin), w, out.reshape(nb * nt, out.shape[2]), 1.0, 0.0,
-         False, False)
+def _transposed(u, tag: str):
+    """U^T as a contiguous array, made once per backward: every step multiplies by it, and
+    a transposed operand would be rearranged by the product at every step (measured: the
+    LSTM's 27 backward step products 3.3 ms that way, 2.4 ms from U^T)."""
+    u_t = workspace(tag, u.shape[::-1], u.dtype)
+    np.copyto(u_t, u.T)
+    return u_t
 
 
 def _backward_split(tag, steps, x, w, h, dz, dx, dw, du, db):
@@ -202,13 +203,16 @@ def _backward_split(tag, steps, x, w, h, dz, dx, dw, du, db):
 
 # -- simple_rnn ----------------------------------------------------------------------------
 @jit
-def _rnn_steps(u, b, relu, h):
-    """h_t = act(h_t + h_{t-1} @ U + b), h holding x_t @ W on entry ; act = tanh, or ReLU
-    when relu ; h_{-1} = 0"""
+def _rnn_steps(x, w, u, b, relu, h):
+    """h_t = act(x_t @ W + h_{t-1} @ U + b) ; act = tanh, or ReLU when relu ; h_{-1} = 0.
+    Each step's input projection is made just before its recurrent product, into the same
+    rows, so both products find them in cache (measured on the LSTM: 3.8 ms forward, 4.2
+    with the projection of all steps as one product first)."""
     nb, nt, n = h.shape
     one = h.dtype.type(1)
     zero = h.dtype.type(0)
     for t in range(nt):
+        gemm(x[:, t, :], w, h[:, t, :], 1.0, 0.0, False, False)
         if t > 0:
             gemm(h[:, t - 1, :], u, h[:, t, :], 1.0, 1.0, False, False)
         for s in range(nb):
@@ -221,27 +225,27 @@ def _rnn_steps(u, b, relu, h):
 
 
 def simple_rnn_fwd_cpu(x, w, u, b, activation, h):
-    """h_t = act(x_t @ W + h_{t-1} @ U + b) for every step: the input projection, then
-    the time loop (:func:`_rnn_steps`), the batch split between threads"""
+    """h_t = act(x_t @ W + h_{t-1} @ U + b) for every step: the time loop
+    (:func:`_rnn_steps`), the batch split between threads"""
     relu = activation == "relu"
 
     def part(s, e):
-        _project(x[s:e], w, h[s:e])
-        _rnn_steps(u, b, relu, h[s:e])
+        _rnn_steps(x[s:e], w, u, b, relu, h[s:e])
 
     split_run(part, x.shape[0], MIN_PER_PART)
 
 
 @jit
-def _rnn_bwd_steps(dy, u, h, relu, dz, dh):
-    """dz_t = (dy_t + dz_{t+1} @ U^T) * act'(h_t), from the last step back"""
+def _rnn_bwd_steps(dy, u_t, h, relu, dz, dh):
+    """dz_t = (dy_t + dz_{t+1} @ U^T) * act'(h_t), from the last step back (``u_t`` is U^T,
+    contiguous)"""
     nb, nt, n = h.shape
     one = h.dtype.type(1)
     zero = h.dtype.type(0)
     dh[:] = 0.0
     for t in range(nt - 1, -1, -1):
         if t < nt - 1:
-            gemm(dz[:, t + 1, :], u, dh, 1.0, 0.0, False, True)
+            gemm(dz[:, t + 1, :], u_t, dh, 1.0, 0.0, False, False)
         for s in range(nb):
             for j in range(n):
                 d = dy[s, t, j] + dh[s, j]
@@ -258,9 +262,10 @@ def simple_rnn_bwd_cpu(dy, x, w, u, h, activation, dx, dw, du, db):
     relu = activation == "relu"
     dz = workspace("simple_rnn.dz", h.shape, h.dtype)
     dh = workspace("simple_rnn.dh", h.shape[::2], h.dtype)
+    u_t = _transposed(u, "simple_rnn.u_t")
 
     def steps(s, e):
-        _rnn_bwd_steps(dy[s:e], u, h[s:e], relu, dz[s:e], dh[s:e])
+        _rnn_bwd_steps(dy[s:e], u_t, h[s:e], relu, dz[s:e], dh[s:e])
 
     _backward_split("simple_rnn", steps, x, w, h, dz, dx, dw, du, db)
 
@@ -369,14 +374,16 @@ def _lstm_shape(x, w, u, b):
 # not overlap the others, and gives up when one loop writes several arrays (the fused
 # single loop ran at a quarter of the speed).
 @jit
-def _lstm_steps(u, b, h, gates, c, tanh_c):
-    """The time loop, gates holding x_t @ W on entry: z = gates_t + h_{t-1} @ U + b ;
+def _lstm_steps(x, w, u, b, h, gates, c, tanh_c):
+    """The time loop: z = x_t @ W + h_{t-1} @ U + b (the projection step by step, as in
+    :func:`_rnn_steps`) ;
     i, f, o = sigmoid(z_i, z_f, z_o) ; g = tanh(z_c) ; c_t = f c_{t-1} + i g ;
     h_t = o tanh(c_t) ; saves the gates (i, f, g, o), c, tanh(c)"""
     nb, nt, _ = h.shape
     n = u.shape[0]
     one = h.dtype.type(1)
     for t in range(nt):
+        gemm(x[:, t, :], w, gates[:, t, :], 1.0, 0.0, False, False)
         if t > 0:
             gemm(h[:, t - 1, :], u, gates[:, t, :], 1.0, 1.0, False, False)
         for s in range(nb):
@@ -397,28 +404,27 @@ def _lstm_steps(u, b, h, gates, c, tanh_c):
 
 
 def lstm_fwd_cpu(x, w, u, b, h, gates, c, tanh_c):
-    """The LSTM over every step: the input projection x @ W, then the time loop
-    (:func:`_lstm_steps`), the batch split between threads"""
+    """The LSTM over every step: the time loop (:func:`_lstm_steps`), the batch split
+    between threads"""
     def part(s, e):
-        _project(x[s:e], w, gates[s:e])
-        _lstm_steps(u, b, h[s:e], gates[s:e], c[s:e], tanh_c[s:e])
+        _lstm_steps(x[s:e], w, u, b, h[s:e], gates[s:e], c[s:e], tanh_c[s:e])
 
     split_run(part, x.shape[0], MIN_PER_PART)
 
 
 @jit
-def _lstm_bwd_steps(dy, u, gates, c, tanh_c, dz, dh, dc):
+def _lstm_bwd_steps(dy, u_t, gates, c, tanh_c, dz, dh, dc):
     """From the last step back: dh = dy_t + dz_{t+1} @ U^T ; dc += dh o (1 - tanh(c)^2) ;
     dz = (dc g i(1-i), dc c_{t-1} f(1-f), dc i (1-g^2), dh tanh(c) o(1-o)) ; the carry
-    dc f goes to step t-1"""
+    dc f goes to step t-1 (``u_t`` is U^T, contiguous)"""
     nb, nt, _ = dy.shape
-    n = u.shape[0]
+    n = u_t.shape[1]
     one = dz.dtype.type(1)
     dh[:] = 0.0
     dc[:] = 0.0
     for t in range(nt - 1, -1, -1):
         if t < nt - 1:
-            gemm(dz[:, t + 1, :], u, dh, 1.0, 0.0, False, True)
+            gemm(dz[:, t + 1, :], u_t, dh, 1.0, 0.0, False, False)
         for s in range(nb):
             for j in range(n):
                 dh[s, j] += dy[s, t, j]
@@ -451,9 +457,10 @@ def lstm_bwd_cpu(dy, x, w, u, h, gates, c, tanh_c, dx, dw, du, db):
     dz = workspace("lstm.dz", gates.shape, h.dtype)
     dh = workspace("lstm.dh", h.shape[::2], h.dtype)
     dc = workspace("lstm.dc", h.shape[::2], h.dtype)
+    u_t = _transposed(u, "lstm.u_t")
 
     def steps(s, e):
-        _lstm_bwd_steps(dy[s:e], u, gates[s:e], c[s:e], tanh_c[s:e], dz[s:e], dh[s:e],
+        _lstm_bwd_steps(dy[s:e], u_t, gates[s:e], c[s:e], tanh_c[s:e], dz[s:e], dh[s:e],
                         dc[s:e])
 
     _backward_split("lstm", steps, x, w, h, dz, dx, dw, du, db)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import os
 
-import numba
+# Numba's OpenMP threads (its ``omp`` layer runs dlrun's parallel loops and split matrix
+# products) spin after each parallel region before they sleep; by default long enough to
+# hold a core while the batch-split kernels (``ops.blas.split_run``, Python threads) want
+# both: measured at 2 threads, the CNN's forward 19.2 ms a batch that way, 12.1 ms with the
+# spin cut to 30,000 iterations, which still bridges the gaps between the MLP's products
+# (108k samples/s either way; never spinning, OMP_WAIT_POLICY=passive: 85k). Must be set
+# before libgomp loads; a value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "30000")
+
+import numba  # noqa: E402
 
 # Fast-math without ``nnan``/``ninf``: with those two, LLVM may fold ``isnan(x)`` to False,
 # and the NaN checks (TerminateOnNaN, the averaging guard) would silently stop working.

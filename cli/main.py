@@ -181,7 +181,7 @@ def info():
 
 @main.command()
 @click.argument("model", default="mlp",
-                type=click.Choice(["mlp", "cnn", "lstm", "loader", "cluster"]))
+                type=click.Choice(["mlp", "cnn", "lstm", "gemm", "loader", "cluster"]))
 @click.option("--threads", default="1,2", show_default=True,
               help="Comma-separated thread counts.")
 @click.option("--batch", "batches", default=None,
@@ -210,6 +210,8 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
           workers, average_every, device):
     """Training samples/s of MODEL beside PyTorch and plain numpy, run alternately.
 
+    `dlrun bench gemm`: GFLOP/s of dlrun's float32 matrix product beside OpenBLAS's on
+    the products the models make (--threads, --repeats).
     `dlrun bench loader`: the data loader's samples/s instead (options: `dlrun data bench`).
     `dlrun bench cluster`: the MLP on --workers local Ray workers (1 thread each, or the
     first --threads value) averaging every --average-every steps, beside one process with
@@ -218,6 +220,19 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
     if model == "loader":
         return click.get_current_context().invoke(data.commands["bench"])
     import json
+
+    if model == "gemm":
+        from dlrun.ops.gemm_bench import compare as compare_gemm
+
+        try:
+            counts = [int(t) for t in threads.split(",")]
+        except ValueError:
+            raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
+        rows = compare_gemm(counts, repeats, echo=click.echo)
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(rows, f, indent=2)
+        return
 
     if model == "cluster":
         from dlrun.cluster.bench import compare as compare_cluster

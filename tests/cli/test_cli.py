@@ -184,3 +184,21 @@ def test_train_help_says_the_model_file_is_executed(runner):
     res = runner.invoke(main, ["train", "--help"])
     assert "build_model(input_shape, classes)" in res.output
     assert "executed" in res.output and "resnet-small" in res.output
+
+
+def test_bench_gemm_prints_every_product_beside_openblas(runner, tmp_path):
+    out = tmp_path / "gemm.json"
+    res = runner.invoke(main, ["bench", "gemm", "--threads", "1", "--repeats", "1",
+                               "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    import json
+
+    from dlrun.ops.gemm_bench import SHAPES
+
+    rows = json.loads(out.read_text())
+    assert [r["product"] for r in rows] == [s[0] for s in SHAPES]
+    for r in rows:
+        assert r["dlrun_gflops"] > 0 and r["openblas_gflops"] > 0
+        assert r["ratio"] == round(r["dlrun_gflops"] / r["openblas_gflops"], 2) or \
+            abs(r["ratio"] - r["dlrun_gflops"] / r["openblas_gflops"]) < 0.02
+    assert "float32 GEMM" in res.output and "mlp fwd 784->500" in res.output

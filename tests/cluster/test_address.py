@@ -42,7 +42,10 @@ def head(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="dlrun-head-")
-    ray_bin = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    # this Python's own ray first: a `ray` found on PATH may belong to another Python
+    # (a pyenv shim), whose workers cannot import dlrun
+    sibling = Path(sys.executable).parent / "ray"
+    ray_bin = str(sibling) if sibling.exists() else shutil.which("ray")
     log_path = tmp / "head.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""dlrun's own float32 matrix product: packing loops in Numba around one explicit-vector
+"""dlrun's own float32 matrix product: blocking loops in Numba around one explicit-vector
 micro-kernel.
 
 Why it exists: OpenBLAS picks its kernels per CPU, and an environment can force a choice
@@ -8,36 +8,38 @@ one ~220, and the micro-kernel below ~265 in cache. So on CPUs with AVX-512 dlru
 float32 matrices itself; elsewhere, and for float64, ``ops.blas.gemm`` calls OpenBLAS.
 ``DLRUN_GEMM=openblas`` (or ``dlrun``) overrides the choice; ``dlrun info`` names it.
 
-The shape is the classic one (Goto, BLIS): ``c = alpha * op(a) @ op(b) + beta * c`` is cut
-into ``KC``-deep slices of the shared dimension; each slice of ``op(a)`` is copied
-("packed") into ``MR``-row strips laid out step by step, and ``op(b)`` is read ``NR``
-columns at a time, straight from ``b`` when its rows are contiguous, else packed the same
-way. The micro-kernel multiplies one ``MR x KC`` strip by one ``KC x NR`` strip with
-``MR * NR / 16`` accumulators held in 16-wide vector registers the whole time, and adds
-the result into ``c`` once. Edge tiles (``m`` or ``n`` not a multiple of the tile) go
-through a small scratch tile.
+The shape is the classic one (Goto, BLIS), pared down to what these sizes need:
+``c = alpha * op(a) @ op(b) + beta * c`` is cut into ``KC``-deep slices of the shared
+dimension and into tiles of ``MR`` rows by ``NR`` columns. The micro-kernel multiplies one
+``MR x KC`` strip of ``op(a)`` by one ``KC x NR`` strip of ``op(b)`` with ``MR * NR / 16``
+accumulators held in 16-wide vector registers the whole time, and adds the result into
+``c`` once. It reads ``op(a)`` in place, by strides (measured faster than packing it, at
+every shape dlrun's models use), and ``op(b)`` in place where it is not transposed; a
+transposed ``b`` is copied ("packed") strip by strip into the layout the kernel reads, and
+so are partial strips at the edges, zero-padded, whose results go through a scratch tile.
+Where ``n`` is at most 16 (a 10-class output layer) the tiles are 16 columns wide.
 
 The micro-kernel is written as LLVM IR through a Numba intrinsic, because that is the one
 way to make Numba keep 16 vector accumulators in registers (a plain loop over a local
-tile array loads and stores it every step: ~30 GFLOP/s). Everything else is plain Numba.
-The product is single-threaded; callers split work between threads (``ops.blas``).
+tile array loads and stores it every step: ~30 GFLOP/s). Everything else is plain Numba,
+compiled once as a C function (``_core``). The product is single-threaded; callers split
+work between threads (``sgemm_parallel``, ``ops.blas``).
 """
 from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
+from numba import carray, cfunc, prange
 from numba.core import cgutils, types
-from numba import prange
 from numba.extending import intrinsic
 
-from dlrun.ops.config import jit
+from dlrun.ops.config import CACHE, FASTMATH, jit
 
 W = 16                 # float32 lanes in one vector (a 512-bit register)
 MR = 8                 # tile rows
 NR = 2 * W             # tile columns: MR x NR takes 16 vector accumulators
 NR_NARROW = W          # tile columns where n is at most W (a 10-class output layer)
 KC = 256               # depth of one slice of the shared dimension
-MC = 128               # rows of op(a) packed at a time (a multiple of MR)
 
 _I64 = ir.IntType(64)
 
@@ -195,23 +197,31 @@ def _tile(nt, kc, a, aps, ars, b, ldb, c, ldc, alpha, beta):
         _mk_narrow(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta)
 
 
-@jit
-def _dims(a, b, c, trans_a, trans_b):
-    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
-    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
-    if k != k2 or c.shape[0] != m or c.shape[1] != n:
-        raise ValueError("sgemm: shapes do not fit")
-    return m, n, k
+@intrinsic
+def _f32_ptr(typingctx, address):
+    """A float32 pointer from an integer address (for ``numba.carray`` views)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], ir.FloatType().as_pointer())
+    return types.CPointer(types.float32)(types.int64), codegen
 
 
 @jit
-def sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, i_lo, i_hi, j_lo, j_hi):
-    """Rows ``i_lo:i_hi`` and columns ``j_lo:j_hi`` of
-    ``c = alpha * op(a) @ op(b) + beta * c`` (float32, single-threaded); see :func:`sgemm`.
-    """
-    m, n, k = _dims(a, b, c, trans_a, trans_b)
+def _view(address, rows, ld):
+    """The float32 matrix at ``address`` with row stride ``ld`` as a (rows, ld) array (its
+    rows' tails past the real columns are never read)."""
+    return carray(_f32_ptr(address), (max(rows, 1), max(ld, 1)))
+
+
+def _core_py(m, n, k, a_at, lda, trans_a, b_at, ldb, trans_b, c_at, ldc, alpha, beta,
+             i_lo, i_hi, j_lo, j_hi):
+    """Rows ``i_lo:i_hi`` and columns ``j_lo:j_hi`` of c = alpha * op(a) @ op(b) + beta * c,
+    on matrices given by address and row stride (elements within a row contiguous;
+    ``trans_a``/``trans_b`` are 0 or 1). Compiled once as a C function: see ``_core``."""
     if i_hi <= i_lo or j_hi <= j_lo:
         return
+    a = _view(a_at, k if trans_a else m, lda)
+    b = _view(b_at, n if trans_b else k, ldb)
+    c = _view(c_at, m, ldc)
     al = np.float32(alpha)
     if k == 0:
         for i in range(i_lo, i_hi):
@@ -219,64 +229,90 @@ def sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, i_lo, i_hi, j_lo, j_hi):
                 c[i, j] = beta * c[i, j] if beta != 0.0 else 0.0
         return
     nt = NR_NARROW if j_hi - j_lo <= NR_NARROW else NR
-    ldc = c.strides[0] // 4 if m > 1 else n
-    ldb = b.strides[0] // 4 if b.shape[0] > 1 else b.shape[1]
-    # b is read in place where its rows are contiguous and it is not transposed
-    direct = not trans_b and (b.shape[1] <= 1 or b.strides[1] == 4)
     kcap = min(k, KC)
-    apack = np.empty((min(i_hi - i_lo, MC) + MR - 1) // MR * MR * kcap, np.float32)
+    # op(a) is read in place (measured faster than packing it at every shape dlrun's models
+    # use); only a partial last strip of MR rows is copied, zero-padded. op(b) is read in
+    # place where it is not transposed and a strip is whole, else packed strip by strip.
+    apack = np.empty(MR * kcap, np.float32)
     bpack = np.empty(kcap * nt, np.float32)
     tile = np.empty(MR * nt, np.float32)
     one = np.float32(1.0)
     zero = np.float32(0.0)
-    lda = a.strides[0] // 4 if a.shape[0] > 1 else a.shape[1]
-    a_rows_ok = a.shape[1] <= 1 or a.strides[1] == 4
-    # op(a) is read in place (measured faster than packing it, at every shape dlrun's models
-    # use), unless its rows are strided inside; a partial last strip is copied zero-padded
-    pack = not a_rows_ok
     aps, ars = (lda, 1) if trans_a else (1, lda)
-    a_base, b_base, c_base = _addr(a), _addr(b), _addr(c)
     apack_at, bpack_at, tile_at = _addr(apack), _addr(bpack), _addr(tile)
     for p0 in range(0, k, KC):
         kc = min(KC, k - p0)
         bet = np.float32(beta) if p0 == 0 else one
-        for i0 in range(i_lo, i_hi, MC):
-            mc = min(MC, i_hi - i0)
-            if pack:
-                _pack_a(a, trans_a, i0, p0, mc, kc, apack)
-            elif mc % MR:                   # the last, partial strip: zero-padded copy
-                last = i0 + mc // MR * MR
-                _pack_a(a, trans_a, last, p0, mc % MR, kc, apack)
-            for j0 in range(j_lo, j_hi, nt):
-                nr = min(nt, j_hi - j0)
-                in_place = direct and nr == nt
-                if not in_place:
-                    _pack_b(b, trans_b, p0, j0, kc, nr, nt, bpack)
-                if in_place:
-                    b_at, bld = b_base + 4 * (p0 * ldb + j0), ldb
+        last = i_lo + (i_hi - i_lo) // MR * MR      # first row of a partial strip
+        if last < i_hi:
+            _pack_a(a, trans_a, last, p0, i_hi - last, kc, apack)
+        for j0 in range(j_lo, j_hi, nt):
+            nr = min(nt, j_hi - j0)
+            in_place = not trans_b and nr == nt
+            if in_place:
+                b_tile, b_ld = b_at + 4 * (p0 * ldb + j0), ldb
+            else:
+                _pack_b(b, trans_b, p0, j0, kc, nr, nt, bpack)
+                b_tile, b_ld = bpack_at, nt
+            for r0 in range(i_lo, i_hi, MR):
+                mr = min(MR, i_hi - r0)
+                if mr < MR:
+                    a_tile, sp, sr = apack_at, MR, 1
                 else:
-                    b_at, bld = bpack_at, nt
-                for s in range((mc + MR - 1) // MR):
-                    r0 = i0 + s * MR
-                    mr = min(MR, i_hi - r0)
-                    if pack:
-                        a_at, sp, sr = apack_at + 4 * s * kc * MR, MR, 1
-                    elif mr < MR:
-                        a_at, sp, sr = apack_at, MR, 1
-                    else:
-                        off = p0 * lda + r0 if trans_a else r0 * lda + p0
-                        a_at, sp, sr = a_base + 4 * off, aps, ars
-                    if mr == MR and nr == nt:
-                        _tile(nt, kc, a_at, sp, sr, b_at, bld, c_base + 4 * (r0 * ldc + j0),
-                              ldc, al, bet)
-                    else:                   # an edge tile: through the scratch tile
-                        _tile(nt, kc, a_at, sp, sr, b_at, bld, tile_at, nt, one, zero)
-                        for r in range(mr):
-                            for j in range(nr):
-                                v = al * tile[r * nt + j]
-                                if bet != 0.0:
-                                    v += bet * c[r0 + r, j0 + j]
-                                c[r0 + r, j0 + j] = v
+                    off = p0 * lda + r0 if trans_a else r0 * lda + p0
+                    a_tile, sp, sr = a_at + 4 * off, aps, ars
+                if mr == MR and nr == nt:
+                    _tile(nt, kc, a_tile, sp, sr, b_tile, b_ld, c_at + 4 * (r0 * ldc + j0),
+                          ldc, al, bet)
+                else:                       # an edge tile: through the scratch tile
+                    _tile(nt, kc, a_tile, sp, sr, b_tile, b_ld, tile_at, nt, one, zero)
+                    for r in range(mr):
+                        for j in range(nr):
+                            v = al * tile[r * nt + j]
+                            if bet != 0.0:
+                                v += bet * c[r0 + r, j0 + j]
+                            c[r0 + r, j0 + j] = v
+
+
+# The core is compiled once, as a C function, and kernels call it by a symbol registered
+# with LLVM in every process (as ``ops.blas`` does for cblas): called as a plain Numba
+# function it was compiled into every caller and optimised again there, 1-2 s per caller
+# and 7 s for the parallel one. By symbol, kernels that call it can still be cached on disk.
+_I, _F = types.int64, types.float64
+_CORE_SIG = types.void(_I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _I, _F, _F, _I, _I, _I, _I)
+_core_c = cfunc(_CORE_SIG, cache=CACHE, fastmath=FASTMATH, error_model="numpy")(_core_py)
+
+
+def _register_core():
+    import llvmlite.binding as llvm
+
+    llvm.add_symbol("dlrun_sgemm_core_v1", _core_c.address)
+
+
+_register_core()
+_core = types.ExternalFunction("dlrun_sgemm_core_v1", _CORE_SIG)
+
+
+@jit
+def _strided_row(x):
+    """Whether the elements within a row of non-empty ``x`` are not contiguous."""
+    return x.size > 0 and x.shape[1] > 1 and x.strides[1] != 4
+
+
+@jit
+def _layout(a, b, c, trans_a, trans_b):
+    """(m, n, k, lda, ldb, ldc) of c = op(a) @ op(b); raises on shapes that do not fit or
+    rows whose elements are not contiguous."""
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if k != k2 or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("sgemm: shapes do not fit")
+    if _strided_row(a) or _strided_row(b) or _strided_row(c):
+        raise ValueError("sgemm: the elements of a row must be contiguous")
+    lda = a.strides[0] // 4 if a.shape[0] > 1 else a.shape[1]
+    ldb = b.strides[0] // 4 if b.shape[0] > 1 else b.shape[1]
+    ldc = c.strides[0] // 4 if c.shape[0] > 1 else c.shape[1]
+    return m, n, k, lda, ldb, ldc
 
 
 @jit
@@ -286,8 +322,11 @@ def sgemm(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     Rows of ``a``, ``b``, ``c`` may be strided (slices); elements within a row must be
     contiguous. ``beta == 0`` never reads ``c`` (it may hold NaN).
     """
-    m, n, _ = _dims(a, b, c, trans_a, trans_b)
-    sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, 0, m, 0, n)
+    m, n, k, lda, ldb, ldc = _layout(a, b, c, trans_a, trans_b)
+    if m == 0 or n == 0:
+        return
+    _core(m, n, k, _addr(a), lda, 1 if trans_a else 0, _addr(b), ldb, 1 if trans_b else 0,
+          _addr(c), ldc, np.float64(alpha), np.float64(beta), 0, m, 0, n)
 
 
 @jit
@@ -305,12 +344,24 @@ def split_bounds(m, n, parts):
 
 
 @jit(parallel=True)
-def sgemm_parallel(a, b, c, alpha, beta, trans_a, trans_b, parts):
-    """:func:`sgemm` with c cut between ``parts`` threads (Numba's thread pool)."""
-    m, n, _ = _dims(a, b, c, trans_a, trans_b)
+def _core_parallel(m, n, k, a_at, lda, trans_a, b_at, ldb, trans_b, c_at, ldc, alpha, beta,
+                   parts):
     rows, bounds = split_bounds(m, n, parts)
     for t in prange(bounds.size - 1):
         if rows:
-            sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, bounds[t], bounds[t + 1], 0, n)
+            _core(m, n, k, a_at, lda, trans_a, b_at, ldb, trans_b, c_at, ldc, alpha, beta,
+                  bounds[t], bounds[t + 1], 0, n)
         else:
-            sgemm_part(a, b, c, alpha, beta, trans_a, trans_b, 0, m, bounds[t], bounds[t + 1])
+            _core(m, n, k, a_at, lda, trans_a, b_at, ldb, trans_b, c_at, ldc, alpha, beta,
+                  0, m, bounds[t], bounds[t + 1])
+
+
+@jit
+def sgemm_parallel(a, b, c, alpha, beta, trans_a, trans_b, parts):
+    """:func:`sgemm` with c cut between ``parts`` threads (Numba's thread pool)."""
+    m, n, k, lda, ldb, ldc = _layout(a, b, c, trans_a, trans_b)
+    if m == 0 or n == 0:
+        return
+    _core_parallel(m, n, k, _addr(a), lda, 1 if trans_a else 0, _addr(b), ldb,
+                   1 if trans_b else 0, _addr(c), ldc, np.float64(alpha), np.float64(beta),
+                   parts)

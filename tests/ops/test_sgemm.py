@@ -76,6 +76,16 @@ def test_sgemm_rejects_shapes_that_do_not_fit():
               np.zeros((2, 5), np.float32), 1.0, 0.0, False, False)
 
 
+def test_sgemm_rejects_rows_whose_elements_are_not_contiguous():
+    a = np.ones((4, 6), np.float32)
+    with pytest.raises(ValueError, match="contiguous"):
+        sgemm(a[:, ::2], np.ones((3, 5), np.float32), np.zeros((4, 5), np.float32),
+              1.0, 0.0, False, False)
+    with pytest.raises(ValueError, match="contiguous"):
+        sgemm_parallel(a, np.ones((6, 5), np.float32), np.zeros((5, 4), np.float32).T,
+                       1.0, 0.0, False, False, 2)
+
+
 @pytest.mark.parametrize("m,n,parts", [(100, 500, 2), (784, 500, 2), (5, 3, 4), (100, 10, 3)])
 def test_split_bounds_cover_c_once_at_whole_tiles(m, n, parts):
     rows, bounds = split_bounds(m, n, parts)

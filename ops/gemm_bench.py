@@ -45,8 +45,9 @@ def compare(threads=(1, 2), repeats: int = 5, echo=print) -> list:
     from dlrun.ops import blas
     from dlrun.ops.sgemm import sgemm, sgemm_parallel
 
-    kernels = "; ".join(f"{i.get('internal_api')} {i.get('architecture')}"
-                        for i in threadpool_info() if i.get("user_api") == "blas")
+    kernels = "; ".join(dict.fromkeys(     # numpy's and SciPy's copies often read the same
+        f"{i.get('internal_api')} {i.get('architecture')}"
+        for i in threadpool_info() if i.get("user_api") == "blas"))
     echo(f"float32 GEMM, GFLOP/s (median of {repeats}); dlrun sgemm vs {kernels}; "
          f"products here use: {blas.sgemm_choice()}")
     rng = np.random.default_rng(0)

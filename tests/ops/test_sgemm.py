@@ -145,3 +145,20 @@ def test_dlrun_gemm_with_a_wrong_value_is_a_clear_error():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode != 0
     assert "DLRUN_GEMM must be 'dlrun' or 'openblas', got 'mkl'" in out.stderr
+
+
+def test_the_openblas_path_still_passes_the_product_tests():
+    # CPUs without AVX-512 multiply float32 on OpenBLAS: run the tests of every op and
+    # layer built on products again in a child process that chooses it (kernels cached by
+    # this session are reused; they read the choice at run time)
+    tests = ["tests/ops/test_ops.py", "tests/ops/test_recurrent_split.py",
+             "tests/engine/test_layers.py", "tests/engine/test_conv_layers.py",
+             "tests/engine/test_recurrent.py", "tests/engine/test_fusion.py"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, DLRUN_GEMM="openblas")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          *tests, "-k", "matmul or conv or lstm or rnn or dense or split "
+                          "or fus or Dense or LSTM"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "failed" not in out.stdout

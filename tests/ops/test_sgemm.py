@@ -15,6 +15,7 @@ from dlrun.ops.sgemm import KC, MR, NR, NR_NARROW, sgemm, sgemm_parallel, split_
 # (m, n, k): whole tiles, edges in both directions, the narrow tile, several KC slices,
 # one row, one column, an empty shared dimension
 SHAPES = [(MR, NR, 5), (13, 45, 7), (2 * MR + 3, NR_NARROW - 6, KC + 9),
+          (19, 45, 300),      # a transposed b: 16 x 16 blocks transposed whole, and the rest
           (1, 1, 1), (1, 70, 33), (37, 1, 20), (MR * 3, NR * 2, 2 * KC), (5, 17, 0)]
 
 

@@ -190,9 +190,9 @@ def _transpose16(typingctx, src, ld_src, dst, ld_dst):
         s = W // 2
         while s >= 1:
             lo = ir.Constant(ir.VectorType(i32, W),
-                             [l if not l & s else W + l - s for l in range(W)])
+                             [c if not c & s else W + c - s for c in range(W)])
             hi = ir.Constant(ir.VectorType(i32, W),
-                             [l + s if not l & s else W + l for l in range(W)])
+                             [c + s if not c & s else W + c for c in range(W)])
             for i in range(W):
                 if i & s:
                     continue

@@ -61,13 +61,13 @@ def compare(threads=(1, 2), repeats: int = 5, echo=print) -> list:
                 c = np.zeros((m, n), np.float32)
                 flops = 2.0 * m * n * k
 
-                def own():
+                def own(a=a, b=b, c=c, ta=ta, tb=tb, t=t):
                     if t > 1:
                         sgemm_parallel(a, b, c, 1.0, 0.0, ta, tb, t)
                     else:
                         sgemm(a, b, c, 1.0, 0.0, ta, tb)
 
-                def openblas():
+                def openblas(a=a, b=b, c=c, ta=ta, tb=tb):
                     blas._gemm_blas(a, b, c, 1.0, 0.0, ta, tb)
 
                 blas_r = _time(openblas, flops, repeats)

@@ -25,11 +25,12 @@ import os
 
 import numpy as np
 
+from numba import get_num_threads
 from numba.core import types
 from numba.extending import intrinsic, overload
 
 from dlrun.ops.config import jit
-from dlrun.ops.sgemm import sgemm, sgemm_parallel
+from dlrun.ops.sgemm import dims, rows_contiguous, sgemm, sgemm_parallel
 
 # CBLAS enum values
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
@@ -104,31 +105,16 @@ if HAVE_CBLAS:
 
 
 @jit
-def _check(a, b, c, trans_a, trans_b):
-    """(m, n, k) of ``c = op(a) @ op(b)``; raises on shapes that do not fit."""
-    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
-    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
-    if k != k2 or c.shape[0] != m or c.shape[1] != n:
-        raise ValueError("gemm: shapes do not fit")
-    return m, n, k
-
-
-@jit
-def _rows_ok(x, size):
-    return x.shape[1] <= 1 or x.strides[1] == size
-
-
-@jit
 def _gemm_cblas(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     """c = alpha * op(a) @ op(b) + beta * c, op = transpose where asked.
 
     2-D arrays of one float dtype whose rows may be strided (slices such as ``x[:, t, :]``)
     but whose elements within a row are contiguous.
     """
-    m, n, k = _check(a, b, c, trans_a, trans_b)
-    size = c.itemsize
-    if not (_rows_ok(a, size) and _rows_ok(b, size) and _rows_ok(c, size)):
+    m, n, k = dims(a, b, c, trans_a, trans_b)
+    if not (rows_contiguous(a) and rows_contiguous(b) and rows_contiguous(c)):
         raise ValueError("gemm: the elements of a row must be contiguous")
+    size = c.itemsize
     if m == 0 or n == 0:
         return
     lda = max(a.strides[0] // size, a.shape[1], 1)
@@ -147,7 +133,7 @@ def _gemm_cblas(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
 @jit
 def _gemm_numpy(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False):
     """c = alpha * op(a) @ op(b) + beta * c, through np.dot (SciPy's BLAS): the fallback."""
-    _check(a, b, c, trans_a, trans_b)
+    dims(a, b, c, trans_a, trans_b)
     aa = np.ascontiguousarray(a.T) if trans_a else np.ascontiguousarray(a)
     bb = np.ascontiguousarray(b.T) if trans_b else np.ascontiguousarray(b)
     p = np.dot(aa, bb)
@@ -262,11 +248,7 @@ def matmul(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False) -> None:
             and b.dtype == np.float32 and _rows_contiguous(a, b, c)):
         m, n = c.shape
         k = a.shape[0] if trans_a else a.shape[1]
-        parts = 1
-        if 2 * m * n * k >= PARALLEL_MIN_FLOPS:
-            import numba
-
-            parts = numba.get_num_threads()
+        parts = get_num_threads() if 2 * m * n * k >= PARALLEL_MIN_FLOPS else 1
         if parts > 1:
             sgemm_parallel(a, b, c, alpha, beta, trans_a, trans_b, parts)
         else:
@@ -280,7 +262,8 @@ def matmul(a, b, c, alpha=1.0, beta=0.0, trans_a=False, trans_b=False) -> None:
 
 
 def _rows_contiguous(*arrays) -> bool:
-    return all(x.ndim == 2 and (x.shape[1] <= 1 or x.strides[1] == x.itemsize)
+    """:func:`dlrun.ops.sgemm.rows_contiguous` of each, from Python (no compiled call)."""
+    return all(x.ndim == 2 and (x.size == 0 or x.shape[1] <= 1 or x.strides[1] == x.itemsize)
                for x in arrays)
 
 

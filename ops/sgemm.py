@@ -154,23 +154,17 @@ _mk_narrow = _make_microkernel(1)        # MR x 16
 
 
 @jit
-def _pack_a(a, trans_a, i0, p0, mc, kc, out):
-    """out[strip * kc * MR + p * MR + r] = op(a)[i0 + strip * MR + r, p0 + p], zero past the
-    last row."""
-    for s in range((mc + MR - 1) // MR):
-        base = s * kc * MR
-        for r in range(MR):
-            i = s * MR + r
-            if i < mc:
-                if trans_a:
-                    for p in range(kc):
-                        out[base + p * MR + r] = a[p0 + p, i0 + i]
-                else:
-                    for p in range(kc):
-                        out[base + p * MR + r] = a[i0 + i, p0 + p]
+def _pack_a(a, trans_a, i0, p0, mr, kc, out):
+    """out[p * MR + r] = op(a)[i0 + r, p0 + p] for the last ``mr < MR`` rows of op(a), zero
+    for the rows past them: the one strip the micro-kernel cannot read in place."""
+    for r in range(MR):
+        for p in range(kc):
+            if r >= mr:
+                out[p * MR + r] = 0.0
+            elif trans_a:
+                out[p * MR + r] = a[p0 + p, i0 + r]
             else:
-                for p in range(kc):
-                    out[base + p * MR + r] = 0.0
+                out[p * MR + r] = a[i0 + r, p0 + p]
 
 
 @intrinsic
@@ -340,21 +334,29 @@ _core = types.ExternalFunction("dlrun_sgemm_core_v1", _CORE_SIG)
 
 
 @jit
-def _strided_row(x):
-    """Whether the elements within a row of non-empty ``x`` are not contiguous."""
-    return x.size > 0 and x.shape[1] > 1 and x.strides[1] != 4
+def dims(a, b, c, trans_a, trans_b):
+    """(m, n, k) of ``c = op(a) @ op(b)``; raises on shapes that do not fit."""
+    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
+    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    if k != k2 or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError("gemm: shapes do not fit")
+    return m, n, k
+
+
+@jit
+def rows_contiguous(x):
+    """Whether the elements within each row of 2-D ``x`` are contiguous (numpy gives an
+    empty array zero strides: it counts as contiguous)."""
+    return x.size == 0 or x.shape[1] <= 1 or x.strides[1] == x.itemsize
 
 
 @jit
 def _layout(a, b, c, trans_a, trans_b):
     """(m, n, k, lda, ldb, ldc) of c = op(a) @ op(b); raises on shapes that do not fit or
     rows whose elements are not contiguous."""
-    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
-    k2, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
-    if k != k2 or c.shape[0] != m or c.shape[1] != n:
-        raise ValueError("sgemm: shapes do not fit")
-    if _strided_row(a) or _strided_row(b) or _strided_row(c):
-        raise ValueError("sgemm: the elements of a row must be contiguous")
+    m, n, k = dims(a, b, c, trans_a, trans_b)
+    if not (rows_contiguous(a) and rows_contiguous(b) and rows_contiguous(c)):
+        raise ValueError("gemm: the elements of a row must be contiguous")
     lda = a.strides[0] // 4 if a.shape[0] > 1 else a.shape[1]
     ldb = b.strides[0] // 4 if b.shape[0] > 1 else b.shape[1]
     ldc = c.strides[0] // 4 if c.shape[0] > 1 else c.shape[1]

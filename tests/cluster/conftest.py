@@ -3,6 +3,8 @@ single-process references the distributed runs must match."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -46,11 +48,39 @@ def train_union(model, x, y, batch_size, workers, epochs, seed):
                                  np.concatenate([p[1] for p in parts]))
 
 
+@contextlib.contextmanager
+def ray_cluster(head_cpus: int, node_cpus: list):
+    """A ray.cluster_utils.Cluster with a head of ``head_cpus`` and one node per entry of
+    ``node_cpus``, joined by this process; yields (cluster, nodes). Skips the test where
+    this process already joined a Ray instance."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        pytest.skip("this process already joined a Ray instance")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": head_cpus,
+                                                       "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=n) for n in node_cpus]
+    ray.init(address=c.address)
+    c.wait_for_nodes()
+    try:
+        yield c, nodes
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
 class _Helpers:
     digits = staticmethod(digits)
     small_model = staticmethod(small_model)
     train_single = staticmethod(train_single)
     train_union = staticmethod(train_union)
+
+
+@pytest.fixture(scope="session")
+def make_ray_cluster():
+    """:func:`ray_cluster`, for the module-scoped cluster fixtures of the test modules."""
+    return ray_cluster
 
 
 @pytest.fixture

@@ -14,20 +14,10 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        pytest.skip("this process already joined a Ray instance")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1,
-                                                       "include_dashboard": False})
-    c.add_node(num_cpus=1)
-    ray.init(address=c.address)
-    c.wait_for_nodes()
-    yield c
-    ray.shutdown()
-    c.shutdown()
+def cluster(make_ray_cluster):
+    # a head with one CPU (the driver's node) and a second one-CPU node
+    with make_ray_cluster(1, [1]) as (c, _):
+        yield c
 
 
 def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeypatch):

@@ -14,20 +14,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        pytest.skip("this process already joined a Ray instance")
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0,
-                                                       "include_dashboard": False})
-    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=c.address)
-    c.wait_for_nodes()
-    yield c, nodes
-    ray.shutdown()
-    c.shutdown()
+def cluster(make_ray_cluster):
+    with make_ray_cluster(0, [1, 1]) as pair:
+        yield pair
 
 
 class ReplaceNode(Callback):

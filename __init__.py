@@ -14,14 +14,14 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute or None for the module itself)
 _EXPORTS = {
-    "Sequential": ("dlrun.engine.model", "Sequential"),
-    "Model": ("dlrun.engine.model", "Model"),
-    "Input": ("dlrun.engine.functional", "Input"),
-    "load_model": ("dlrun.engine.saving", "load_model"),
-    "load_checkpoint": ("dlrun.engine.checkpoints", "load_checkpoint"),
+    "Sequential": ("dlrun.engine.models.model", "Sequential"),
+    "Model": ("dlrun.engine.models.model", "Model"),
+    "Input": ("dlrun.engine.layers", "Input"),
+    "load_model": ("dlrun.engine.models.saving", "load_model"),
+    "load_checkpoint": ("dlrun.engine.models.checkpoints", "load_checkpoint"),
     "set_seed": ("dlrun.engine.random", "set_seed"),
-    "set_threads": ("dlrun.engine.threads", "set_threads"),
-    "device": ("dlrun.engine.device", "device"),
+    "set_threads": ("dlrun.ops.threads", "set_threads"),
+    "device": ("dlrun.engine.core.device", "device"),
     "layers": ("dlrun.engine.layers", None),
     "optimizers": ("dlrun.engine.optimizers", None),
     "losses": ("dlrun.engine.losses", None),

@@ -212,7 +212,7 @@ def pack(name, new_name, out, seed, uint8, chunk_mb, shard_chunks, overwrite):
 @friendly_errors
 def bench(samples, batch_size, window, prefetch, cores, raw, memory_mb):
     """Loader samples/s over a SAMPLES x 1 x 28 x 28 uint8 dataset on local disk, shuffled."""
-    from dlrun.datasets.bench import loader_memory, loader_throughput
+    from dlrun.cli.bench.loader import loader_memory, loader_throughput
 
     r = loader_throughput(samples, batch_size=batch_size, window=window, prefetch=prefetch,
                           cores=cores or None, normalize=not raw)

@@ -16,7 +16,7 @@ def _version(pkg: str) -> str:
 def cuda_status() -> str:
     """Whether numba.cuda can run kernels here, and on what (name, memory, compute
     capability), or why not."""
-    from dlrun.engine.device import cuda_status as status
+    from dlrun.engine.core.device import cuda_status as status
 
     return status()
 
@@ -27,7 +27,7 @@ def collect() -> list:
 
     from dlrun import __version__
     from dlrun.datasets import list_datasets
-    from dlrun.engine.threads import available_cores
+    from dlrun.ops.threads import available_cores
     from dlrun.ops.blas import sgemm_choice
 
     # which kernels OpenBLAS runs decides much of the speed: say when the environment forces

@@ -141,7 +141,7 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     themselves, so a dataset path must be readable on every node). Faults handled (a lost
     worker replaced, a NaN round redone) are logged in the run folder's events.log.
     """
-    from dlrun.engine.runs import TrainConfig, resume_training, run_training
+    from dlrun.cli.runs import TrainConfig, resume_training, run_training
 
     if resume_dir is not None:
         ctx = click.get_current_context()
@@ -222,7 +222,7 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
     import json
 
     if model == "gemm":
-        from dlrun.ops.gemm_bench import compare as compare_gemm
+        from dlrun.cli.bench.gemm import compare as compare_gemm
 
         try:
             counts = [int(t) for t in threads.split(",")]
@@ -235,7 +235,7 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
         return
 
     if model == "cluster":
-        from dlrun.cluster.bench import compare as compare_cluster
+        from dlrun.cli.bench.cluster import compare as compare_cluster
 
         ctx = click.get_current_context()
         default = click.core.ParameterSource.DEFAULT
@@ -252,7 +252,7 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
                 json.dump(row, f, indent=2)
         return
 
-    from dlrun.engine.bench import compare
+    from dlrun.cli.bench.models import compare
 
     try:
         threads = [int(t) for t in threads.split(",")]

@@ -47,7 +47,7 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     left by a head that died without ``ray stop``."""
     import ray
 
-    from dlrun.engine.threads import available_cores
+    from dlrun.ops.threads import available_cores
 
     temp = tempfile.mkdtemp(prefix="dlrun-ray-")
     ray.init(address="local", num_cpus=num_cpus or available_cores(),
@@ -526,7 +526,7 @@ def train_distributed(model, dataset, *, workers: int = 2, average_every: int = 
     unless ``in_process``. Returns the :class:`~dlrun.engine.callbacks.History`.
     """
     from dlrun.engine.callbacks import CallbackList, History, ProgressBar
-    from dlrun.engine.threads import available_cores
+    from dlrun.ops.threads import available_cores
 
     _check_options(workers, average_every, optimizer_state, lr_scaling, sync_warmup,
                    epochs, batch_size, max_retries)
@@ -656,7 +656,7 @@ def _check_options(workers, average_every, optimizer_state, lr_scaling, sync_war
 def _worker_gpus(device: str, workers: int, cluster_gpus: float | None) -> tuple:
     """(num_gpus per Ray actor, the device the workers compile for). ``cluster_gpus`` is
     None in process, where the device is resolved here."""
-    from dlrun.engine.device import ray_gpus_per_worker, resolve
+    from dlrun.engine.core.device import ray_gpus_per_worker, resolve
 
     if cluster_gpus is None or device not in ("cuda", "auto"):     # (an unknown name: its error)
         return 0.0, resolve(device)
@@ -799,12 +799,12 @@ class _Rounds:
 
 def _save_round(model, folder, epoch: int, position: int) -> None:
     """A checkpoint of the averaged state mid-epoch: ``folder/round`` (a checkpoint as
-    :func:`dlrun.engine.checkpoints.save_checkpoint` writes it, each written atomically)
+    :func:`dlrun.engine.models.checkpoints.save_checkpoint` writes it, each written atomically)
     and ``folder/round.json`` (where in the epoch), matched by the model's step."""
     import json
     from pathlib import Path
 
-    from dlrun.engine.checkpoints import save_checkpoint
+    from dlrun.engine.models.checkpoints import save_checkpoint
 
     folder = Path(folder)
     save_checkpoint(model, folder / "round", epoch)
@@ -819,7 +819,7 @@ def _restore_round(model, folder, epoch: int, echo) -> int:
     import json
     from pathlib import Path
 
-    from dlrun.engine.checkpoints import read_checkpoint, restore_checkpoint
+    from dlrun.engine.models.checkpoints import read_checkpoint, restore_checkpoint
     from dlrun.errors import ModelFileError
 
     if folder is None or not (Path(folder) / "round.json").is_file():
@@ -851,7 +851,7 @@ def _logs(model, loss_sum, samples, counts) -> dict:
 
 def default_threads(workers: int) -> int:
     """Threads per local worker: the cores split evenly, at least one."""
-    from dlrun.engine.threads import available_cores
+    from dlrun.ops.threads import available_cores
 
     return max(1, available_cores() // workers)
 

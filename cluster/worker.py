@@ -32,7 +32,7 @@ def model_spec(model) -> dict:
 def build_model(spec: dict):
     """The model :func:`model_spec` described, with fresh weights (set them next)."""
     from dlrun.engine import optimizers
-    from dlrun.engine.saving import model_from_config
+    from dlrun.engine.models.saving import model_from_config
 
     cfg = spec["config"]
     model = model_from_config(spec.get("class_name", "Sequential"), cfg)
@@ -172,7 +172,7 @@ class Worker:
     def __init__(self, index: int, count: int, spec: dict, data, batch_size: int,
                  seed: int = 0, threads: int | None = None):
         from dlrun.engine.losses import check_targets
-        from dlrun.engine.threads import set_threads
+        from dlrun.ops.threads import set_threads
 
         self.index, self.count = index, count
         self.threads = set_threads(threads)       # workers split the cores

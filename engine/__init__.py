@@ -1,11 +1,12 @@
-"""The graph engine: tensors, autodiff, planner and executor; layers, models, losses,
-optimizers, metrics, callbacks and saving."""
-from dlrun.engine.graph import Parameter, Placeholder, Tensor, apply
-from dlrun.engine.model import Model, Sequential
-from dlrun.engine.plan import Plan
-from dlrun.engine.random import set_seed
-from dlrun.engine.saving import load_model
-from dlrun.engine.threads import set_threads
+"""The graph engine and the Keras surface built on it.
 
-__all__ = ["Tensor", "Placeholder", "Parameter", "apply", "Plan", "Model", "Sequential",
-           "set_seed", "load_model", "set_threads"]
+- ``core/``: symbolic tensors and the graph, the planner and executor, the rewrites, the
+  device backends;
+- ``layers/``: the layers, one module per family;
+- ``models/``: Model, Sequential, functional models, the one training loop, saving,
+  checkpoints and the zoo;
+- beside them: losses, optimizers, schedules, metrics, callbacks, regularizers,
+  initializers and seeds.
+
+Nothing is imported here, so importing one part never pulls in the others.
+"""

@@ -346,7 +346,7 @@ class BackupAndRestore(Callback):
     An interrupted run (killed, crashed) started again with the same callback, data and
     batch size then ends with the same weights, bit for bit, as if never interrupted:
     weights, optimizer state, dropout seeds and the shuffling generator are restored
-    (see :mod:`dlrun.engine.checkpoints`). With ``double_checkpoint`` the previous epoch's
+    (see :mod:`dlrun.engine.models.checkpoints`). With ``double_checkpoint`` the previous epoch's
     checkpoint is kept too, and used when the latest is damaged. Epochs whose loss is NaN
     or infinite are not saved. ``delete_checkpoint`` removes the backup once training ends
     normally (Keras' default).
@@ -368,7 +368,7 @@ class BackupAndRestore(Callback):
         return self.backup_dir / "previous"
 
     def on_train_begin(self, logs=None):
-        from dlrun.engine.checkpoints import restore_checkpoint
+        from dlrun.engine.models.checkpoints import restore_checkpoint
         from dlrun.errors import ModelFileError
 
         self.restored_epoch, self._last_loss = None, None
@@ -386,8 +386,8 @@ class BackupAndRestore(Callback):
         self.restored_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        from dlrun.engine.checkpoints import save_checkpoint
-        from dlrun.engine.saving import _replace_dir
+        from dlrun.engine.models.checkpoints import save_checkpoint
+        from dlrun.engine.models.saving import _replace_dir
 
         self._last_loss = (logs or {}).get("loss")
         if self._last_loss is not None and not math.isfinite(self._last_loss):

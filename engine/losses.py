@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlrun.engine.graph import Placeholder, apply
+from dlrun.engine.core.graph import Placeholder, apply
 from dlrun.errors import ConfigError, DataError
 from dlrun.ops import Spec
 

@@ -141,7 +141,7 @@ class Optimizer:
         self.iterations += 1
 
     def apply_device(self, update) -> None:
-        """The same update on the GPU, on arrays a :class:`dlrun.engine.device.DeviceUpdate`
+        """The same update on the GPU, on arrays a :class:`dlrun.engine.core.device.DeviceUpdate`
         holds (weights, gradients and state already there). Parameters of one dtype are
         updated together, by one launch of each kernel, when the plan allows it."""
         k = CUDA_KERNELS

@@ -49,7 +49,7 @@ class L1L2(Regularizer):
         self.l1, self.l2 = _factor("l1", l1), _factor("l2", l2)
 
     def __call__(self, w):
-        from dlrun.engine.graph import apply
+        from dlrun.engine.core.graph import apply
 
         return apply("l1_l2_penalty", w, l1=self.l1, l2=self.l2)
 

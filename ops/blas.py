@@ -306,7 +306,7 @@ def split_threads() -> int:
     if _set_local is None:
         return 1
     if _threads is None:
-        from dlrun.engine.threads import available_cores
+        from dlrun.ops.threads import available_cores
 
         _threads = available_cores()
     return _threads

@@ -193,7 +193,7 @@ def test_bench_gemm_prints_every_product_beside_openblas(runner, tmp_path):
     assert res.exit_code == 0, res.output
     import json
 
-    from dlrun.ops.gemm_bench import SHAPES
+    from dlrun.cli.bench.gemm import SHAPES
 
     rows = json.loads(out.read_text())
     assert [r["product"] for r in rows] == [s[0] for s in SHAPES]

@@ -161,7 +161,7 @@ def test_info_and_verify_default_to_a_shipped_dataset(runner):
 
 
 def test_bench_loader_is_data_bench(runner, monkeypatch):
-    import dlrun.datasets.bench as bench_module
+    import dlrun.cli.bench.loader as bench_module
 
     calls = []
 

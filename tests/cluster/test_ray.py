@@ -209,7 +209,7 @@ def test_cli_train_with_two_workers_and_resume(tmp_path):
 
 
 def test_bench_cluster_measures_samples_per_second_and_round_overhead():
-    from dlrun.cluster.bench import measure
+    from dlrun.cli.bench.cluster import measure
 
     res = measure(workers=2, threads=1, average_every=2, batch=50, epochs=2,
                   rounds_per_epoch=2)
@@ -218,7 +218,7 @@ def test_bench_cluster_measures_samples_per_second_and_round_overhead():
 
 
 def test_bench_cluster_measures_one_process_on_the_same_data_path():
-    from dlrun.cluster.bench import measure_single
+    from dlrun.cli.bench.cluster import measure_single
 
     res = measure_single(threads=1, batch=50, epochs=2, samples=400)
     assert res["train_sps_median"] > 0 and len(res["epochs_sps"]) == 2

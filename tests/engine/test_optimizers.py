@@ -6,7 +6,7 @@ import pytest
 
 import dlrun as dl
 from dlrun.engine import optimizers
-from dlrun.engine.graph import Parameter
+from dlrun.engine.core.graph import Parameter
 from dlrun.errors import ConfigError
 
 

@@ -15,8 +15,8 @@ import pytest
 
 import dlrun as dl
 from dlrun import ops
-from dlrun.engine.graph import Parameter, Placeholder, apply
-from dlrun.engine.plan import Plan
+from dlrun.engine.core.graph import Parameter, Placeholder, apply
+from dlrun.engine.core.plan import Plan
 from dlrun.errors import DlrunError, ShapeError
 from dlrun.ops import GradcheckError, Op, OpError, Spec
 

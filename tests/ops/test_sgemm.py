@@ -153,8 +153,7 @@ def test_the_openblas_path_still_passes_the_product_tests():
     # layer built on products again in a child process that chooses it (kernels cached by
     # this session are reused; they read the choice at run time)
     tests = ["tests/ops/test_ops.py", "tests/ops/test_recurrent_split.py",
-             "tests/engine/test_layers.py", "tests/engine/test_conv_layers.py",
-             "tests/engine/test_recurrent.py", "tests/engine/test_fusion.py"]
+             "tests/engine/layers", "tests/engine/core/test_rewrites.py"]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, DLRUN_GEMM="openblas")
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",

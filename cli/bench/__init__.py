@@ -1,0 +1,2 @@
+"""The benchmarks behind ``dlrun bench``: models against PyTorch (``models``), matrix
+products (``gemm``), several workers (``cluster``) and the dataset loader (``loader``)."""

@@ -1,0 +1,97 @@
+"""The lectures' activation zoo as layers: LeakyReLU, ELU, PReLU (a learned slope), Softmax
+and Maxout (a learned piecewise-linear unit)."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlrun.engine import initializers, regularizers
+from dlrun.engine.core.graph import apply
+from dlrun.engine.layers.base import Layer, _name, require_features
+from dlrun.errors import ConfigError
+
+
+class LeakyReLU(Layer):
+    """``y = x if x > 0 else alpha * x``."""
+
+    def __init__(self, alpha: float = 0.3, **kw):
+        super().__init__(**kw)
+        self.alpha = float(alpha)
+
+    def call(self, x, training):
+        return apply("leaky_relu", x, alpha=self.alpha)
+
+    def get_config(self):
+        return super().get_config() | {"alpha": self.alpha}
+
+class ELU(Layer):
+    """``y = x if x > 0 else alpha * (exp(x) - 1)``."""
+
+    def __init__(self, alpha: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.alpha = float(alpha)
+
+    def call(self, x, training):
+        return apply("elu", x, alpha=self.alpha)
+
+    def get_config(self):
+        return super().get_config() | {"alpha": self.alpha}
+
+class PReLU(Layer):
+    """``y = x if x > 0 else alpha * x`` with a learned slope per input element (weight
+    ``alpha`` shaped like one sample, zeros at first, as in Keras)."""
+
+    def __init__(self, alpha_initializer="zeros", **kw):
+        super().__init__(**kw)
+        initializers.get(alpha_initializer)
+        self.alpha_initializer = alpha_initializer
+
+    def build(self, input_shape):
+        self.alpha = self.add_weight("alpha", input_shape, self.alpha_initializer)
+
+    def call(self, x, training):
+        return apply("prelu", x, self.alpha)
+
+    def get_config(self):
+        return super().get_config() | {"alpha_initializer": _name(self.alpha_initializer)}
+
+class Softmax(Layer):
+    """Softmax over the last axis."""
+
+    def call(self, x, training):
+        return apply("softmax", x)
+
+class Maxout(Layer):
+    """A learned piecewise-linear unit: ``units`` maxima, each over ``pieces`` linear
+    pieces, ``y[:, u] = max_k (x @ W + b)[:, u * pieces + k]``; weights ``W (in, units *
+    pieces)`` then ``b (units * pieces,)``."""
+
+    def __init__(self, units: int, pieces: int = 2, kernel_initializer="glorot_uniform",
+                 kernel_regularizer=None, **kw):
+        super().__init__(**kw)
+        for what, v in (("units", units), ("pieces", pieces)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"Maxout {what} must be a positive integer, got {v!r}")
+        self.units, self.pieces = int(units), int(pieces)
+        initializers.get(kernel_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        require_features(self, input_shape)
+        n = self.units * self.pieces
+        self.kernel = self.add_weight("kernel", (input_shape[0], n), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (n,), "zeros")
+
+    def call(self, x, training):
+        z = apply("bias_add", apply("matmul", x, self.kernel), self.bias)
+        return apply("maxout", z, pieces=self.pieces)
+
+    def compute_output_shape(self, input_shape):
+        return (self.units,)
+
+    def get_config(self):
+        return super().get_config() | {
+            "units": self.units, "pieces": self.pieces,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}

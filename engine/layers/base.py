@@ -1,0 +1,191 @@
+"""Keras-style layers: ``build(input_shape)`` makes weights, ``call(x, training)`` traces.
+
+Shapes given to and returned by ``build``/``compute_output_shape`` exclude the batch axis.
+``call`` receives and returns symbolic tensors (with the batch axis) and adds nodes with
+:func:`dlrun.engine.core.graph.apply`. ``get_config()`` is enough to rebuild a layer, which is
+what a saved model and a Ray worker receive.
+
+The layer registry (:data:`LAYERS`, filled by :mod:`dlrun.engine.layers`) maps class names
+to classes for ``load_model``.
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from dlrun.engine import initializers, regularizers
+from dlrun.engine.core.graph import Parameter
+from dlrun.errors import ConfigError, ShapeError
+
+
+_counts = itertools.count()
+
+ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+               "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu"}
+
+def activation_op(name):
+    """Op name for an ``activation=`` string; ``None`` means linear."""
+    if name is None:
+        return None
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown activation {name!r}; expected one of "
+                          f"{sorted(ACTIVATIONS)}") from None
+
+class Layer:
+    """Base class: a named collection of weights and a ``call`` that traces the forward."""
+
+    def __init__(self, name: str | None = None, trainable: bool = True,
+                 input_shape: tuple | None = None, dtype="float32"):
+        self.name = name or f"{_snake(type(self).__name__)}_{next(_counts)}"
+        self.trainable = trainable
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.dtype = np.dtype(dtype)
+        self.built = False
+        self.built_input_shape = None
+        self._weights: list[Parameter] = []
+
+    # -- to override -----------------------------------------------------------------------
+    def build(self, input_shape: tuple) -> None:
+        """Create the weights for inputs of ``input_shape`` (no batch axis)."""
+
+    def call(self, x, training: bool):
+        raise NotImplementedError
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return tuple(input_shape)
+
+    def get_config(self) -> dict:
+        cfg = {"name": self.name, "trainable": self.trainable}
+        if self.input_shape is not None:
+            cfg["input_shape"] = list(self.input_shape)
+        return cfg
+
+    # -- shared ----------------------------------------------------------------------------
+    def __call__(self, inputs):
+        """The functional API: call the layer on ``dl.Input(...)`` tensors (a list of them
+        for Add, Concatenate) or what other layers returned; returns a symbolic tensor.
+        Calling one layer twice shares its weights."""
+        from dlrun.engine.layers.symbolic import call_layer
+
+        return call_layer(self, inputs)
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        return cls(**config)
+
+    def add_weight(self, name, shape, initializer="glorot_uniform", trainable=True,
+                   regularizer=None):
+        """A new weight; ``regularizer`` (a :mod:`dlrun.regularizers` penalty) adds its
+        penalty to the loss while the weight is trainable."""
+        value = initializers.get(initializer)(tuple(shape), self.dtype)
+        value = np.ascontiguousarray(value, self.dtype)
+        p = Parameter(value, f"{self.name}/{name}", trainable and self.trainable,
+                      regularizers.get(regularizer))
+        self._weights.append(p)
+        return p
+
+    def ensure_built(self, input_shape: tuple) -> None:
+        input_shape = tuple(input_shape)
+        if not self.built:
+            self.build(input_shape)
+            self.built, self.built_input_shape = True, input_shape
+        elif input_shape != self.built_input_shape:
+            raise ShapeError(f"layer {self.name!r} was built for inputs of shape "
+                             f"{self.built_input_shape} (without the batch axis) but now "
+                             f"receives {input_shape}")
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """Freezing a layer freezes its weights: no gradient work, no update."""
+        self._trainable = bool(value)
+        for p in getattr(self, "_weights", ()):
+            p.trainable = self._trainable
+
+    @property
+    def weights(self) -> list:
+        """Every weight parameter, in the documented layout order."""
+        return list(self._weights)
+
+    def get_weights(self) -> list:
+        return [p.value.copy() for p in self._weights]
+
+    def set_weights(self, arrays: list) -> None:
+        if len(arrays) != len(self._weights):
+            raise ShapeError(f"layer {self.name!r} has {len(self._weights)} weight arrays, "
+                             f"got {len(arrays)}")
+        for p, a in zip(self._weights, arrays):
+            a = np.asarray(a)
+            if a.shape != p.value.shape:
+                raise ShapeError(f"weight {p.name!r} has shape {p.value.shape}, got {a.shape}")
+            np.copyto(p.value, a, casting="same_kind")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"
+
+def require_features(layer: Layer, input_shape: tuple) -> None:
+    """Refuse inputs other than (batch, features), as layers of one weight matrix need."""
+    if len(input_shape) != 1:
+        raise ShapeError(f"{type(layer).__name__} layer {layer.name!r} expects inputs of "
+                         f"shape (batch, features), got (batch, "
+                         f"{', '.join(map(str, input_shape))}); put a Flatten layer before it")
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
+                   for i, c in enumerate(name))
+
+class KernelLayer(Layer):
+    """Base of layers with a kernel, an optional bias and an activation (Dense, Conv2D):
+    the shared arguments, their checks, the two weights and their config."""
+
+    def __init__(self, activation=None, use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, **kw):
+        super().__init__(**kw)
+        self.activation = activation
+        self._act = activation_op(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        initializers.get(kernel_initializer), initializers.get(bias_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+
+    def add_kernel_and_bias(self, kernel_shape: tuple, bias_shape: tuple) -> None:
+        self.kernel = self.add_weight("kernel", kernel_shape, self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        if self.use_bias:
+            self.bias = self.add_weight("bias", bias_shape, self.bias_initializer,
+                                        regularizer=self.bias_regularizer)
+
+    def get_config(self):
+        return super().get_config() | {
+            "activation": self.activation, "use_bias": self.use_bias,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "bias_initializer": _name(self.bias_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
+
+def _name(init):
+    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
+
+# class name -> layer class, for load_model; dlrun.engine.layers lists the built-in ones
+LAYERS: dict[str, type] = {}
+
+def register_layer(cls):
+    """Make a user's layer class loadable by ``dl.load_model``."""
+    LAYERS[cls.__name__] = cls
+    return cls
+
+def layer_from_config(class_name: str, config: dict) -> Layer:
+    try:
+        cls = LAYERS[class_name]
+    except KeyError:
+        raise ConfigError(f"unknown layer class {class_name!r}; known: {sorted(LAYERS)} "
+                          "(register your own with dlrun.layers.register_layer)") from None
+    return cls.from_config(dict(config))

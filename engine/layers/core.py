@@ -1,0 +1,156 @@
+"""The plain layers: Dense, Highway, Activation, Dropout, Flatten and Reshape."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlrun.engine import initializers, regularizers
+from dlrun.engine.core.graph import apply
+from dlrun.engine.layers.base import KernelLayer, Layer, _name, activation_op, require_features
+from dlrun.errors import ConfigError, ShapeError
+
+
+class Dense(KernelLayer):
+    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
+
+    def __init__(self, units: int, activation=None, **kw):
+        super().__init__(activation=activation, **kw)
+        if not isinstance(units, (int, np.integer)) or units < 1:
+            raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = int(units)
+
+    def build(self, input_shape):
+        require_features(self, input_shape)
+        self.add_kernel_and_bias((input_shape[0], self.units), (self.units,))
+
+    def call(self, x, training):
+        y = apply("matmul", x, self.kernel)
+        if self.use_bias:
+            y = apply("bias_add", y, self.bias)
+        return apply(self._act, y) if self._act else y
+
+    def compute_output_shape(self, input_shape):
+        return (self.units,)
+
+    def get_config(self):
+        return super().get_config() | {"units": self.units}
+
+class Highway(Layer):
+    """A dense highway layer (Srivastava et al. 2015): ``y = T * H + (1 - T) * x`` with
+    ``H = activation(x @ W + b)`` and the transform gate ``T = sigmoid(x @ W_T + b_T)``;
+    the output has the input's width. Weights ``W (n, n)``, ``b (n,)``, ``W_T (n, n)``,
+    ``b_T (n,)``.
+
+    ``b_T`` starts at ``transform_bias`` (-2, as in Keras 1 and the paper's advice of a
+    negative value: T is about 0.12 at first, so the layer starts close to the identity and
+    deep stacks of it still pass gradients). ``activation`` defaults to ReLU (Keras 1's
+    ``'linear'`` makes H affine).
+    """
+
+    def __init__(self, activation="relu", transform_bias: float = -2.0,
+                 kernel_initializer="glorot_uniform", kernel_regularizer=None, **kw):
+        super().__init__(**kw)
+        self.activation = activation
+        self._act = activation_op(activation)
+        try:
+            self.transform_bias = float(transform_bias)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Highway transform_bias must be a number, got "
+                              f"{transform_bias!r}") from None
+        initializers.get(kernel_initializer)
+        self.kernel_initializer = kernel_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+
+    def build(self, input_shape):
+        require_features(self, input_shape)
+        n = input_shape[0]
+        self.kernel = self.add_weight("kernel", (n, n), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (n,), "zeros")
+        self.gate_kernel = self.add_weight("gate_kernel", (n, n), self.kernel_initializer,
+                                           regularizer=self.kernel_regularizer)
+        self.gate_bias = self.add_weight("gate_bias", (n,), "zeros")
+        self.gate_bias.value[...] = self.transform_bias
+
+    def call(self, x, training):
+        h = apply("bias_add", apply("matmul", x, self.kernel), self.bias)
+        h = apply(self._act, h) if self._act else h
+        t = apply("sigmoid", apply("bias_add", apply("matmul", x, self.gate_kernel),
+                                   self.gate_bias))
+        return apply("gate_mix", t, h, x)
+
+    def get_config(self):
+        return super().get_config() | {
+            "activation": self.activation, "transform_bias": self.transform_bias,
+            "kernel_initializer": _name(self.kernel_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
+
+class Activation(Layer):
+    """Applies an activation function by name."""
+
+    def __init__(self, activation, **kw):
+        super().__init__(**kw)
+        self.activation = activation
+        self._act = activation_op(activation)
+
+    def call(self, x, training):
+        return apply(self._act, x) if self._act else x
+
+    def get_config(self):
+        return super().get_config() | {"activation": self.activation}
+
+class Dropout(Layer):
+    """Zeroes a fraction ``rate`` of its inputs while training (scaling the rest by
+    ``1 / (1 - rate)``); the identity at inference."""
+
+    def __init__(self, rate: float, **kw):
+        super().__init__(**kw)
+        try:
+            value = float(rate)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Dropout rate must be a number in [0, 1), got {rate!r}") from None
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"Dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = value
+
+    def call(self, x, training):
+        if not training or self.rate == 0.0:
+            return x
+        return apply("dropout", x, rate=self.rate)
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate}
+
+class Flatten(Layer):
+    """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
+
+    def call(self, x, training):
+        if len(x.shape) == 2:
+            return x
+        return apply("reshape", x, shape=(x.shape[0], -1))
+
+    def compute_output_shape(self, input_shape):
+        return (int(np.prod(input_shape)),)
+
+class Reshape(Layer):
+    """(batch, ...) -> (batch, *target_shape); one entry of ``target_shape`` may be -1."""
+
+    def __init__(self, target_shape, **kw):
+        super().__init__(**kw)
+        self.target_shape = tuple(int(d) for d in target_shape)
+        if self.target_shape.count(-1) > 1 or any(d < 1 and d != -1 for d in self.target_shape):
+            raise ConfigError(f"Reshape target_shape must hold positive sizes and at most "
+                              f"one -1, got {target_shape!r}")
+
+    def compute_output_shape(self, input_shape):
+        size = int(np.prod(input_shape))
+        known = int(np.prod([d for d in self.target_shape if d != -1]))
+        if size % known or (-1 not in self.target_shape and known != size):
+            raise ShapeError(f"Reshape layer {self.name!r} cannot reshape samples of shape "
+                             f"{tuple(input_shape)} into {self.target_shape}")
+        return tuple(size // known if d == -1 else d for d in self.target_shape)
+
+    def call(self, x, training):
+        return apply("reshape", x, shape=(x.shape[0], *self.compute_output_shape(x.shape[1:])))
+
+    def get_config(self):
+        return super().get_config() | {"target_shape": list(self.target_shape)}

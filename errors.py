@@ -19,3 +19,7 @@ class DataError(DlrunError, ValueError):
 
 class ModelFileError(DlrunError, ValueError):
     """A path that should hold a saved dlrun model or checkpoint does not."""
+
+
+class ClusterError(DlrunError, RuntimeError):
+    """Distributed training cannot go on (no Ray, lost workers, poisoned rounds)."""

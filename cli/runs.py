@@ -440,7 +440,7 @@ def _check_cluster_options(cfg: TrainConfig) -> None:
 def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, echo) -> None:
     """Train on ``cfg.workers`` Ray workers (a local instance unless an address is given);
     faults handled are echoed and appended to ``events.log`` in the run folder."""
-    from dlrun.cluster.driver import ray_session, train_distributed
+    from dlrun.cluster import ray_session, train_distributed
     from dlrun.ops.threads import available_cores
 
     def on_event(text: str) -> None:

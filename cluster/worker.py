@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from dlrun.cluster.exchange import map_arrays, plain_number
 from dlrun.errors import ConfigError
 
 OPTIMIZER_STATES = ("average", "reset", "local")
@@ -96,38 +97,6 @@ def pack(arrays: list) -> tuple[dict, list]:
         views.append(v)
         at[k] += a.size
     return bufs, views
-
-
-def map_arrays(path: str, layout: list, create: bool = False,
-               readonly: bool = False) -> dict:
-    """Named 1-d arrays in the file ``path``, mapped into memory (``layout``: ``(name,
-    dtype string, size)`` in order, each array starting at a multiple of 64 bytes). A file
-    under /dev/shm is memory shared by the processes of one node that map it."""
-    offsets, at = [], 0
-    for _, dtype, size in layout:
-        at = -(-at // 64) * 64
-        offsets.append(at)
-        at += np.dtype(dtype).itemsize * size
-    nbytes = max(at, 1)
-    if create:
-        # reserve the pages now: a full /dev/shm then fails here (OSError), not with a
-        # SIGBUS at the first write into a page it cannot back
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fd, 0, nbytes)
-            else:
-                os.ftruncate(fd, nbytes)
-        finally:
-            os.close(fd)
-    mm = np.memmap(path, np.uint8, "r" if readonly else "r+", shape=(nbytes,))
-    return {name: mm[o:o + np.dtype(dtype).itemsize * size].view(dtype)
-            for (name, dtype, size), o in zip(layout, offsets)}
-
-
-def _plain(value):
-    """numpy scalars as the Python numbers they equal (JSON keeps a float exactly)."""
-    return value.item()
 
 
 def flatten_weights(model) -> dict:
@@ -230,7 +199,7 @@ class Worker:
                 msg = json.loads(line)
                 res = self.run_round(None, msg["state"], msg["k"])
                 del res["arrays"]
-                conn.sendall(json.dumps(res, default=_plain).encode() + b"\n")
+                conn.sendall(json.dumps(res, default=plain_number).encode() + b"\n")
 
     def run_round(self, weights: dict, state: dict, k_steps: int) -> dict:
         """Set the averaged weights (and optimizer state), train ``k_steps`` local steps,

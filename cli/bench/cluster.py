@@ -54,7 +54,7 @@ def measure(workers: int = 2, threads: int = 1, average_every: int = 10, batch: 
             stream: bool = True) -> dict:
     """Samples/s and round overhead of ``workers`` local Ray workers (median of epochs
     after the first); ``stream=False``: each worker holds its share in memory."""
-    from dlrun.cluster.driver import ray_session, train_distributed
+    from dlrun.cluster import ray_session, train_distributed
 
     net = _mlp(seed)
     samples = workers * average_every * batch * rounds_per_epoch

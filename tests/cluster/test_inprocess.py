@@ -7,7 +7,7 @@ import pytest
 
 import dlrun as dl
 from dlrun.cluster import Worker, model_spec, train_distributed
-from dlrun.cluster.driver import ClusterError
+from dlrun.errors import ClusterError
 from dlrun.errors import ConfigError
 
 

@@ -21,14 +21,14 @@ def cluster(make_ray_cluster):
 
 
 def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeypatch):
-    from dlrun.cluster import driver
+    from dlrun.cluster import pool as driver
 
-    share, local = driver._RayPool.share, []
+    share, local = driver.RayPool.share, []
 
     def recorded(self, out):
         share(self, out)
         local.append(list(self.local))
-    monkeypatch.setattr(driver._RayPool, "share", recorded)
+    monkeypatch.setattr(driver.RayPool, "share", recorded)
     dl.set_threads(1)
     x, y = h.digits()
     ref = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))

@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 def ray_instance():
     import ray
 
-    from dlrun.cluster.driver import start_local_ray
+    from dlrun.cluster.session import start_local_ray
 
     if ray.is_initialized():
         pytest.skip("this process already joined a Ray instance")
@@ -71,16 +71,16 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
     """The shared-memory exchange (local workers) against the object store (workers
     elsewhere): the same weights bit for bit, and nothing left behind in /dev/shm (nor
     by a driver killed earlier)."""
-    from dlrun.cluster import driver
+    from dlrun.cluster import pool as driver
 
     made = []
 
-    class Recorded(driver._Exchange):
+    class Recorded(driver.Exchange):
         def __init__(self, *a):
             super().__init__(*a)
             made.append(self.dir)
 
-    monkeypatch.setattr(driver, "_Exchange", Recorded)
+    monkeypatch.setattr(driver, "Exchange", Recorded)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()                              # a driver killed: its folder is left behind
     orphan = f"/dev/shm/dlrun-exchange-{gone.pid}-test"
@@ -101,7 +101,7 @@ def test_workers_on_this_node_exchange_through_shared_memory_to_the_same_weights
         shutil.rmtree(alive, ignore_errors=True)
     assert len(made) == 1 and not os.path.exists(made[0])
     assert not os.path.exists(orphan)
-    monkeypatch.setattr(driver._RayPool, "share", lambda self, out: None)
+    monkeypatch.setattr(driver.RayPool, "share", lambda self, out: None)
     stored = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
     train_distributed(stored, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
                       seed=6, threads=1, verbose=0)

@@ -249,7 +249,7 @@ def model_from_file(path, input_shape: tuple, classes: int):
     if not isinstance(model, Model):
         raise ConfigError(f"--model {path}: {what} a {type(model).__name__}, not a dlrun "
                           "model (dl.Sequential or dl.Model)")
-    if not model._ensure_built():
+    if not model.ensure_built():
         model.build(input_shape)
     return model
 

@@ -18,7 +18,8 @@ def save_round(model, folder, epoch: int, position: int) -> None:
     folder = Path(folder)
     save_checkpoint(model, folder / "round", epoch)
     tmp = folder / f".round.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps({"epoch": epoch, "position": position, "step": model._step}))
+    tmp.write_text(json.dumps({"epoch": epoch, "position": position,
+                               "step": model.training.step}))
     os.replace(tmp, folder / "round.json")
 
 def restore_round(model, folder, epoch: int, echo) -> int:
@@ -44,7 +45,7 @@ def restore_round(model, folder, epoch: int, echo) -> int:
         echo(f"the mid-epoch checkpoint in {folder} is not usable ({e}); continuing from "
              "the last epoch's")
         return 0
-    model._resume = None
+    model.training.resume = None
     echo(f"continuing epoch {epoch + 1} after batch {where['position']} from the mid-epoch "
          "checkpoint")
     return int(where["position"])

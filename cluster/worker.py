@@ -13,6 +13,8 @@ import time
 import numpy as np
 
 from dlrun.cluster.exchange import map_arrays, plain_number
+from dlrun.engine.core.backend import pack
+from dlrun.engine.metrics import Tally
 from dlrun.errors import ConfigError
 
 OPTIMIZER_STATES = ("average", "reset", "local")
@@ -20,14 +22,13 @@ OPTIMIZER_STATES = ("average", "reset", "local")
 
 def model_spec(model) -> dict:
     """What a worker needs to rebuild ``model`` (built and compiled): JSON only."""
-    model._require_built()
-    model._require_compiled()
+    model.require_built()
+    model.require_compiled()
     return {"class_name": type(model).__name__, "config": model.get_config(),
-            "loss": model.loss,
-            "metrics": [m.name for m in model.metrics],
+            "compile": model.compile_config(),
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config()},
-            "seed": model._seed, "device": model.device or "cpu"}
+            "seed": model.training.seed, "device": model.device or "cpu"}
 
 
 def build_model(spec: dict):
@@ -39,9 +40,8 @@ def build_model(spec: dict):
     model = model_from_config(spec.get("class_name", "Sequential"), cfg)
     model.build(cfg["input_shape"])
     opt = optimizers.from_config(spec["optimizer"]["class_name"], spec["optimizer"]["config"])
-    model.compile(optimizer=opt, loss=spec["loss"], metrics=spec["metrics"],
-                  device=spec.get("device", "cpu"))
-    model._seed = int(spec["seed"])
+    model.compile(optimizer=opt, device=spec.get("device", "cpu"), **spec["compile"])
+    model.training.seed = int(spec["seed"])
     return model
 
 
@@ -80,22 +80,12 @@ def load_shard(data, index: int, count: int, batch_size: int, seed: int):
     return Loader(x, y, batch_size, seed=seed, worker=(index, count), prefetch=0)
 
 
-def pack(arrays: list) -> tuple[dict, list]:
-    """Copy ``arrays`` into one contiguous buffer per dtype; returns ({dtype: buffer},
-    the views of the buffers that replace the arrays, in order). A round then moves one
-    buffer per dtype instead of one array per weight."""
-    groups: dict[str, list] = {}
-    for a in arrays:
-        groups.setdefault(a.dtype.str, []).append(a)
-    bufs = {k: np.empty(sum(a.size for a in g), g[0].dtype) for k, g in groups.items()}
-    at = dict.fromkeys(bufs, 0)
-    views = []
-    for a in arrays:
-        k = a.dtype.str
-        v = bufs[k][at[k]:at[k] + a.size].reshape(a.shape)
+def _packed(arrays: list) -> tuple[dict, list]:
+    """``arrays`` copied into one buffer per dtype (:func:`dlrun.engine.core.backend.pack`),
+    so a round moves one buffer per dtype instead of one array per weight."""
+    bufs, views = pack(arrays, np.empty)
+    for v, a in zip(views, arrays):
         v[...] = a
-        views.append(v)
-        at[k] += a.size
     return bufs, views
 
 
@@ -104,10 +94,10 @@ def flatten_weights(model) -> dict:
     parameters become views of it. Plans made before hold the old arrays: they are
     dropped."""
     params = model.weights_params()
-    bufs, views = pack([p.value for p in params])
+    bufs, views = _packed([p.value for p in params])
     for p, v in zip(params, views):
         p.value = v
-    model._plans = {}
+    model.forget_programs()
     return {"w" + k: b for k, b in bufs.items()}
 
 
@@ -119,7 +109,7 @@ def flatten_optimizer_state(model) -> dict:
             for k in sorted(opt.state[p.name])]
     if not keys:
         return {}
-    bufs, views = pack([opt.state[n][k] for n, k in keys])
+    bufs, views = _packed([opt.state[n][k] for n, k in keys])
     for (n, k), v in zip(keys, views):
         opt.state[n][k] = v
     return {"o" + k: b for k, b in bufs.items()}
@@ -147,22 +137,20 @@ class Worker:
         self.threads = set_threads(threads)       # workers split the cores
         self.model = build_model(spec)
         # the same dropout stream as one process for worker 0, distinct ones for the others
-        self.model._seed += index * 1_000_003
+        self.model.training.seed += index * 1_000_003
         self.loader = load_shard(data, index, count, batch_size, seed)
         if self.loader.in_memory:             # (a streamed dataset's labels are checked)
             self.loader.y = check_targets(self.model.loss, self.loader.y,
                                           self.model.output_shape)
         self.params = self.model.weights_params()
         self.weights = flatten_weights(self.model)
-        self.model._plan("train", batch_size)        # creates the optimizer's state
+        self.model.program("train", batch_size)      # creates the optimizer's state
         self.opt_state = flatten_optimizer_state(self.model)
         self._iter, self._pos = None, (None, 0)    # the current epoch's batches and place
         self._idx = {}
         self._average = self._own = None            # see attach
 
     def info(self) -> dict:
-        import os
-
         try:
             import ray
             node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
@@ -231,25 +219,18 @@ class Worker:
             raise ConfigError(f"optimizer_state must be one of {OPTIMIZER_STATES}, got "
                               f"{mode!r}")
         batches = self._batches(state["epoch"], state["position"])
-        model._step = int(state["step"])
+        model.training.step = int(state["step"])
         opt.iterations = int(state["iterations"])
-        samples, steps, loss_sum = 0, 0, 0.0
-        counts = [[0, 0] for _ in model.metrics]
         self._set_optimizer_state(weights, mode)
-        done = False
-        for _ in range(k_steps):
+        tally, steps, done = Tally(model.metrics), 0, False
+        for _ in range(k_steps):                 # fit's own step, summed as fit sums it
             try:
                 xb, yb = next(batches)
             except StopIteration:
                 done = True
                 break
-            loss, c = model._run_batch("train", xb, yb, self._arange(len(xb)))
-            samples += len(xb)
+            tally.add_batch(model.run_batch("train", xb, yb, self._arange(len(xb))))
             steps += 1
-            loss_sum += loss * len(xb)
-            for acc, (k, n) in zip(counts, c):
-                acc[0] += k
-                acc[1] += n
         model.sync_to_host()      # on cuda: the packed host buffers get the new values
         self._pos = (state["epoch"], state["position"] + steps)
         if not done and self._pos[1] >= len(self.loader):
@@ -261,9 +242,9 @@ class Worker:
             for key, a in arrays.items():
                 np.copyto(self._own[key], a)
             arrays = None
-        return {"arrays": arrays, "samples": samples, "steps": steps, "loss_sum": loss_sum,
-                "counts": counts, "seconds": time.perf_counter() - t0, "done": done,
-                "index": self.index}
+        return {"arrays": arrays, "samples": tally.samples, "steps": steps,
+                "loss_sum": tally.loss_sum, "counts": tally.counts,
+                "seconds": time.perf_counter() - t0, "done": done, "index": self.index}
 
     def _set_optimizer_state(self, weights: dict, mode: str) -> None:
         opt = self.model.optimizer

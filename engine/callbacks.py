@@ -382,7 +382,7 @@ class BackupAndRestore(Callback):
             warnings.warn(f"{e}; resuming from the previous checkpoint instead",
                           RuntimeWarning, stacklevel=2)
             epoch = restore_checkpoint(self.model, self.previous)
-        self.model._resume["override"] = True
+        self.model.training.resume.forced = True       # fit continues there
         self.restored_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):

@@ -9,25 +9,11 @@ gradient), then each variable takes its ``update_step``. The learning rate may b
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import numpy as np
 
 from dlrun.engine import schedules
 from dlrun.errors import ConfigError
-from dlrun.ops import updates as _k
-
-# The update kernels an optimizer calls, per device (update_step takes one of these).
-CPU_KERNELS = SimpleNamespace(
-    sgd=_k.sgd_update_cpu, momentum=_k.sgd_momentum_update_cpu, adagrad=_k.adagrad_update_cpu,
-    rmsprop=_k.rmsprop_update_cpu, rmsprop_momentum=_k.rmsprop_momentum_update_cpu,
-    adam=_k.adam_update_cpu, decay=_k.decay_weights_cpu, clip=_k.clip_gradient_cpu,
-    sum_squares=_k.sum_squares_cpu)
-CUDA_KERNELS = SimpleNamespace(
-    sgd=_k.sgd_update_cuda, momentum=_k.sgd_momentum_update_cuda,
-    adagrad=_k.adagrad_update_cuda, rmsprop=_k.rmsprop_update_cuda,
-    rmsprop_momentum=_k.rmsprop_momentum_update_cuda, adam=_k.adam_update_cuda,
-    decay=_k.decay_weights_cuda, clip=_k.clip_gradient_cuda, sum_squares=_k.sum_squares_cuda)
 
 
 def _number(name: str, value, *, positive=False, below_one=False, optional=False):
@@ -72,10 +58,11 @@ class Optimizer:
         if len(given) > 1:
             raise ConfigError(f"give at most one of clipnorm, clipvalue and global_clipnorm; "
                               f"got {', '.join(f'{k}={getattr(self, k)}' for k in given)}")
-        self._device = None           # the DeviceStore holding newer state, if any
+        # Where newer state is held (a GPU's DeviceStore, while the model trains there),
+        # or None; ``host_state`` is the host's dict itself, read without that check.
+        self.holder = None
         self.state: dict[str, dict[str, np.ndarray]] = {}
         self.iterations = 0
-        self._clipped: dict[str, np.ndarray] = {}     # scratch for clipped gradients
 
     # -- the learning rate -----------------------------------------------------------------
     @property
@@ -109,15 +96,15 @@ class Optimizer:
     def state(self) -> dict:
         """Parameter name -> {state name: host array}. While a GPU holds newer state (a
         model training on ``cuda``), reading it copies the state back first."""
-        if self._device is not None:
-            self._device.to_host()
-        return self._state
+        if self.holder is not None:
+            self.holder.to_host()
+        return self.host_state
 
     @state.setter
     def state(self, value: dict) -> None:
-        if self._device is not None:
-            self._device.to_host()
-        self._state = value
+        if self.holder is not None:
+            self.holder.to_host()
+        self.host_state = value
 
     def build(self, params: list) -> None:
         """Create state arrays for parameters that have none yet (keyed by name)."""
@@ -129,29 +116,26 @@ class Optimizer:
         return {}
 
     # -- one update ------------------------------------------------------------------------
-    def apply(self, params_and_grads: list) -> None:
-        """Update every (parameter, gradient) pair in place; the gradients are not changed."""
-        pairs = list(params_and_grads)
+    def update(self, updates) -> None:
+        """One step over what ``updates`` holds (a backend's
+        :class:`~dlrun.engine.core.backend.Updates`: weights, gradients and state on one
+        device, and that device's kernels); the gradients are not changed."""
+        k = updates.kernels
         lr = self.learning_rate
-        grads = self._clip(pairs)
-        for (p, _), g in zip(pairs, grads):
-            if self.weight_decay:
-                _k.decay_weights_cpu(p.value, lr * self.weight_decay)
-            self.update_step(p.value, g, self.state[p.name], lr)
-        self.iterations += 1
-
-    def apply_device(self, update) -> None:
-        """The same update on the GPU, on arrays a :class:`dlrun.engine.core.device.DeviceUpdate`
-        holds (weights, gradients and state already there). Parameters of one dtype are
-        updated together, by one launch of each kernel, when the plan allows it."""
-        k = CUDA_KERNELS
-        lr = self.learning_rate
-        clipped = self._clip_device(update, k)
-        for w, g, state in update.units(clipped):
+        clipped = self._clip(updates)
+        for w, g, state in updates.units(self, clipped):
             if self.weight_decay:
                 k.decay(w, lr * self.weight_decay)
             self.update_step(w, g, state, lr, k)
         self.iterations += 1
+
+    def apply(self, params_and_grads) -> None:
+        """Update every (parameter, gradient) pair of host arrays in place."""
+        from dlrun.engine.core.backend import CpuBackend, Updates
+
+        pairs = list(params_and_grads)
+        self.build([p for p, _ in pairs])
+        self.update(Updates(CpuBackend(), [p for p, _ in pairs], [g for _, g in pairs]))
 
     def _clipping(self) -> bool:
         return not (self.clipnorm is None and self.clipvalue is None
@@ -169,42 +153,25 @@ class Optimizer:
             return [self.clipnorm / max(math.sqrt(sq), self.clipnorm) for sq in squares]
         return [1.0] * len(squares)
 
-    def _clip(self, pairs) -> list:
-        """The gradients after clipping (into scratch buffers), or as given."""
-        grads = [g for _, g in pairs]
-        if not self._clipping():
-            return grads
-        norms = self.clipnorm is not None or self.global_clipnorm is not None
-        scales = self._scales([_k.sum_squares_cpu(g) if norms else 0.0 for g in grads])
-        limit = self.clipvalue if self.clipvalue is not None else math.inf
-        out = []
-        for (p, g), s in zip(pairs, scales):
-            buf = self._clipped.get(p.name)
-            if buf is None or buf.shape != g.shape or buf.dtype != g.dtype:
-                buf = self._clipped[p.name] = np.empty_like(g)
-            _k.clip_gradient_cpu(g, s, limit, buf)
-            out.append(buf)
-        return out
-
-    def _clip_device(self, update, k) -> bool:
-        """Clip ``update``'s gradients into its scratch buffers on the GPU; False when
-        nothing is clipped. The norms need one small copy back (a sync) per step."""
+    def _clip(self, updates) -> bool:
+        """Clip the gradients into ``updates.clipped``; False when nothing is clipped. The
+        norms come back to the host (on a GPU, one small copy and a wait per step)."""
         if not self._clipping():
             return False
-        n = len(update.grads)
+        k, n = updates.kernels, len(updates.grads)
         squares = [0.0] * n
         if self.clipnorm is not None or self.global_clipnorm is not None:
-            for i, g in enumerate(update.grads):
-                k.sum_squares(g, update.squares[i:i + 1])
-            squares = [float(v) for v in update.squares.copy_to_host()[:n]]
+            for i, g in enumerate(updates.grads):
+                k.sum_squares(g, updates.squares, i)
+            squares = [float(v) for v in updates.read(updates.squares)[:n]]
         limit = self.clipvalue if self.clipvalue is not None else math.inf
-        for g, s, out in zip(update.grads, self._scales(squares), update.clipped):
+        for g, s, out in zip(updates.grads, self._scales(squares), updates.clipped):
             k.clip(g, s, limit, out)
         return True
 
-    def update_step(self, w, g, state, lr: float, kernels=CPU_KERNELS) -> None:
+    def update_step(self, w, g, state, lr: float, kernels) -> None:
         """Update one variable ``w`` in place from its gradient ``g`` and ``state``, with
-        ``kernels`` of the device the arrays are on (:data:`CPU_KERNELS`, ...)."""
+        ``kernels`` of the device the arrays are on (``Updates.kernels``)."""
         raise NotImplementedError
 
     # -- config and checkpoints ------------------------------------------------------------
@@ -249,7 +216,7 @@ class SGD(Optimizer):
     def make_state(self, w):
         return {"velocity": np.zeros_like(w)} if self.momentum else {}
 
-    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
+    def update_step(self, w, g, state, lr, kernels):
         if self.momentum:
             kernels.momentum(w, g, state["velocity"], lr, self.momentum, self.nesterov)
         else:
@@ -273,7 +240,7 @@ class Adagrad(Optimizer):
     def make_state(self, w):
         return {"accumulator": np.full_like(w, self.initial_accumulator_value)}
 
-    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
+    def update_step(self, w, g, state, lr, kernels):
         kernels.adagrad(w, g, state["accumulator"], lr, self.epsilon)
 
     def get_config(self):
@@ -299,7 +266,7 @@ class RMSprop(Optimizer):
             state["momentum"] = np.zeros_like(w)
         return state
 
-    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
+    def update_step(self, w, g, state, lr, kernels):
         if self.momentum:
             kernels.rmsprop_momentum(w, g, state["velocity"], state["momentum"], lr,
                                      self.rho, self.momentum, self.epsilon)
@@ -326,7 +293,7 @@ class Adam(Optimizer):
     def make_state(self, w):
         return {"momentum": np.zeros_like(w), "velocity": np.zeros_like(w)}
 
-    def update_step(self, w, g, state, lr, kernels=CPU_KERNELS):
+    def update_step(self, w, g, state, lr, kernels):
         t = self.iterations + 1
         alpha = lr * math.sqrt(1.0 - self.beta_2 ** t) / (1.0 - self.beta_1 ** t)
         kernels.adam(w, g, state["momentum"], state["velocity"], alpha, self.beta_1,

@@ -60,33 +60,33 @@ def measure(model: str = "mlp", threads: int = 1, batch: int = 100, steps: int |
     y = rng.integers(0, 10, pool * batch)
     batches = [np.arange(i * batch, (i + 1) * batch) for i in range(pool)]
     t0 = time.perf_counter()
-    net._run_batch("train", x, y, batches[0])        # the fit loop's own step
+    net.run_batch("train", x, y, batches[0])        # the fit loop's own step
     first_step = time.perf_counter() - t0
     if model == "cnn":              # ~50x the MLP's work per sample: shorter windows
         warmup, steps = min(warmup, 3), steps or 5
     for i in range(warmup):
-        net._run_batch("train", x, y, batches[i % pool])
+        net.run_batch("train", x, y, batches[i % pool])
     steps = steps or max(20, int(5000 / batch))
     rates = []
     for w in range(windows):
         t0 = time.perf_counter()
         for i in range(steps):
-            net._run_batch("train", x, y, batches[i % pool])
+            net.run_batch("train", x, y, batches[i % pool])
         rates.append(steps * batch / (time.perf_counter() - t0))
     infer = []                          # the forward pass alone (evaluation mode)
-    net._run_batch("eval", x, y, batches[0])
+    net.run_batch("eval", x, y, batches[0])
     for w in range(3):
         t0 = time.perf_counter()
         for i in range(steps):
-            net._run_batch("eval", x, y, batches[i % pool])
+            net.run_batch("eval", x, y, batches[i % pool])
         infer.append(steps * batch / (time.perf_counter() - t0))
-    plan = net._plan("train", batch)["plan"]
+    plan = net.program("train", batch).plan
     extra = {}
-    if plan.device == "cuda":           # each step waits for its loss, so this is real time
+    if net.device == "cuda":            # each step waits for its loss, so this is real time
         extra = {"kernels_per_step": plan.kernels_per_step,
                  "ms_per_step": round(1000 * batch / statistics.median(rates), 3)}
     return {"bench": "dlrun", "model": model, "threads": threads, "batch": batch,
-            "device": plan.device, **extra,
+            "device": net.device, **extra,
             "train_sps_median": round(statistics.median(rates), 1),
             "train_sps_windows": [round(r, 1) for r in rates],
             "infer_sps_median": round(statistics.median(infer), 1),

@@ -50,8 +50,10 @@ class Parameter(Tensor):
     def __init__(self, value: np.ndarray, name: str, trainable: bool = True,
                  regularizer=None):
         super().__init__(Spec(value.shape, value.dtype), name=name)
-        self._device = None                 # the DeviceStore holding newer values, if any
-        self._value = value
+        # Where newer values are held (a GPU's DeviceStore, while the model trains there),
+        # or None; ``host_value`` is the host array itself, read without that check.
+        self.holder = None
+        self.host_value = value
         self.trainable = trainable
         self.regularizer = regularizer      # adds a penalty on this weight to the loss
 
@@ -60,15 +62,15 @@ class Parameter(Tensor):
         """The weight array on the host. While a GPU holds newer values (a model training
         on ``cuda``), reading it copies them back first, and the next step on the GPU
         copies the host's values up again, so writing into it between steps works too."""
-        if self._device is not None:
-            self._device.to_host()
-        return self._value
+        if self.holder is not None:
+            self.holder.to_host()
+        return self.host_value
 
     @value.setter
     def value(self, array: np.ndarray) -> None:
-        if self._device is not None:
-            self._device.to_host()
-        self._value = array
+        if self.holder is not None:
+            self.holder.to_host()
+        self.host_value = array
 
 
 class Node:

@@ -1,19 +1,15 @@
 """Autodiff, the planner and the executor.
 
 A :class:`Plan` is made once per (input shape, mode): it orders the forward nodes, derives
-the backward pass from each op's backward kernel, works out how long every array must
-live, gives it a buffer from a pool (arrays whose lives do not overlap share memory) and
-binds every kernel call to its buffers. :meth:`Plan.run` replays that list of calls, so a
-training step allocates nothing.
+the backward pass from each op's backward kernel, lets the device's rewrites
+(:mod:`~dlrun.engine.core.rewrites`) change the list of calls, works out how long every
+array must live, gives it a buffer from a pool (arrays whose lives do not overlap share
+memory) and binds every kernel call to its buffers. :meth:`Plan.run` replays that list of
+calls, so a training step allocates nothing.
 
-On ``cuda`` the buffers are device arrays allocated once per plan, the parameters are
-views into the model's :class:`~dlrun.engine.core.device.DeviceStore`, and the trainable
-parameters' gradients are views of one flat buffer per dtype (so the optimizer updates all
-of them with one launch). ``plan.feed`` is then pinned host memory, copied up at the start
-of :meth:`Plan.run`; :meth:`Plan.fetch` brings outputs back. Two rewrites cut launches:
-``bias_add`` followed by an activation runs as one fused kernel, and the backward of
-``bias_add`` writes no copy of its incoming gradient (its input's gradient is the same
-buffer).
+Everything that depends on the device goes through the plan's backend
+(:mod:`~dlrun.engine.core.backend`): which kernels run, where buffers live, what happens
+before the calls (a GPU copies the batch up) and how results come back.
 """
 from __future__ import annotations
 
@@ -37,19 +33,26 @@ class Grad:
 class Step:
     """One kernel call: ``fn(*args)``, with args laid out as ``reads + attrs + writes``.
 
+    ``op`` is the op the call belongs to and ``kind`` what it does for it (``forward``,
+    ``backward``, ``accumulate``, or what a rewrite made of it, e.g. ``backward+sgd``);
+    rewrites match on those. ``label`` names the call in :meth:`Plan.describe`.
     ``reads``/``writes`` are tensors or :class:`Grad` slots until the planner binds them to
     buffers; ``None`` marks a gradient the kernel should skip.
     """
 
-    __slots__ = ("fn", "label", "reads", "attrs", "writes", "args", "seed_at")
+    __slots__ = ("fn", "op", "kind", "label", "reads", "attrs", "writes", "args", "seed_at")
 
-    def __init__(self, fn, label, reads, attrs, writes, rng=False):
-        self.fn, self.label = fn, label
+    def __init__(self, fn, op, kind, reads, attrs, writes, rng=False, label=None):
+        self.fn, self.op, self.kind = fn, op, kind
+        self.label = label or (op.name if kind == "forward" else f"{op.name}.{kind}")
         self.reads, self.attrs, self.writes = list(reads), list(attrs), list(writes)
         if rng:                                  # the seed is the last attribute
             self.attrs.append(0)
         self.seed_at = len(self.reads) + len(self.attrs) - 1 if rng else None
         self.args = None
+
+    def is_(self, op_name: str, kind: str = "forward") -> bool:
+        return self.op.name == op_name and self.kind == kind
 
 
 class Plan:
@@ -58,53 +61,59 @@ class Plan:
     Parameters
     ----------
     placeholders : data tensors the caller fills before each run (``plan.feed[t]``).
-    outputs : tensors the caller reads after a run (``plan.value(t)``).
+    outputs : tensors the caller reads after a run (``plan.value(t)``, ``plan.fetch``).
     params : every parameter of the model; the trainable ones that the loss depends on
         get a gradient (``plan.grad(p)``).
     loss : scalar tensor to differentiate; the seed gradient is ``plan.loss_scale``.
-    device : ``'cpu'`` or ``'cuda'``.
-    store : on ``cuda``, the :class:`~dlrun.engine.core.device.DeviceStore` holding ``params``.
+    backend : where it runs (:mod:`~dlrun.engine.core.backend`); the CPU by default.
+    options : what the device's rewrites may use: ``{"sgd_lr": placeholder}`` lets the CPU
+        fuse a plain SGD update into the weight gradients' products, reading the learning
+        rate from that placeholder (fed by the caller only when ``plan.fused`` is true).
     """
 
     def __init__(self, placeholders: list, outputs: list, params: list = (),
-                 loss: Tensor | None = None, device: str = "cpu", store=None):
-        if device == "cuda" and store is None:
-            raise ConfigError("a plan on 'cuda' needs the DeviceStore of its parameters")
-        self.device = device
-        self.store = store
+                 loss: Tensor | None = None, backend=None, options: dict | None = None):
+        if backend is None:
+            from dlrun.engine.core.backend import CpuBackend
+
+            backend = CpuBackend()
+        self.backend = backend
         self.kernels_per_step = None          # kernel launches of one step, once measured
         keep = list(outputs) + ([loss] if loss is not None else [])
         self.nodes = topological_order(keep)
         self.params = list(params)
-        steps = [self._forward_step(n) for n in self.nodes]
+        self.steps = [self._forward_step(n) for n in self.nodes]
         self.grads: dict[int, Grad] = {}
         self.loss_grad = None
         if loss is not None:
-            steps += self._backward_steps(loss)
-            keep += list(self.grads.values())
-        if device == "cuda":
-            steps = _fuse_bias_activation(steps, keep)
-            steps = _alias_bias_grad(steps, self.loss_grad, self.grads)
-        self.steps = steps
-        self._bind(placeholders, keep)
-        self._seeded = [s for s in steps if s.seed_at is not None]
+            self.steps += self._backward_steps(loss)
+        self.keep = keep                     # what must outlive its last use
+        self.extra_feeds: list = []          # placeholders that rewrites add
+        self.fused: list = []                # names of the rewrites that changed something
+        for rewrite in backend.rewrites:
+            if rewrite(self, options or {}):
+                self.fused.append(rewrite.__name__)
+        self._bind(list(placeholders) + self.extra_feeds, keep + list(self.grads.values()))
+        self._seeded = [s for s in self.steps if s.seed_at is not None]
 
     # -- building --------------------------------------------------------------------------
     def _forward_step(self, node) -> Step:
-        fwd, _ = node.op.kernels(self.device)
-        return Step(fwd, node.op.name, node.inputs, node.attrs.values(), node.outputs,
+        fwd, _ = self.backend.kernels(node.op)
+        return Step(fwd, node.op, "forward", node.inputs, node.attrs.values(), node.outputs,
                     rng=node.op.rng)
 
     def _backward_steps(self, loss: Tensor) -> list:
         live = self._grad_tensors(loss)
         self.loss_grad = Grad(loss)
         slot = {loss.id: self.loss_grad}
+        add_op = get_op("add")
+        add = self.backend.kernels(add_op)[0]
         steps = []
         for node in reversed(self.nodes):
             y = node.outputs[0]
             if y.id not in live:
                 continue
-            _, bwd = node.op.kernels(self.device)
+            _, bwd = self.backend.kernels(node.op)
             if bwd is None:
                 raise ConfigError(f"op {node.op.name!r} has no backward kernel, so the "
                                   "weights before it cannot be trained")
@@ -120,10 +129,9 @@ class Plan:
                 else:                         # later ones go to scratch and are added
                     scratch = Grad(t)
                     grads.append(scratch)
-                    add = np.add if self.device == "cpu" else get_op("add").cuda_forward
-                    adds.append(Step(add, "accumulate", [slot[t.id], scratch], [],
-                                     [slot[t.id]]))
-            steps.append(Step(bwd, node.op.name + ".backward",
+                    adds.append(Step(add, add_op, "accumulate", [slot[t.id], scratch], [],
+                                     [slot[t.id]], label="accumulate"))
+            steps.append(Step(bwd, node.op, "backward",
                               [slot[y.id]] + [named[s] for s in node.op.saves],
                               node.attrs.values(), grads))
             steps += adds
@@ -148,6 +156,24 @@ class Plan:
         return live
 
     # -- buffers ---------------------------------------------------------------------------
+    def _fixed_buffers(self, placeholders) -> dict:
+        """The buffers the plan does not pool: feeds, weights, the seed gradient, and the
+        gradients a device lays out its own way."""
+        be = self.backend
+        self.feed, self.uploads, bufs = {}, [], {}
+        for t in placeholders:
+            host, buf = be.feed(t.shape, t.dtype)
+            self.feed[t], bufs[id(t)] = host, buf
+            if host is not buf:                 # the device reads a copy of the host's
+                self.uploads.append((host, buf))
+        bufs.update({id(p): be.param(p) for p in self.params})
+        if self.loss_grad is not None:
+            bufs[id(self.loss_grad)] = be.constant(1.0, self.loss_grad.dtype)
+        layout = be.grad_buffers([p for p in self.params if p.id in self.grads])
+        self.flat_grads = layout.pop("flat", None)
+        bufs.update({id(self.grads[pid]): view for pid, view in layout.items()})
+        return bufs
+
     def _bind(self, placeholders, keep) -> None:
         """Bind every step to buffers; an array goes back to the pool after its last use."""
         last = {}
@@ -156,18 +182,11 @@ class Plan:
                 if t is not None:
                     last[id(t)] = i
         pinned = {id(t) for t in keep}
-        if self.device == "cuda":
-            bufs, empty = self._device_buffers(placeholders)
-        else:
-            self.feed = {t: np.zeros(t.shape, t.dtype) for t in placeholders}
-            bufs = {id(t): b for t, b in self.feed.items()}
-            bufs.update({id(p): p.value for p in self.params})
-            if self.loss_grad is not None:
-                bufs[id(self.loss_grad)] = np.ones((), self.loss_grad.dtype)
-            empty = np.empty
+        bufs = self._fixed_buffers(placeholders)
         fixed = set(bufs)
         pool = defaultdict(list)              # (size, dtype) -> free flat arrays
         owned = {}                            # id -> its flat array, while live
+        empty = self.backend.empty
 
         def buf(t):
             if t is None:
@@ -177,12 +196,11 @@ class Plan:
                 if isinstance(t, Tensor) and t.node is None:
                     raise ConfigError(f"{t!r} is an input of the graph but was not given "
                                       "to the plan as a placeholder or parameter")
-                size = int(np.prod(t.shape))
-                if not t.shape and self.device == "cuda":   # a scalar: its own 0-d array
+                if not t.shape:               # a scalar: its own 0-d array
                     bufs[k] = empty((), t.dtype)
                     return bufs[k]
-                free = pool[(size, np.dtype(t.dtype))]
-                owned[k] = free.pop() if free else empty(size, t.dtype)
+                free = pool[(int(np.prod(t.shape)), np.dtype(t.dtype))]
+                owned[k] = free.pop() if free else empty(int(np.prod(t.shape)), t.dtype)
                 bufs[k] = owned[k].reshape(t.shape)
             return bufs[k]
 
@@ -192,144 +210,44 @@ class Plan:
                 k = id(t)
                 if t is not None and last[k] == i and k not in pinned and k in owned:
                     flat = owned.pop(k)
-                    pool[(flat.size, flat.dtype)].append(flat)
+                    pool[(flat.size, np.dtype(flat.dtype))].append(flat)
                     del bufs[k]
-            # keep the kept arrays reachable even when they were never pooled
-        self._bufs = {k: b for k, b in bufs.items()}
-        self._fixed = fixed
-        self._host = {}                        # on cuda: pinned host copies for fetch()
+        self._bufs = bufs
         self.nbytes = sum(b.nbytes for k, b in bufs.items() if k not in fixed) + \
             sum(f.nbytes for lst in pool.values() for f in lst)
 
-    def _device_buffers(self, placeholders) -> tuple[dict, callable]:
-        """On cuda: pinned feeds and their device twins, the parameters' views in the
-        store, the seed gradient, and the trainable gradients as views of flat buffers."""
-        cuda, store = self.store.cuda, self.store
-        # the kernels' stream, so copies queue in order with them (the simulator has none)
-        self.stream = getattr(cuda, "default_stream", cuda.stream)()
-        self.feed, self._dfeed = {}, {}
-        for t in placeholders:
-            self.feed[t] = cuda.pinned_array(t.shape, t.dtype)
-            self.feed[t][...] = 0
-            self._dfeed[t] = cuda.device_array(t.shape, t.dtype)
-        bufs = {id(t): b for t, b in self._dfeed.items()}
-        bufs.update({id(p): store.dev[p.id] for p in self.params})
-        if self.loss_grad is not None:
-            bufs[id(self.loss_grad)] = cuda.to_device(np.ones((), self.loss_grad.dtype))
-        self.flat_grads = None
-        trained = [p for p in self.params if p.id in self.grads]
-        if trained and [p.id for p in trained] == [p.id for p in store.trainable]:
-            from dlrun.engine.core.device import _pack
-
-            self.flat_grads, views = _pack(cuda, [np.empty(p.shape, p.dtype) for p in trained],
-                                           [p.id for p in trained])
-            bufs.update({id(self.grads[p.id]): views[p.id] for p in trained})
-        return bufs, cuda.device_array
-
     # -- running ---------------------------------------------------------------------------
     def run(self, seed: int = 0) -> None:
-        """Execute every call; ops with ``rng`` get a fresh seed derived from ``seed``. On
-        cuda the weights (when the host owns them) and the feeds are copied up first, the
-        feeds queued: the call returns before the GPU is done; :meth:`fetch` waits."""
+        """Execute every call; ops with ``rng`` get a fresh seed derived from ``seed``. The
+        backend starts first (a GPU copies the weights the host owns and the feeds up,
+        queued: the call returns before the GPU is done; :meth:`fetch` waits)."""
         for k, s in enumerate(self._seeded):
             s.args[s.seed_at] = (seed * 0x9E3779B1 + k * 0x85EBCA77) & 0x7FFFFFFFFFFFFFFF
-        if self.device == "cuda":
-            self.store.to_device()             # weights the host owns now go up first
-            for t, host in self.feed.items():
-                self._dfeed[t].copy_to_device(host, stream=self.stream)
+        self.backend.start(self)
         for s in self.steps:
             s.fn(*s.args)
 
-    def value(self, t: Tensor) -> np.ndarray:
-        """The buffer holding ``t`` after a run (overwritten by the next run); on cuda a
+    def value(self, t: Tensor):
+        """The buffer holding ``t`` after a run (overwritten by the next run); on a GPU a
         device array (see :meth:`fetch`)."""
         return self._bufs[id(t)]
 
     def fetch(self, *tensors) -> list:
-        """Host copies of tensors after a run, after waiting for the GPU (on the CPU, the
-        buffers themselves); a device array may be given in place of a tensor. Each copy
-        is reused by the next fetch."""
-        if self.device != "cuda":
-            return [self._bufs[id(t)] for t in tensors]
-        out = []
-        for t in tensors:
-            dev = self._bufs[id(t)] if isinstance(t, Tensor) else t
-            host = self._host.get(id(t))
-            if host is None:
-                host = self._host[id(t)] = self.store.cuda.pinned_array(dev.shape, dev.dtype)
-            dev.copy_to_host(host, stream=self.stream)
-            out.append(host)
-        self.stream.synchronize()
-        return out
+        """Host copies of tensors (or of buffers given in their place) after a run, after
+        waiting for the device; on the CPU the buffers themselves."""
+        return self.backend.fetch([self._bufs[id(t)] if isinstance(t, Tensor) else t
+                                   for t in tensors])
 
-    def grad(self, p: Parameter) -> np.ndarray:
+    def grad(self, p: Parameter):
         """The gradient buffer of a trainable parameter after a training run."""
         return self._bufs[id(self.grads[p.id])]
 
     def set_loss_scale(self, scale: float) -> None:
-        buf = self._bufs[id(self.loss_grad)]
-        if self.device == "cuda":
-            buf.copy_to_device(np.full((), scale, buf.dtype))
-        else:
-            buf[()] = scale
+        self.backend.fill(self._bufs[id(self.loss_grad)], scale)
 
     def describe(self) -> str:
         """One line per kernel call, in execution order."""
         return "\n".join(s.label for s in self.steps)
-
-
-# activations the planner fuses with the bias_add before them, on cuda
-_FUSABLE = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
-
-
-def _fuse_bias_activation(steps: list, keep: list) -> list:
-    """``bias_add`` then an activation of its result -> one ``bias_act`` launch. The sum
-    ``z`` is still written when anything else reads it (leaky_relu's and elu's backward do,
-    relu's does not)."""
-    from dlrun.ops.fused import ACTIVATIONS, bias_act_fwd_cuda
-
-    readers = defaultdict(list)
-    for i, s in enumerate(steps):
-        for t in s.reads:
-            if t is not None:
-                readers[id(t)].append(i)
-    kept = {id(t) for t in keep}
-    out, skip = [], set()
-    for i, s in enumerate(steps):
-        if i in skip:
-            continue
-        if s.label == "bias_add" and len(readers[id(s.writes[0])]) >= 1:
-            z = s.writes[0]
-            j = readers[id(z)][0]
-            act = steps[j]
-            if act.label in _FUSABLE and act.reads == [z] and act.seed_at is None:
-                alpha = act.attrs[0] if act.attrs else 0.0
-                needed = id(z) in kept or len(readers[id(z)]) > 1
-                y = act.writes[0]
-                out.append(Step(bias_act_fwd_cuda, f"bias_add+{act.label}", s.reads,
-                                [ACTIVATIONS[act.label], float(alpha)],
-                                [z if needed else y, y]))
-                skip.add(j)
-                continue
-        out.append(s)
-    return out
-
-
-def _alias_bias_grad(steps: list, loss_grad, param_grads: dict) -> list:
-    """The backward of ``bias_add`` copies its incoming gradient to its input's: make them
-    one buffer instead, and skip the copy (after that step nothing writes the incoming
-    gradient, so the input's gradient may take it over)."""
-    own = {id(g) for g in param_grads.values()}
-    rename = {}
-    for s in steps:
-        s.reads = [rename.get(id(t), t) if t is not None else None for t in s.reads]
-        s.writes = [rename.get(id(t), t) if t is not None else None for t in s.writes]
-        if s.label == "bias_add.backward" and s.writes[0] is not None:
-            dy, dx = s.reads[0], s.writes[0]
-            if dy is not loss_grad and id(dx) not in own and id(dy) not in own:
-                rename[id(dx)] = dy
-                s.writes[0] = None
-    return steps
 
 
 def _diff_inputs(node) -> list:

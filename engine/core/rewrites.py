@@ -1,59 +1,123 @@
-"""Plan rewrites for the CPU that change no result but save passes over memory.
+"""Plan rewrites: the one place where a plan's list of kernel calls is changed.
 
-Plain SGD fused into the weight gradient: for a Dense kernel ``W`` whose gradient is
-``a.T @ dy`` alone, the update ``W -= lr * a.T @ dy`` is one BLAS call with ``beta = 1``
-(:func:`dlrun.ops.linear.matmul_bwd_sgd_cpu`) made in the backward itself, so the gradient
-array is never written, read back or passed to the optimizer. On the reference MLP that is
-two passes over 648k weights a step fewer. Only when nothing else needs the gradient: plain
-SGD (no momentum, clipping or weight decay), a weight read by that one product only, no
-regulariser, no second contribution to its gradient.
+Each rewrite takes a plan whose steps are built but not yet bound to buffers, and the
+plan's ``options``; it changes ``plan.steps`` (and ``plan.grads`` when a gradient is no
+longer needed) and returns whether it changed anything. Rewrites match steps by op name
+and kind (``step.is_("bias_add")``), never by labels. A backend lists the rewrites its
+device benefits from (``backend.rewrites``); the plan applies them in that order, before
+buffers are bound, so a buffer a rewrite makes unnecessary is never allocated.
+
+- :func:`fuse_sgd` (CPU): plain SGD fused into a weight's gradient product, so the
+  gradient array is never written, read back or passed to the optimizer.
+- :func:`fuse_bias_activation` (GPU, where a launch costs more than a small layer's work):
+  ``bias_add`` then an activation run as one kernel.
+- :func:`alias_bias_grad` (GPU): the backward of ``bias_add`` writes no copy of its
+  incoming gradient.
 """
 from __future__ import annotations
 
-import numpy as np
+from collections import defaultdict
 
-from dlrun.ops.linear import matmul_bwd_sgd_cpu
-
-
-def sgd_fusable(optimizer) -> bool:
-    """Whether ``optimizer``'s update is plain ``w -= lr * g`` (so it may be fused)."""
-    from dlrun.engine.optimizers import SGD
-
-    return (type(optimizer) is SGD and not optimizer.momentum and not optimizer.weight_decay
-            and optimizer.clipnorm is None and optimizer.clipvalue is None
-            and optimizer.global_clipnorm is None)
+# activations the GPU planner fuses with the bias_add before them
+_FUSABLE = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
 
 
-def fuse_sgd(plan, updates: list) -> tuple[list, np.ndarray | None]:
-    """Rewrite ``plan``'s matmul backward steps to update their weight in place.
+def _readers(steps) -> dict:
+    """id(tensor or grad slot) -> indices of the steps that read it."""
+    readers = defaultdict(list)
+    for i, s in enumerate(steps):
+        for t in s.reads:
+            if t is not None:
+                readers[id(t)].append(i)
+    return readers
 
-    Returns the updates left for the optimizer and the one-element learning-rate array the
-    fused steps read (the caller sets it before each run), or ``None`` if nothing fused.
-    """
-    readers = {}                                  # id(tensor) -> steps that read or write it
+
+def fuse_sgd(plan, options: dict) -> bool:
+    """``W -= lr * a.T @ dy`` made by the backward of ``W``'s one product (one BLAS call with
+    ``beta = 1``, :func:`dlrun.ops.linear.matmul_bwd_sgd_cpu`) instead of a gradient array
+    and an update. Only where nothing else needs the gradient: the optimizer is plain SGD
+    (the caller then gives ``options["sgd_lr"]``, the placeholder of the learning rate), the
+    weight is read by that one product only, it has no regulariser, and its gradient has
+    no second contribution. The fused weights leave ``plan.grads``."""
+    from dlrun.engine.core.plan import Step
+    from dlrun.ops.linear import matmul_bwd_sgd_cpu
+
+    lr = options.get("sgd_lr")
+    if lr is None:
+        return False
+    touch = defaultdict(list)                  # id(tensor or slot) -> steps using it
     for s in plan.steps:
         for t in s.reads + s.writes:
             if t is not None:
-                readers.setdefault(id(t), []).append(s)
-    lr = np.zeros(1)
-    fused = set()
-    for p, _ in updates:
-        if p.regularizer is not None:
+                touch[id(t)].append(s)
+    fused = []
+    for p in plan.params:
+        grad = plan.grads.get(p.id)
+        if grad is None or p.regularizer is not None or len(touch[id(grad)]) != 1:
+            continue                           # accumulated, or read by someone else
+        step = touch[id(grad)][0]
+        others = [s for s in touch[id(p)] if s is not step]
+        if (not step.is_("matmul", "backward") or step.writes[1] is not grad
+                or len(others) != 1 or not others[0].is_("matmul")):
+            continue                           # W is read by more than its one product
+        dy, a, w = step.reads
+        plan.steps[plan.steps.index(step)] = Step(matmul_bwd_sgd_cpu, step.op,
+                                                  "backward+sgd", [dy, a, w, lr], [],
+                                                  [step.writes[0]])
+        fused.append(p.id)
+    for pid in fused:
+        del plan.grads[pid]
+    if fused:
+        plan.extra_feeds.append(lr)
+    return bool(fused)
+
+
+def fuse_bias_activation(plan, options: dict) -> bool:
+    """``bias_add`` then an activation of its result -> one launch of the device's
+    ``bias_act`` kernel. The sum ``z`` is still written when anything else reads it
+    (leaky_relu's and elu's backward do, relu's does not)."""
+    from dlrun.engine.core.plan import Step
+    from dlrun.ops.fused import ACTIVATIONS
+
+    steps = plan.steps
+    readers = _readers(steps)
+    kept = {id(t) for t in plan.keep}
+    bias_act = plan.backend.twin("bias_act")
+    out, skip = [], set()
+    for i, s in enumerate(steps):
+        if i in skip:
             continue
-        grad = plan.grads[p.id]
-        touch = readers.get(id(p), [])
-        writers = [s for s in readers.get(id(grad), []) if grad in s.writes]
-        if len(writers) != 1 or len(readers.get(id(grad), [])) != 1:
-            continue                              # accumulated, or read by someone else
-        step = writers[0]
-        fwd = [s for s in touch if s is not step]
-        if (step.label != "matmul.backward" or step.writes[1] is not grad
-                or len(fwd) != 1 or fwd[0].label != "matmul"):
-            continue                              # W is read by more than its one product
-        dy, a, w, da = step.args[0], step.args[1], step.args[2], step.args[3]
-        step.fn, step.args = matmul_bwd_sgd_cpu, [dy, a, w, lr, da]
-        step.label = "matmul.backward+sgd"
-        fused.add(p.id)
-    if not fused:
-        return updates, None
-    return [(p, g) for p, g in updates if p.id not in fused], lr
+        if s.is_("bias_add") and readers[id(s.writes[0])]:
+            z = s.writes[0]
+            j = readers[id(z)][0]
+            act = steps[j]
+            if (act.kind == "forward" and act.op.name in _FUSABLE and act.reads == [z]
+                    and act.seed_at is None):
+                alpha = act.attrs[0] if act.attrs else 0.0
+                needed = id(z) in kept or len(readers[id(z)]) > 1
+                y = act.writes[0]
+                out.append(Step(bias_act, s.op, "fused", s.reads,
+                                [ACTIVATIONS[act.op.name], float(alpha)],
+                                [z if needed else y, y], label=f"bias_add+{act.op.name}"))
+                skip.add(j)
+                continue
+        out.append(s)
+    plan.steps = out
+    return bool(skip)
+
+
+def alias_bias_grad(plan, options: dict) -> bool:
+    """The backward of ``bias_add`` copies its incoming gradient to its input's: make them
+    one buffer instead, and skip the copy (after that step nothing writes the incoming
+    gradient, so the input's gradient may take it over)."""
+    own = {id(g) for g in plan.grads.values()}
+    rename = {}
+    for s in plan.steps:
+        s.reads = [rename.get(id(t), t) if t is not None else None for t in s.reads]
+        s.writes = [rename.get(id(t), t) if t is not None else None for t in s.writes]
+        if s.is_("bias_add", "backward") and s.writes[0] is not None:
+            dy, dx = s.reads[0], s.writes[0]
+            if dy is not plan.loss_grad and id(dx) not in own and id(dy) not in own:
+                rename[id(dx)] = dy
+                s.writes[0] = None
+    return bool(rename)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlrun.engine.models.training import ResumePoint
 from dlrun.errors import DlrunError, ModelFileError
 
 FORMAT = "dlrun.checkpoint"
@@ -42,11 +43,12 @@ def save_checkpoint(model, path, epoch: int) -> Path:
     """Save a resumable checkpoint of ``model`` after ``epoch`` completed epochs."""
     from dlrun.engine.models.saving import save_model
 
-    rng = getattr(model, "_shuffle_rng", None)
+    state = model.training
+    rng = state.shuffle_rng
 
     def add_checkpoint_json(folder: Path) -> None:
         meta = {"format": FORMAT, "format_version": VERSION, "epoch": int(epoch),
-                "step": model._step, "seed": model._seed,
+                "step": state.step, "seed": state.seed,
                 "shuffle_rng": None if rng is None else rng.bit_generator.state}
         meta["sha256"] = {name: _sha256(folder / name) for name in FILES}
         meta["sha256"]["checkpoint.json"] = _body_hash(meta)
@@ -87,7 +89,7 @@ def read_checkpoint(path) -> dict:
     return meta
 
 
-def _resume_state(path: Path, meta: dict) -> dict:
+def _resume_point(path: Path, meta: dict) -> ResumePoint:
     """What ``fit`` needs to continue: the epoch and the shuffling generator's state."""
     try:
         epoch = int(meta["epoch"])
@@ -101,7 +103,7 @@ def _resume_state(path: Path, meta: dict) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ModelFileError(f"{path}/checkpoint.json is malformed ({type(e).__name__}: "
                              f"{e})") from None
-    return {"epoch": epoch, "shuffle_rng": state}
+    return ResumePoint(epoch, state)
 
 
 def load_checkpoint(path):
@@ -118,8 +120,8 @@ def load_checkpoint(path):
     if model.loss is None:
         raise ModelFileError(f"{path} holds an uncompiled model; a checkpoint needs its "
                              "optimizer to resume")
-    model._resume = _resume_state(path, meta)
-    model.completed_epochs = model._resume["epoch"]
+    model.training.resume = _resume_point(path, meta)
+    model.completed_epochs = model.training.resume.epoch
     return model
 
 
@@ -148,7 +150,7 @@ def restore_checkpoint(model, path) -> int:
                              if name in saved.optimizer.state}
     model.optimizer.iterations = saved.optimizer.iterations
     model.optimizer._learning_rate = saved.optimizer._learning_rate
-    model._seed, model._step = saved._seed, saved._step
-    model._resume = _resume_state(path, meta)
-    model.completed_epochs = model._resume["epoch"]
+    model.training.seed, model.training.step = saved.training.seed, saved.training.step
+    model.training.resume = _resume_point(path, meta)
+    model.completed_epochs = model.training.resume.epoch
     return model.completed_epochs

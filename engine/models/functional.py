@@ -16,14 +16,11 @@ several for a list), and the model's inputs and outputs the same way; that is al
 """
 from __future__ import annotations
 
-import numpy as np
 
-from dlrun.engine.core.graph import Placeholder
-from dlrun.engine.layers import Layer, layer_from_config
+from dlrun.engine.layers import layer_from_config
 from dlrun.engine.layers.symbolic import InputLayer, SymbolicTensor
 from dlrun.engine.models.model import Model
 from dlrun.errors import ConfigError, ShapeError
-from dlrun.ops import Spec
 
 
 class Functional(Model):

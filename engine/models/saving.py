@@ -26,7 +26,7 @@ def save_model(model, path, extra=None) -> Path:
     if given, adds files to the folder before it is renamed into place."""
     from dlrun import __version__
 
-    model._require_built()
+    model.require_built()
     path = Path(path)
     if path.exists() and not (path.is_dir() and ((path / "model.json").exists()
                                                  or not any(path.iterdir()))):
@@ -43,8 +43,8 @@ def save_model(model, path, extra=None) -> Path:
         "format": FORMAT, "format_version": VERSION, "dlrun_version": __version__,
         "class_name": type(model).__name__, "config": model.get_config(),
         "weights": [p.name for p in params],
-        "training": {"seed": model._seed, "step": model._step},
-        "compile": None if model.loss is None else model._compile_config() | {
+        "training": {"seed": model.training.seed, "step": model.training.step},
+        "compile": None if model.loss is None else model.compile_config() | {
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config(),
                           "iterations": model.optimizer.iterations},
@@ -125,8 +125,8 @@ def load_model(path, compile: bool = True):
             model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"],
                           loss_weights=c.get("loss_weights"))
         t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
-        model._seed = int(t.get("seed", model._seed))
-        model._step = int(t.get("step", 0))
+        model.training.seed = int(t.get("seed", model.training.seed))
+        model.training.step = int(t.get("step", 0))
     except DlrunError as e:
         raise ModelFileError(f"{path}: the saved model cannot be rebuilt: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
@@ -166,8 +166,8 @@ def model_from_config(class_name: str, config: dict):
     if class_name != "Sequential":
         raise ModelFileError(f"unknown model class {class_name!r}; expected one of "
                              f"{', '.join(MODEL_CLASSES)}")
-    model = Sequential([layers_mod.layer_from_config(l["class_name"], l["config"])
-                        for l in config["layers"]], name=config.get("name"))
+    model = Sequential([layers_mod.layer_from_config(e["class_name"], e["config"])
+                        for e in config["layers"]], name=config.get("name"))
     if config.get("input_shape"):
         model.build(config["input_shape"])
     return model
@@ -177,7 +177,7 @@ def save_weights(model, path) -> Path:
     """Write every weight array, in :meth:`Model.get_weights` order, to one ``.npz`` file
     (``w0``, ``w1``, ...) via a temporary name and a rename, so a crash mid-write leaves
     the previous file intact."""
-    model._require_built()
+    model.require_built()
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder; save_weights writes one .npz file")
@@ -195,7 +195,7 @@ def save_weights(model, path) -> Path:
 
 def load_weights(model, path) -> None:
     """Set a model's weights from a file written by :func:`save_weights` (same layers)."""
-    model._require_built()
+    model.require_built()
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:

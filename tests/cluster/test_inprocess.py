@@ -55,12 +55,12 @@ def test_every_sample_is_seen_exactly_once_per_epoch(h):
     class Recording(Worker):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
-            run = self.model._run_batch
+            run = self.model.run_batch
 
             def recording(mode, xb, yb, idx):
                 seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
                 return run(mode, xb, yb, idx)
-            self.model._run_batch = recording
+            self.model.run_batch = recording
 
     model = h.small_model()
     n, spec = 3, model_spec(model)
@@ -272,12 +272,12 @@ def test_streamed_workers_read_disjoint_chunks_and_see_every_sample_once(h, chun
     seen = []
     workers = [Worker(i, 3, spec, str(path), 50, 5, 1) for i in range(3)]
     for w in workers:
-        run = w.model._run_batch
+        run = w.model.run_batch
 
         def recording(mode, xb, yb, idx, run=run):
             seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
             return run(mode, xb, yb, idx)
-        w.model._run_batch = recording
+        w.model.run_batch = recording
     weights = {k: v.copy() for k, v in workers[0].weights.items()}
     per_worker = []
     for w in workers:

@@ -110,7 +110,7 @@ def case_mlp(problems, facts):
     x, y = data((5,))
     cpu, gpu = twins(mlp, lambda: dl.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
     fit_both(cpu, gpu, x, y, problems, batch_size=8, epochs=2, validation_split=0.25)
-    plan = gpu._plan("train", 8)["plan"]
+    plan = gpu.program("train", 8).plan
     facts["mlp kernels per step"] = plan.kernels_per_step
     facts["mlp plan"] = " | ".join(plan.describe().splitlines())
     close("evaluate", cpu.evaluate(x, y, batch_size=10), gpu.evaluate(x, y, batch_size=10),
@@ -163,7 +163,7 @@ def case_cnn(problems, facts):
 
     cpu, gpu = twins(build, lambda: dl.optimizers.SGD(0.05, momentum=0.9))
     fit_both(cpu, gpu, x, y, problems, tag="cnn", batch_size=4, epochs=1)
-    facts["cnn kernels per step"] = gpu._plan("train", 4)["plan"].kernels_per_step
+    facts["cnn kernels per step"] = gpu.program("train", 4).plan.kernels_per_step
 
 
 def case_checkpoints(problems, facts):
@@ -205,7 +205,7 @@ def case_launches(problems, facts):
               device="cuda")
     x, y = data((12,), n=4)
     m.train_on_batch(x, y)
-    k = m._plan("train", 4)["plan"].kernels_per_step
+    k = m.program("train", 4).plan.kernels_per_step
     facts["bench mlp kernels per step"] = k
     if k != 19:
         problems.append(f"the benchmark MLP's step launches {k} kernels, expected 19")

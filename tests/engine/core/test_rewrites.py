@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dlrun as dl
-from dlrun.engine.core import rewrites as fusion
+from dlrun.engine.models.program import plain_sgd
 
 
 def _data():
@@ -22,7 +22,7 @@ def _model(reg=None):
 
 
 def _labels(model):
-    return model._plans[("train", 10)]["plan"].describe().split("\n")
+    return model.program("train", 10).plan.describe().split("\n")
 
 
 def _train(opt, reg=None):
@@ -79,7 +79,7 @@ def test_a_schedule_reaches_the_fused_steps():
 ])
 def test_not_fused_when_the_optimizer_needs_the_gradient(opt):
     o = opt()
-    assert not fusion.sgd_fusable(o)
+    assert not plain_sgd(o)
     assert "matmul.backward+sgd" not in _labels(_train(o))
 
 

@@ -223,13 +223,13 @@ def spy_batches(monkeypatch):
     """Records the sample indices of every training batch a model runs."""
     def attach(model):
         seen = []
-        real = model._run_batch
+        real = model.run_batch
 
         def run_batch(mode, x, y, idx):
             if mode == "train":
                 seen.append(np.array(idx))
             return real(mode, x, y, idx)
-        monkeypatch.setattr(model, "_run_batch", run_batch)
+        monkeypatch.setattr(model, "run_batch", run_batch)
         return seen
     return attach
 

@@ -1,0 +1,122 @@
+"""Checking what a user gives ``fit``, ``evaluate`` and ``predict``: input samples and
+targets as arrays (a list, or a dict by name, with several inputs or outputs), converted
+once, before any batch runs; bad data is refused with a message that names it."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlrun.engine import losses as losses_mod
+from dlrun.errors import ConfigError, DataError, ShapeError
+
+
+def check_x(model, x):
+    """The input samples as float32 arrays: one, or a list with several inputs."""
+    if x is None:
+        raise DataError("no input samples given (x is None)")
+    if model._multi_input:
+        xs = by_name(x, model.input_names, "input", "x")
+        xs = [check_input(model, a, shape, name) for a, shape, name in
+              zip(xs, model.input_shape, model.input_names)]
+        if len({len(a) for a in xs}) > 1:
+            raise DataError(f"the inputs hold different numbers of samples: "
+                            f"{dict(zip(model.input_names, map(len, xs)))}")
+        return xs
+    if isinstance(x, dict):
+        x = by_name(x, model.input_names, "input", "x")[0]
+    return check_input(model, x)
+
+
+def check_input(model, x, shape=None, name=None) -> np.ndarray:
+    """One input's samples as a float32 array; the model is built from their shape if it
+    has none yet."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiub":
+        raise DataError(f"input samples must be numeric, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ShapeError(f"input samples need a batch axis first: got shape {x.shape}; "
+                         "for a single sample use x[None]")
+    if name is not None:                  # one input of several
+        if tuple(x.shape[1:]) != tuple(shape):
+            raise ShapeError(f"input {name!r} of model {model.name!r} expects samples "
+                             f"of shape (batch, {', '.join(map(str, shape))}), got "
+                             f"{x.shape}")
+    elif not model.ensure_built():
+        model.build(x.shape[1:])
+    elif tuple(x.shape[1:]) != model.input_shape:
+        raise ShapeError(f"model {model.name!r} expects input of shape "
+                         f"(batch, {', '.join(map(str, model.input_shape))}), got "
+                         f"{x.shape}")
+    if len(x) == 0:
+        raise DataError("no input samples given (x has length 0)")
+    return np.ascontiguousarray(x, np.float32)
+
+
+def check_xy(model, x, y):
+    """Checked inputs and targets (the targets converted as each output's loss needs)."""
+    x = check_x(model, x)
+    n = count(x)
+    if y is None:
+        raise DataError("no targets given (y is None)")
+    names = model.output_names
+    if not model._multi_output:
+        if isinstance(y, dict):
+            y = by_name(y, names, "output", "y")[0]
+        y = np.asarray(y)
+        if len(y) != n:
+            raise DataError(f"x and y hold different numbers of samples: {n} and "
+                            f"{len(y)}")
+        return x, losses_mod.check_targets(model.loss, y, model.output_shape)
+    ys = []
+    for t, name, loss, shape in zip(by_name(y, names, "output", "y"), names,
+                                    model.compiled_loss.loss_names, model.output_shape):
+        t = np.asarray(t)
+        if t.ndim == 0 or len(t) != n:
+            raise DataError(f"the targets of output {name!r} hold "
+                            f"{len(t) if t.ndim else 'no'} samples; x holds {n}")
+        try:
+            ys.append(losses_mod.check_targets(loss, t, shape))
+        except DataError as e:
+            raise DataError(f"output {name!r}: {e}") from None
+    return x, ys
+
+
+def by_name(value, names: list, what: str, arg: str) -> list:
+    """One array per input (or output) from a list in order or a dict by name."""
+    if isinstance(value, dict):
+        unknown = [k for k in value if k not in names]
+        if unknown:
+            raise DataError(f"{arg} names an unknown {what} {unknown[0]!r}; this model's "
+                            f"{what}s are {names}")
+        left = [n for n in names if n not in value]
+        if left:
+            raise DataError(f"{arg} has no arrays for {what} {left[0]!r}; give one for each "
+                            f"of {names}")
+        return [value[n] for n in names]
+    if isinstance(value, (list, tuple)) and len(value) == len(names) and \
+            all(hasattr(v, "shape") or isinstance(v, (list, tuple)) for v in value):
+        return list(value)
+    if len(names) == 1:
+        return [value]
+    got = f"{len(value)} arrays" if isinstance(value, (list, tuple)) else \
+        f"one {type(value).__name__}"
+    raise DataError(f"this model has {len(names)} {what}s {names}: give {arg} as a list of "
+                    f"{len(names)} arrays in that order, or a dict by {what} name; got {got}")
+
+
+def count(x) -> int:
+    """Samples in checked input data (one array, or a list with several inputs)."""
+    return len(x[0]) if isinstance(x, list) else len(x)
+
+
+def rows(data, which: slice):
+    """Rows ``which`` of one array, or of each of a list."""
+    return [a[which] for a in data] if isinstance(data, list) else data[which]
+
+
+def batch_size(value) -> int:
+    """A checked batch size; Keras' 32 when none is given."""
+    if value is None:
+        return 32
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {value!r}")
+    return int(value)

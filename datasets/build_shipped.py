@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.datasets.store import DATA_DIR, SHIPPED, write_dataset
+from dlrun.datasets.store import DATA_DIR, SHIPPED
+from dlrun.datasets.writer import write_dataset
 
 
 def package_file(package: str, relative: str) -> Path:

@@ -1,7 +1,7 @@
 """Turn files in common formats into dlrun zarr datasets.
 
 Each importer reads its files into memory, checks them and writes one dataset with
-:func:`~dlrun.datasets.store.write_dataset` (atomically: a failed import leaves nothing
+:func:`~dlrun.datasets.writer.write_dataset` (atomically: a failed import leaves nothing
 under the final name). Supported:
 
 * IDX files, the MNIST format (``train-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``...,
@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from dlrun.datasets.store import data_home, write_dataset
+from dlrun.datasets.store import data_home
+from dlrun.datasets.writer import write_dataset
 from dlrun.errors import ConfigError, DataError
 
 # IDX type codes: the third byte of the magic number.

@@ -20,12 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.datasets.store import (
-    FORMAT_VERSION,
-    chunk_crc32,
-    open_dataset,
-    write_dataset,
-)
+from dlrun.datasets import FORMAT_VERSION, open_dataset, write_dataset
+from dlrun.datasets.store import chunk_crc32
 
 
 def mnist_sized(path: Path, n: int = 60_000) -> Path:

@@ -1,4 +1,6 @@
-"""How fast the streaming loader is, and how little memory it holds.
+"""How fast the streaming loader is, and how little memory it holds: ``dlrun data bench``
+(``--samples``, ``--batch-size``, ``--window``, ``--prefetch``, ``--cores``, ``--raw``;
+``--memory MB`` for the memory check), also reachable as ``dlrun bench loader``.
 
 :func:`loader_throughput` times epochs of a 60,000 x 1 x 28 x 28 uint8 dataset on local
 disk (the shipped MNIST digits repeated, so chunks compress like real images), shuffling

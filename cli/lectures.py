@@ -1,9 +1,10 @@
 """The lectures' demonstrations, runnable: each trains a few small models on a shipped
 dataset, prints a table per epoch, writes one metrics CSV per model, and checks its
-conclusion (which the test suite asserts)::
+conclusion (which the test suite asserts). A program, not library code: run it as::
 
     python -m dlrun.cli.lectures                 # list them
     python -m dlrun.cli.lectures optimizers --epochs 10 --out runs/optimizers
+    python -m dlrun.cli.lectures all --out runs/lectures     # every one; exit 1 if any fails
 
 With ``--out`` each demonstration also draws its training-loss and test-accuracy curves
 (``NAME-loss.png``, ``NAME-accuracy.png``).
@@ -13,7 +14,6 @@ Every run is seeded, so a result is the same on every machine with the same BLAS
 from __future__ import annotations
 
 import csv
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,13 +111,13 @@ def optimizers(epochs=5, dataset="digits"):
     """Momentum, Adam, Adagrad and RMSprop against plain SGD at one small learning rate."""
     import dlrun as dl
 
-    O = dl.optimizers
+    opt = dl.optimizers
     data, test, k = _data(dataset, None)
-    make = {"sgd": lambda: O.SGD(lr=0.01), "momentum": lambda: O.SGD(lr=0.01, momentum=0.9),
-            "nesterov": lambda: O.SGD(lr=0.01, momentum=0.9, nesterov=True),
-            "adagrad": lambda: O.Adagrad(learning_rate=0.01),
-            "rmsprop": lambda: O.RMSprop(learning_rate=0.001),
-            "adam": lambda: O.Adam(learning_rate=0.001)}
+    make = {"sgd": lambda: opt.SGD(lr=0.01), "momentum": lambda: opt.SGD(lr=0.01, momentum=0.9),
+            "nesterov": lambda: opt.SGD(lr=0.01, momentum=0.9, nesterov=True),
+            "adagrad": lambda: opt.Adagrad(learning_rate=0.01),
+            "rmsprop": lambda: opt.RMSprop(learning_rate=0.001),
+            "adam": lambda: opt.Adam(learning_rate=0.001)}
     h = {name: _train(data, test, k, epochs, optimizer=f()) for name, f in make.items()}
     last = {name: hist["loss"][-1] for name, hist in h.items()}
     better = [n for n in last if n != "sgd" and last[n] < last["sgd"]]

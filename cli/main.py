@@ -217,55 +217,44 @@ def bench(model, threads, batches, repeats, reference_dir, reference_python, jso
     first --threads value) averaging every --average-every steps, beside one process with
     as many threads in all: samples/s, and the per-round overhead in ms.
     """
+    ctx = click.get_current_context()
     if model == "loader":
-        return click.get_current_context().invoke(data.commands["bench"])
-    import json
-
+        return ctx.invoke(data.commands["bench"])
+    counts = _integers(threads, "--threads")
+    sizes = _integers(batches, "--batch") if batches else None
     if model == "gemm":
         from dlrun.cli.bench.gemm import compare as compare_gemm
 
-        try:
-            counts = [int(t) for t in threads.split(",")]
-        except ValueError:
-            raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
-        rows = compare_gemm(counts, repeats, echo=click.echo)
-        if json_out:
-            with open(json_out, "w") as f:
-                json.dump(rows, f, indent=2)
-        return
-
-    if model == "cluster":
+        result = compare_gemm(counts, repeats, echo=click.echo)
+    elif model == "cluster":
         from dlrun.cli.bench.cluster import compare as compare_cluster
 
-        ctx = click.get_current_context()
-        default = click.core.ParameterSource.DEFAULT
-        try:
-            per_worker = (int(threads.split(",")[0])
-                          if ctx.get_parameter_source("threads") != default else 1)
-            batch = int(batches.split(",")[0]) if batches else 100
-        except ValueError:
-            raise click.BadParameter("use integers, e.g. --threads 1 --batch 100") from None
-        row = compare_cluster(workers, per_worker, average_every, batch, repeats,
-                              echo=click.echo)
-        if json_out:
-            with open(json_out, "w") as f:
-                json.dump(row, f, indent=2)
-        return
+        # one thread per worker unless --threads is given: its first value
+        given = ctx.get_parameter_source("threads") != click.core.ParameterSource.DEFAULT
+        per_worker = counts[0] if given else 1
+        result = compare_cluster(workers, per_worker, average_every,
+                                 sizes[0] if sizes else 100, repeats, echo=click.echo)
+    else:
+        from dlrun.cli.bench.models import compare
 
-    from dlrun.cli.bench.models import compare
-
-    try:
-        threads = [int(t) for t in threads.split(",")]
-        default = "128" if model in ("cnn", "lstm") else "100,10"
-        batches = [int(b) for b in (batches or default).split(",")]
-    except ValueError:
-        raise click.BadParameter("use comma-separated integers, e.g. 1,2") from None
-    click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")
-    rows = compare(model, threads, batches, repeats, reference_dir, reference_python,
-                   echo=click.echo, device=device)
+        click.echo(f"benchmark {model}: {repeats} alternating runs per setting, medians")
+        result = compare(model, counts, sizes or ([128] if model in ("cnn", "lstm") else [100, 10]),
+                         repeats, reference_dir, reference_python, echo=click.echo,
+                         device=device)
     if json_out:
-        with open(json_out, "w") as f:
-            json.dump(rows, f, indent=2)
+        import json
+        from pathlib import Path
+
+        Path(json_out).write_text(json.dumps(result, indent=2))
+
+
+def _integers(text: str, option: str) -> list[int]:
+    """``"1,2"`` as ``[1, 2]``; a usage error naming ``option`` otherwise."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}; use comma-separated integers, e.g. 1,2",
+                                 param_hint=option) from None
 
 
 from dlrun.cli.data import data  # noqa: E402 - `dlrun data` (click-level code only)

@@ -2,7 +2,9 @@
 
 :func:`line_plot` draws a few series (one value per epoch) on a white canvas with a
 frame, horizontal grid lines, the y range and epoch count written in a tiny bitmap font,
-and a legend. It is meant for the lectures' demonstrations, not for publication.
+and a legend. It is meant for the lectures' demonstrations (:mod:`dlrun.cli.lectures`
+calls it for every demonstration run with ``--out``), not for publication; it has no
+command of its own.
 """
 from __future__ import annotations
 

@@ -319,12 +319,49 @@ def checkpoint_epoch(folder: Path) -> int:
 
 
 def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> dict:
+    """The run: set up, fit (here or on workers), evaluate, save; ``out`` and ``done``
+    when resuming a run folder after epoch ``done``."""
     t_start = time.perf_counter()
     import dlrun as dl
-    from dlrun.datasets import open_dataset
     from dlrun.engine.callbacks import BackupAndRestore
 
     distributed = bool(cfg.workers)
+    threads, device = _threads_and_device(cfg, distributed)
+    dl.set_seed(cfg.seed)
+    ds, (x, y), test = _training_data(cfg)
+    model = build_run_model(cfg, x.shape[1:], ds.classes)
+    opt, scaling = _compile(cfg, model, len(x), device, distributed)
+    resuming = out is not None
+    out = out if resuming else run_folder(cfg)
+    (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
+    _announce(cfg, model, ds, len(x), test, opt, threads, device, scaling, echo)
+    if resuming:
+        echo(f"resuming {out} after epoch {done}")
+    log = MetricsLog(out / "metrics.csv", append=resuming)
+    backup = BackupAndRestore(out / "checkpoint", delete_checkpoint=False)
+    t_fit = time.perf_counter()
+    if distributed:
+        _fit_distributed(cfg, model, ds, test, [log, backup], out, echo)
+    else:
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
+                  validation_data=test, callbacks=[log, backup])
+    fit_s = time.perf_counter() - t_fit
+    summary = _summary(cfg, ds.name, len(x), fit_s, log.first_step_s + (t_fit - t_start),
+                       backup.restored_epoch)
+    if test is not None:
+        loss, acc = model.evaluate(*test, batch_size=500)
+        summary |= {"test_loss": round(loss, 6), "test_accuracy": round(acc, 6)}
+        echo(f"test accuracy: {acc:.4f} (loss {loss:.4f})")
+    model.save(out / "model")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    echo(f"run folder: {out}  (metrics.csv, summary.json, model/, checkpoint/)")
+    return summary
+
+
+def _threads_and_device(cfg: TrainConfig, distributed: bool) -> tuple[int, str]:
+    """Set the thread count; resolve the device, before any work, to a clear error."""
+    import dlrun as dl
+
     if distributed:
         from dlrun.cluster.driver import default_threads
 
@@ -336,18 +373,27 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
         threads = dl.set_threads(cfg.threads)
     from dlrun.engine.core import device as device_mod
 
-    # before any work, a clear error; with workers the driver only evaluates (on the CPU),
-    # and each worker takes the device on its own node
-    device = device_mod.resolve("cpu" if distributed else cfg.device)
-    dl.set_seed(cfg.seed)
+    # with workers the driver only evaluates (on the CPU), and each worker takes the
+    # device on its own node
+    return threads, device_mod.resolve("cpu" if distributed else cfg.device)
+
+
+def _training_data(cfg: TrainConfig):
+    """``(dataset, (x, y) of train, (x, y) of test or None)``; a dataset needs a train split."""
+    from dlrun.datasets import open_dataset
+
     ds = open_dataset(cfg.dataset)
     if "train" not in ds.splits:
         raise ConfigError(f"dataset {cfg.dataset!r} has no 'train' split (it has "
                           f"{ds.splits}); dlrun train needs train and test splits")
-    x, y = ds.split("train")
-    test = ds.split("test") if "test" in ds.splits else None
-    model = build_run_model(cfg, x.shape[1:], ds.classes)
-    shard = math.ceil(len(x) / cfg.workers) if distributed else len(x)
+    train = ds.split("train")
+    return ds, train, ds.split("test") if "test" in ds.splits else None
+
+
+def _compile(cfg: TrainConfig, model, samples: int, device: str, distributed: bool):
+    """Compile ``model`` with the run's optimizer (its learning rate scaled by the number
+    of workers where the lr scaling says so); returns ``(optimizer, lr scaling)``."""
+    shard = math.ceil(samples / cfg.workers) if distributed else samples
     scaled = cfg
     scaling = effective_lr_scaling(cfg)
     if distributed and scaling == "linear":
@@ -356,11 +402,18 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     opt = make_optimizer(scaled, steps_per_epoch=math.ceil(shard / cfg.batch_size))
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   device=device)
-    resuming = out is not None
-    out = out if resuming else run_folder(cfg)
-    (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
+    return opt, scaling
+
+
+def _announce(cfg: TrainConfig, model, ds, samples: int, test, opt, threads: int, device: str,
+              scaling: str, echo) -> None:
+    """The run's first lines: what trains on what, how, where."""
+    import dlrun as dl
+    from dlrun.engine.core import device as device_mod
+
+    distributed = bool(cfg.workers)
     echo(f"dlrun {dl.__version__}: {cfg.model} ({model.count_params():,} weights) on "
-         f"{ds.name}: {len(x):,} training / {len(test[0]) if test else 0:,} test samples, "
+         f"{ds.name}: {samples:,} training / {len(test[0]) if test else 0:,} test samples, "
          f"{cfg.epochs} epochs, batch {cfg.batch_size}, {describe_optimizer(opt)}, "
          f"{threads} threads" + (" per worker" if distributed else "") +
          (f", device {cfg.device} on the workers" if distributed else
@@ -374,34 +427,23 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
              f"{cfg.optimizer_state}; lr scaling {scaling}"
              + (" (auto)" if cfg.lr_scaling == "auto" else "")
              + (f" (lr {cfg.lr} x {cfg.workers})" if scaling == "linear" else ""))
-    if resuming:
-        echo(f"resuming {out} after epoch {done}")
-    log = MetricsLog(out / "metrics.csv", append=resuming)
-    backup = BackupAndRestore(out / "checkpoint", delete_checkpoint=False)
-    t_fit = time.perf_counter()
-    if distributed:
-        _fit_distributed(cfg, model, ds, test, [log, backup], out, echo)
-    else:
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
-                  validation_data=test, callbacks=[log, backup])
-    fit_s = time.perf_counter() - t_fit
-    ran = cfg.epochs - (backup.restored_epoch or 0)
-    summary = {"dataset": ds.name, "model": cfg.model, "epochs": cfg.epochs,
+
+
+def _summary(cfg: TrainConfig, dataset: str, samples: int, fit_s: float,
+             first_step_s: float, restored_epoch: int | None) -> dict:
+    """``summary.json`` before the test evaluation: what ran, how fast."""
+    from dlrun import __version__
+
+    ran = cfg.epochs - (restored_epoch or 0)
+    summary = {"dataset": dataset, "model": cfg.model, "epochs": cfg.epochs,
                "train_seconds": round(fit_s, 3),
-               "samples_per_second": round(ran * len(x) / fit_s, 1),
-               "first_step_seconds": round(log.first_step_s + (t_fit - t_start), 3),
-               "python": platform.python_version(), "dlrun": dl.__version__}
-    if distributed:
+               "samples_per_second": round(ran * samples / fit_s, 1),
+               "first_step_seconds": round(first_step_s, 3),
+               "python": platform.python_version(), "dlrun": __version__}
+    if cfg.workers:
         summary["workers"] = cfg.workers
-    if backup.restored_epoch:
-        summary["resumed_after_epoch"] = backup.restored_epoch
-    if test is not None:
-        loss, acc = model.evaluate(*test, batch_size=500)
-        summary |= {"test_loss": round(loss, 6), "test_accuracy": round(acc, 6)}
-        echo(f"test accuracy: {acc:.4f} (loss {loss:.4f})")
-    model.save(out / "model")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    echo(f"run folder: {out}  (metrics.csv, summary.json, model/, checkpoint/)")
+    if restored_epoch:
+        summary["resumed_after_epoch"] = restored_epoch
     return summary
 
 

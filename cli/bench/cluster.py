@@ -1,5 +1,8 @@
 """``dlrun bench cluster``: training samples/s of N Ray workers beside one process.
 
+Run: ``dlrun bench cluster --workers 2 --average-every 10 [--threads 1] [--batch 100]``
+(it starts a local Ray instance).
+
 The issue's workload: the MLP 784-500-500-10 (ReLU, softmax cross entropy, plain SGD) on
 random MNIST-shaped data, batch 100 per worker. ``measure()`` trains it on local Ray
 workers (each measurement in its own process, ``python -m dlrun.cli.bench.cluster``) and

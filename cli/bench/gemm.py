@@ -3,7 +3,10 @@ products dlrun's models make (the reference MLP's eight, the LSTM's per-step one
 CNN's second convolution), at each thread count. OpenBLAS runs whichever kernels it picked
 or the environment forced (``OPENBLAS_CORETYPE``): the header line names them. To compare
 with OpenBLAS's own choice on a machine that forces one, run it again with the variable
-unset."""
+unset.
+
+Run: ``dlrun bench gemm --threads 1,2 --repeats 5 [--json out.json]``.
+"""
 from __future__ import annotations
 
 import statistics

@@ -1,4 +1,6 @@
-"""How fast the streaming loader is, and how little memory it holds.
+"""How fast the streaming loader is, and how little memory it holds: ``dlrun data bench``
+(``--samples``, ``--batch-size``, ``--window``, ``--prefetch``, ``--cores``, ``--raw``;
+``--memory MB`` for the memory check), also reachable as ``dlrun bench loader``.
 
 :func:`loader_throughput` times epochs of a 60,000 x 1 x 28 x 28 uint8 dataset on local
 disk (the shipped MNIST digits repeated, so chunks compress like real images), shuffling
@@ -20,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dlrun.datasets.store import (
-    FORMAT_VERSION,
-    chunk_crc32,
-    open_dataset,
-    write_dataset,
-)
+from dlrun.datasets import FORMAT_VERSION, open_dataset, write_dataset
+from dlrun.datasets.store import chunk_crc32
 
 
 def mnist_sized(path: Path, n: int = 60_000) -> Path:

@@ -1,8 +1,12 @@
 """Training throughput of dlrun's models, timed like ``shared/bench``'s reference scripts.
 
-``measure()`` runs in its own process (``python -m dlrun.cli.bench.models ...``) so that every
-measurement, dlrun's and the references', starts from the same state; ``compare()`` runs
-them alternately and reports medians and ratios.
+Run: ``dlrun bench mlp|cnn|lstm [--threads 1,2] [--batch 100,10] [--repeats 5]``; the
+reference scripts are found in ``$DLRUN_BENCH_REF`` or a ``shared/bench`` folder beside or
+above the working folder or the package, PyTorch through ``--reference-python`` or
+``$DLRUN_REF_PYTHON`` (BENCHMARKS.md holds the figures and how they were taken).
+``measure()`` runs in its own process (``python -m dlrun.cli.bench.models ...``) so that
+every measurement, dlrun's and the references', starts from the same state; ``compare()``
+runs them alternately and reports medians and ratios.
 """
 from __future__ import annotations
 
@@ -112,11 +116,13 @@ def _run(cmd: list, env=None) -> dict | None:
 
 
 def find_reference_dir() -> Path | None:
-    """``$DLRUN_BENCH_REF``, else ``shared/bench`` beside or above the working folder."""
+    """``$DLRUN_BENCH_REF``, else ``shared/bench`` beside or above the working folder, or
+    in or beside the package's folder (a source checkout)."""
     env = os.environ.get("DLRUN_BENCH_REF")
     if env:
         return Path(env)
-    for base in [Path.cwd(), *Path.cwd().parents, Path(__file__).resolve().parents[1]]:
+    package = Path(__file__).resolve().parents[2]          # cli/bench/models.py -> the root
+    for base in [Path.cwd(), *Path.cwd().parents, package]:
         for cand in (base / "shared" / "bench", base.parent / "shared" / "bench"):
             if (cand / "torch_train.py").exists():
                 return cand

@@ -74,6 +74,5 @@ def test_build_script_reproduces_the_committed_store(tmp_path, name, package):
         pytest.skip(f"{package} is not installed")
     from dlrun.datasets import build_shipped
 
-    build = {"mnist-5k": build_shipped.build_mnist_5k, "digits": build_shipped.build_digits}
-    rebuilt = open_dataset(build[name](tmp_path))
+    rebuilt = open_dataset(build_shipped.build(name, tmp_path))
     assert rebuilt.attrs == open_dataset(name).attrs  # checksums included

@@ -7,6 +7,7 @@ import pytest
 import zarr
 
 import dlrun.datasets.store as store
+import dlrun.datasets.writer as writer
 from dlrun.datasets import FORMAT_VERSION, open_dataset, write_dataset
 from dlrun.errors import DataError
 
@@ -135,7 +136,7 @@ class Boom(RuntimeError):
 
 def fail_on_third_array(monkeypatch):
     calls = []
-    original = store._write_array
+    original = writer._write_array
 
     def write_array(*args, **kwargs):
         calls.append(args[1])
@@ -143,7 +144,7 @@ def fail_on_third_array(monkeypatch):
             raise Boom("disk full")
         original(*args, **kwargs)
 
-    monkeypatch.setattr(store, "_write_array", write_array)
+    monkeypatch.setattr(writer, "_write_array", write_array)
 
 
 def test_failed_write_leaves_nothing(tmp_path, toy, monkeypatch):
@@ -361,13 +362,13 @@ def test_unfinished_write_is_refused(toy):
 def test_complete_marker_is_written_last(tmp_path, monkeypatch):
     """Interrupted after the last array: the temporary store has no marker yet."""
     seen = {}
-    original = store._replace
+    original = writer._replace
 
     def replace(tmp, path):
         seen["attrs"] = dict(zarr.open_group(tmp, mode="r").attrs)
         original(tmp, path)
 
-    monkeypatch.setattr(store, "_replace", replace)
+    monkeypatch.setattr(writer, "_replace", replace)
     x, y = np.zeros((4, 2), np.uint8), np.zeros(4, np.uint8)
     path = write_dataset(tmp_path / "a.zarr", (x, y), name="a", classes=1)
     assert seen["attrs"]["complete"] is True
@@ -394,7 +395,7 @@ def test_copied_store_still_opens(toy, tmp_path):
 
 def test_many_chunks_are_sharded(tmp_path, monkeypatch):
     """More than SHARD_CHUNKS chunks: SHARD_CHUNKS to a file; the chunk stays the unit."""
-    monkeypatch.setattr(store, "SHARD_CHUNKS", 4)
+    monkeypatch.setattr(writer, "SHARD_CHUNKS", 4)
     x = np.arange(30 * 2, dtype=np.uint16).reshape(30, 2)
     y = np.arange(30) % 3
     path = write_dataset(tmp_path / "s.zarr", (x, y), name="s", classes=3, chunk_samples=3)

@@ -199,6 +199,7 @@ def test_bench_gemm_prints_every_product_beside_openblas(runner, tmp_path):
     assert [r["product"] for r in rows] == [s[0] for s in SHAPES]
     for r in rows:
         assert r["dlrun_gflops"] > 0 and r["openblas_gflops"] > 0
-        assert r["ratio"] == round(r["dlrun_gflops"] / r["openblas_gflops"], 2) or \
-            abs(r["ratio"] - r["dlrun_gflops"] / r["openblas_gflops"]) < 0.02
+        # the rates are printed to 0.1 GFLOP/s: on a busy machine a small one moves the
+        # ratio of the rounded figures by more than the ratio's own rounding
+        assert r["ratio"] == pytest.approx(r["dlrun_gflops"] / r["openblas_gflops"], rel=0.02)
     assert "float32 GEMM" in res.output and "mlp fwd 784->500" in res.output

@@ -11,22 +11,6 @@ import dlrun as dl
 from dlrun.errors import ConfigError, ModelFileError
 
 
-def make_model(seed=0, lr=0.05, optimizer=None):
-    dl.set_seed(seed)
-    model = dl.Sequential([dl.layers.Dense(4, activation="tanh", input_shape=(3,)),
-                           dl.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=lr),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
-@pytest.fixture
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((10, 3)).astype(np.float32)
-    return x, (x[:, 0] > 0).astype(np.int64)
-
-
 class Scripted(dl.callbacks.Callback):
     """Puts a scripted 'score' into the epoch logs and records the weights of each epoch."""
 
@@ -49,7 +33,7 @@ def assert_same(ws, vs):
 @pytest.mark.parametrize("fn", [lambda epoch: 0.2 * 0.5 ** epoch,
                                 lambda epoch, lr: lr * 0.5 if epoch else 0.2],
                          ids=["epoch", "epoch_lr"])
-def test_scheduler_sets_each_epochs_rate(data, fn):
+def test_scheduler_sets_each_epochs_rate(data, fn, make_model):
     x, y = data
     model = make_model()
     hist = model.fit(x, y, batch_size=10, epochs=4, shuffle=False, verbose=0,
@@ -64,7 +48,7 @@ def test_scheduler_sets_each_epochs_rate(data, fn):
     assert_same(model.get_weights(), by_hand.get_weights())
 
 
-def test_scheduler_errors(data):
+def test_scheduler_errors(data, make_model):
     bad = dl.callbacks.LearningRateScheduler(lambda epoch: "fast")
     with pytest.raises(ConfigError, match="'fast'"):
         make_model().fit(*data, epochs=1, callbacks=[bad], verbose=0)
@@ -77,7 +61,7 @@ def test_scheduler_errors(data):
 
 
 # -- ReduceLROnPlateau ----------------------------------------------------------------------
-def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data):
+def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data, make_model):
     scores = [5, 4, 4, 4, 4, 4, 3, 3, 3, 3]
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2,
@@ -90,7 +74,7 @@ def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data):
     assert model.optimizer.learning_rate == pytest.approx(0.02)
 
 
-def test_reduce_lr_on_plateau_max_mode_and_errors(data):
+def test_reduce_lr_on_plateau_max_mode_and_errors(data, make_model):
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.1, patience=1,
                                             mode="max")
@@ -104,7 +88,7 @@ def test_reduce_lr_on_plateau_max_mode_and_errors(data):
 
 
 # -- ModelCheckpoint ------------------------------------------------------------------------
-def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path):
+def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path, make_model):
     script = Scripted([0.0] * 3)
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "m-{epoch:02d}-{loss:.2f}")
     hist = make_model().fit(*data, epochs=3, verbose=0, callbacks=[script, ckpt])
@@ -116,7 +100,7 @@ def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path):
         assert loaded.optimizer.iterations == (e + 1) * 1     # 10 samples, batch 32
 
 
-def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path):
+def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path, make_model):
     script = Scripted([3.0, 2.0, 2.5, 1.0, 1.5])
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "best", monitor="score",
                                         save_best_only=True)
@@ -152,7 +136,8 @@ class PoisonAfter(dl.callbacks.Callback):
             self.model.set_weights([np.full_like(w, np.nan) for w in self.good])
 
 
-def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data, tmp_path):
+def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data, tmp_path,
+                                                                          make_model):
     x, y = data
     batches = []
 
@@ -175,7 +160,7 @@ def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data,
 
 
 # -- CSVLogger --------------------------------------------------------------------------------
-def test_csv_logger_rows_and_append(data, tmp_path):
+def test_csv_logger_rows_and_append(data, tmp_path, make_model):
     path = tmp_path / "log.csv"
     hist = make_model().fit(*data, epochs=2, validation_data=data, verbose=0,
                             callbacks=[dl.callbacks.CSVLogger(path)])
@@ -193,7 +178,7 @@ def test_csv_logger_rows_and_append(data, tmp_path):
     assert path.read_text().splitlines()[0] == "epoch;accuracy;loss"
 
 
-def test_load_weights_refuses_what_does_not_fit(data, tmp_path):
+def test_load_weights_refuses_what_does_not_fit(data, tmp_path, make_model):
     model = make_model()
     model.save_weights(tmp_path / "w.npz")
     other = dl.Sequential([dl.layers.Dense(5, input_shape=(3,)),

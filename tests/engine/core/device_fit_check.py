@@ -21,21 +21,12 @@ import tempfile
 import time
 import traceback
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-
-def use_simulator_unless_gpu() -> None:
-    """Re-run this script under the simulator unless a real GPU is available."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return
-    from numba import cuda
-
-    if not cuda.is_available():
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # tests/, for cuda_child
+from cuda_child import use_simulator_unless_gpu  # noqa: E402
 
 use_simulator_unless_gpu()
 

@@ -70,54 +70,43 @@ def test_non_callback_is_refused(data, make_model):
 
 
 # -- EarlyStopping ----------------------------------------------------------------------------
-class Scripted(dl.callbacks.Callback):
-    """Puts a scripted 'score' into the epoch logs and records the weights of each epoch."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values, self.weights = values, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.values[epoch]
-        self.weights.append(self.model.get_weights())
-
-
 SCORES = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1, 4.2, 4.3]
 
 
 @pytest.mark.parametrize("patience", [1, 2, 4])
-def test_early_stopping_after_patience_epochs_without_improvement(data, patience, make_model):
+def test_early_stopping_after_patience_epochs_without_improvement(data, patience, make_model,
+                                                                  scripted):
     """Keras: 'number of epochs with no improvement after which training will be
     stopped'. Best at epoch 2, so training stops at epoch 2 + patience."""
-    script = Scripted(SCORES)
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=patience)
     hist = make_model().fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
     assert hist.epoch == list(range(2 + patience + 1))
     assert stop.stopped_epoch == 2 + patience and stop.best_epoch == 2 and stop.best == 3.0
 
 
-def test_early_stopping_patience_zero_stops_at_first_non_improvement(data, make_model):
-    script = Scripted(SCORES)
+def test_early_stopping_patience_zero_stops_at_first_non_improvement(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=0)
     hist = make_model().fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
     assert hist.epoch == [0, 1, 2, 3]
 
 
-def test_early_stopping_min_delta_and_max_mode(data, make_model):
+def test_early_stopping_min_delta_and_max_mode(data, make_model, scripted):
     # improvements smaller than min_delta do not count
-    script = Scripted([5.0, 4.95, 4.9, 4.85, 4.8, 4.75])
+    script = scripted([5.0, 4.95, 4.9, 4.85, 4.8, 4.75])
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=1, min_delta=0.1)
     hist = make_model().fit(*data, epochs=6, callbacks=[script, stop], verbose=0)
     assert stop.best_epoch == 0 and len(hist.epoch) < 6
     # mode="max": rising is improving
-    script = Scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    script = scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=0, mode="max")
     hist = make_model().fit(*data, epochs=6, callbacks=[script, stop], verbose=0)
     assert hist.epoch == list(range(6)) and stop.best_epoch == 5
 
 
-def test_restore_best_weights(data, make_model):
-    script = Scripted(SCORES)
+def test_restore_best_weights(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=3, restore_best_weights=True)
     model = make_model()
     model.fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
@@ -127,8 +116,8 @@ def test_restore_best_weights(data, make_model):
     assert not np.array_equal(script.weights[2][0], script.weights[-1][0])
 
 
-def test_without_restore_the_last_weights_stay(data, make_model):
-    script = Scripted(SCORES)
+def test_without_restore_the_last_weights_stay(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=1)
     model = make_model()
     model.fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)

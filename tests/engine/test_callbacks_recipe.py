@@ -11,18 +11,6 @@ import dlrun as dl
 from dlrun.errors import ConfigError, ModelFileError
 
 
-class Scripted(dl.callbacks.Callback):
-    """Puts a scripted 'score' into the epoch logs and records the weights of each epoch."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values, self.weights = values, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.values[epoch]
-        self.weights.append(self.model.get_weights())
-
-
 def assert_same(ws, vs):
     assert len(ws) == len(vs)
     for w, v in zip(ws, vs):
@@ -61,24 +49,24 @@ def test_scheduler_errors(data, make_model):
 
 
 # -- ReduceLROnPlateau ----------------------------------------------------------------------
-def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data, make_model):
+def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data, make_model, scripted):
     scores = [5, 4, 4, 4, 4, 4, 3, 3, 3, 3]
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2,
                                             cooldown=1, min_delta=0.0, min_lr=0.02)
     hist = model.fit(*data, epochs=len(scores), verbose=0,
-                     callbacks=[Scripted(scores), reduce])
+                     callbacks=[scripted(scores), reduce])
     # logged at each epoch's end, before that epoch's reduction (as Keras 3 logs it)
     assert hist.history["learning_rate"] == pytest.approx(
         [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02])
     assert model.optimizer.learning_rate == pytest.approx(0.02)
 
 
-def test_reduce_lr_on_plateau_max_mode_and_errors(data, make_model):
+def test_reduce_lr_on_plateau_max_mode_and_errors(data, make_model, scripted):
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.1, patience=1,
                                             mode="max")
-    model.fit(*data, epochs=3, verbose=0, callbacks=[Scripted([1, 2, 3]), reduce])
+    model.fit(*data, epochs=3, verbose=0, callbacks=[scripted([1, 2, 3]), reduce])
     assert model.optimizer.learning_rate == 0.1               # rising score: no reduction
     with pytest.raises(ConfigError, match="factor.*1.5"):
         dl.callbacks.ReduceLROnPlateau(factor=1.5)
@@ -88,8 +76,8 @@ def test_reduce_lr_on_plateau_max_mode_and_errors(data, make_model):
 
 
 # -- ModelCheckpoint ------------------------------------------------------------------------
-def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path, make_model):
-    script = Scripted([0.0] * 3)
+def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path, make_model, scripted):
+    script = scripted([0.0] * 3)
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "m-{epoch:02d}-{loss:.2f}")
     hist = make_model().fit(*data, epochs=3, verbose=0, callbacks=[script, ckpt])
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -100,15 +88,15 @@ def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path, make_model
         assert loaded.optimizer.iterations == (e + 1) * 1     # 10 samples, batch 32
 
 
-def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path, make_model):
-    script = Scripted([3.0, 2.0, 2.5, 1.0, 1.5])
+def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path, make_model, scripted):
+    script = scripted([3.0, 2.0, 2.5, 1.0, 1.5])
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "best", monitor="score",
                                         save_best_only=True)
     make_model().fit(*data, epochs=5, verbose=0, callbacks=[script, ckpt])
     assert ckpt.best == 1.0
     assert_same(dl.load_model(tmp_path / "best").get_weights(), script.weights[3])
     # mode max, weights only
-    script = Scripted([0.5, 0.9, 0.7])
+    script = scripted([0.5, 0.9, 0.7])
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "w.npz", monitor="score", mode="max",
                                         save_best_only=True, save_weights_only=True)
     make_model(seed=1).fit(*data, epochs=3, verbose=0, callbacks=[script, ckpt])
@@ -123,21 +111,9 @@ def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path, make_mod
 
 
 # -- TerminateOnNaN, with a checkpoint --------------------------------------------------------
-class PoisonAfter(dl.callbacks.Callback):
-    """Makes the weights NaN at the end of epoch ``k``, as a diverging run would."""
-
-    def __init__(self, k):
-        super().__init__()
-        self.k = k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.k:
-            self.good = self.model.get_weights()
-            self.model.set_weights([np.full_like(w, np.nan) for w in self.good])
-
-
 def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data, tmp_path,
-                                                                          make_model):
+                                                                          make_model,
+                                                                          poison_after):
     x, y = data
     batches = []
 
@@ -145,7 +121,7 @@ def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data,
         def on_train_batch_end(self, batch, logs=None):
             batches.append(batch)
 
-    poison = PoisonAfter(1)
+    poison = poison_after(1)
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "ckpt")
     stop = dl.callbacks.TerminateOnNaN(verbose=0)
     with pytest.warns(RuntimeWarning) as caught:

@@ -1,6 +1,6 @@
 """Whole training runs on ``cuda`` against the same runs on the CPU.
 
-Run in a process of its own (``tests/engine/test_device.py`` does): whether ``numba.cuda``
+Run in a process of its own (``tests/engine/core/test_device.py`` does): whether ``numba.cuda``
 drives a GPU or the simulator is fixed when it is first imported. With a GPU visible the
 runs use it; otherwise the script restarts itself with ``NUMBA_ENABLE_CUDASIM=1``. Blocks
 and matmul tiles are patched small so that several blocks and grid-stride rounds run on
@@ -11,7 +11,7 @@ Each case builds the same model twice from one seed, trains one on ``cpu`` and o
 metrics and every weight (optimizer state and batch-norm statistics included). Prints
 one line per case and the MLP's kernel launches per step; exits 1 on any mismatch::
 
-    python tests/engine/device_fit_check.py
+    python tests/engine/core/device_fit_check.py
 """
 from __future__ import annotations
 

@@ -2,39 +2,44 @@
 and Maxout (a learned piecewise-linear unit)."""
 from __future__ import annotations
 
-import numpy as np
-
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer, _name, require_features
-from dlrun.errors import ConfigError
+from dlrun.engine.layers.base import Layer, initializer_name, positive_int, require_features
 
 
-class LeakyReLU(Layer):
+class _WithAlpha(Layer):
+    """An elementwise op with a fixed ``alpha`` (LeakyReLU, ELU: only the op differs)."""
+
+    op = ""
+
+    def __init__(self, alpha: float, **kw):
+        super().__init__(**kw)
+        self.alpha = float(alpha)
+
+    def call(self, x, training):
+        return apply(self.op, x, alpha=self.alpha)
+
+    def get_config(self):
+        return super().get_config() | {"alpha": self.alpha}
+
+
+class LeakyReLU(_WithAlpha):
     """``y = x if x > 0 else alpha * x``."""
 
+    op = "leaky_relu"
+
     def __init__(self, alpha: float = 0.3, **kw):
-        super().__init__(**kw)
-        self.alpha = float(alpha)
+        super().__init__(alpha, **kw)
 
-    def call(self, x, training):
-        return apply("leaky_relu", x, alpha=self.alpha)
 
-    def get_config(self):
-        return super().get_config() | {"alpha": self.alpha}
-
-class ELU(Layer):
+class ELU(_WithAlpha):
     """``y = x if x > 0 else alpha * (exp(x) - 1)``."""
 
+    op = "elu"
+
     def __init__(self, alpha: float = 1.0, **kw):
-        super().__init__(**kw)
-        self.alpha = float(alpha)
+        super().__init__(alpha, **kw)
 
-    def call(self, x, training):
-        return apply("elu", x, alpha=self.alpha)
-
-    def get_config(self):
-        return super().get_config() | {"alpha": self.alpha}
 
 class PReLU(Layer):
     """``y = x if x > 0 else alpha * x`` with a learned slope per input element (weight
@@ -52,13 +57,16 @@ class PReLU(Layer):
         return apply("prelu", x, self.alpha)
 
     def get_config(self):
-        return super().get_config() | {"alpha_initializer": _name(self.alpha_initializer)}
+        return super().get_config() | {
+            "alpha_initializer": initializer_name(self.alpha_initializer)}
+
 
 class Softmax(Layer):
     """Softmax over the last axis."""
 
     def call(self, x, training):
         return apply("softmax", x)
+
 
 class Maxout(Layer):
     """A learned piecewise-linear unit: ``units`` maxima, each over ``pieces`` linear
@@ -68,10 +76,8 @@ class Maxout(Layer):
     def __init__(self, units: int, pieces: int = 2, kernel_initializer="glorot_uniform",
                  kernel_regularizer=None, **kw):
         super().__init__(**kw)
-        for what, v in (("units", units), ("pieces", pieces)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"Maxout {what} must be a positive integer, got {v!r}")
-        self.units, self.pieces = int(units), int(pieces)
+        self.units = positive_int(units, "Maxout units")
+        self.pieces = positive_int(pieces, "Maxout pieces")
         initializers.get(kernel_initializer)
         self.kernel_initializer = kernel_initializer
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
@@ -93,5 +99,5 @@ class Maxout(Layer):
     def get_config(self):
         return super().get_config() | {
             "units": self.units, "pieces": self.pieces,
-            "kernel_initializer": _name(self.kernel_initializer),
+            "kernel_initializer": initializer_name(self.kernel_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}

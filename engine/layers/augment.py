@@ -3,8 +3,8 @@ RandomZoom (seeded, the identity at evaluation)."""
 from __future__ import annotations
 
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer
-from dlrun.errors import ConfigError, ShapeError
+from dlrun.engine.layers.base import Layer, require_images
+from dlrun.errors import ConfigError
 
 
 class _RandomAffine(Layer):
@@ -22,16 +22,14 @@ class _RandomAffine(Layer):
                        "fill": float(fill_value)}
 
     def build(self, input_shape):
-        if len(input_shape) != 3:
-            raise ShapeError(f"{type(self).__name__} layer {self.name!r} expects images of "
-                             f"shape (batch, channels, height, width), got "
-                             f"(batch, {', '.join(map(str, input_shape))})")
+        require_images(self, input_shape)
 
     def call(self, x, training):
         if not training or not any(self._attrs[k] for k in ("shift_h", "shift_w",
                                                               "rotation", "zoom")):
             return x
         return apply("random_affine", x, **self._attrs)
+
 
 def _fraction(name, value, below_one=False):
     try:
@@ -42,6 +40,7 @@ def _fraction(name, value, below_one=False):
         raise ConfigError(f"{name} must be in [0, {'1)' if below_one else '1]'}, got "
                           f"{value!r}")
     return v
+
 
 class RandomTranslation(_RandomAffine):
     """Shift each training image by a whole number of pixels, up to ``height_factor *
@@ -59,6 +58,7 @@ class RandomTranslation(_RandomAffine):
                                        "width_factor": self._attrs["shift_w"],
                                        "fill_value": self._attrs["fill"]}
 
+
 class RandomRotation(_RandomAffine):
     """Rotate each training image about its centre by up to ``factor`` of a full turn
     either way (``factor=0.03``: about 11 degrees), nearest pixel."""
@@ -69,6 +69,7 @@ class RandomRotation(_RandomAffine):
     def get_config(self):
         return super().get_config() | {"factor": self._attrs["rotation"],
                                        "fill_value": self._attrs["fill"]}
+
 
 class RandomZoom(_RandomAffine):
     """Zoom each training image about its centre by a factor in ``[1 - factor,

@@ -1,12 +1,11 @@
-"""Keras-style layers: ``build(input_shape)`` makes weights, ``call(x, training)`` traces.
+"""The :class:`Layer` base class, and what the layer families share: the ``activation=``
+names, :class:`KernelLayer` (a kernel, a bias and an activation) and the checks of
+arguments and input shapes that several families make.
 
 Shapes given to and returned by ``build``/``compute_output_shape`` exclude the batch axis.
 ``call`` receives and returns symbolic tensors (with the batch axis) and adds nodes with
-:func:`dlrun.engine.core.graph.apply`. ``get_config()`` is enough to rebuild a layer, which is
-what a saved model and a Ray worker receive.
-
-The layer registry (:data:`LAYERS`, filled by :mod:`dlrun.engine.layers`) maps class names
-to classes for ``load_model``.
+:func:`dlrun.engine.core.graph.apply`. ``get_config()`` is enough to rebuild a layer, which
+is what a saved model and a Ray worker receive.
 """
 from __future__ import annotations
 
@@ -15,14 +14,14 @@ import itertools
 import numpy as np
 
 from dlrun.engine import initializers, regularizers
-from dlrun.engine.core.graph import Parameter
+from dlrun.engine.core.graph import Parameter, apply
 from dlrun.errors import ConfigError, ShapeError
-
 
 _counts = itertools.count()
 
 ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
                "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu"}
+
 
 def activation_op(name):
     """Op name for an ``activation=`` string; ``None`` means linear."""
@@ -33,6 +32,12 @@ def activation_op(name):
     except (KeyError, TypeError):
         raise ConfigError(f"unknown activation {name!r}; expected one of "
                           f"{sorted(ACTIVATIONS)}") from None
+
+
+def activate(x, op: str | None):
+    """``x`` through the activation op ``op`` (from :func:`activation_op`; None: ``x``)."""
+    return apply(op, x) if op else x
+
 
 class Layer:
     """Base class: a named collection of weights and a ``call`` that traces the forward."""
@@ -46,6 +51,7 @@ class Layer:
         self.built = False
         self.built_input_shape = None
         self._weights: list[Parameter] = []
+        self._calls: list = []            # symbolic calls, recorded by symbolic.call_layer
 
     # -- to override -----------------------------------------------------------------------
     def build(self, input_shape: tuple) -> None:
@@ -68,6 +74,7 @@ class Layer:
         """The functional API: call the layer on ``dl.Input(...)`` tensors (a list of them
         for Add, Concatenate) or what other layers returned; returns a symbolic tensor.
         Calling one layer twice shares its weights."""
+        # imported here: symbolic.py imports this module (an InputLayer is a Layer)
         from dlrun.engine.layers.symbolic import call_layer
 
         return call_layer(self, inputs)
@@ -109,6 +116,13 @@ class Layer:
             p.trainable = self._trainable
 
     @property
+    def calls(self) -> list:
+        """The calls of this layer on symbolic tensors (:class:`~dlrun.engine.layers.
+        symbolic.Call`), in the order they were made; a functional model keeps those
+        between its inputs and outputs."""
+        return list(self._calls)
+
+    @property
     def weights(self) -> list:
         """Every weight parameter, in the documented layout order."""
         return list(self._weights)
@@ -129,6 +143,20 @@ class Layer:
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}>"
 
+
+def _snake(name: str) -> str:
+    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
+                   for i, c in enumerate(name))
+
+
+# -- checks several families make --------------------------------------------------------------
+def positive_int(value, what: str) -> int:
+    """``value`` as an int, or a ConfigError naming ``what`` (e.g. "Dense units")."""
+    if not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def require_features(layer: Layer, input_shape: tuple) -> None:
     """Refuse inputs other than (batch, features), as layers of one weight matrix need."""
     if len(input_shape) != 1:
@@ -136,9 +164,19 @@ def require_features(layer: Layer, input_shape: tuple) -> None:
                          f"shape (batch, features), got (batch, "
                          f"{', '.join(map(str, input_shape))}); put a Flatten layer before it")
 
-def _snake(name: str) -> str:
-    return "".join("_" + c.lower() if c.isupper() and i else c.lower()
-                   for i, c in enumerate(name))
+
+def require_images(layer: Layer, input_shape: tuple) -> None:
+    """Refuse inputs other than NCHW images (batch, channels, height, width)."""
+    if len(input_shape) != 3:
+        raise ShapeError(f"{type(layer).__name__} layer {layer.name!r} expects images of "
+                         f"shape (batch, channels, height, width), got "
+                         f"(batch, {', '.join(map(str, input_shape))})")
+
+
+def initializer_name(init) -> str:
+    """What a config stores for an initializer: its name (a callable's ``__name__``)."""
+    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
+
 
 class KernelLayer(Layer):
     """Base of layers with a kernel, an optional bias and an activation (Dense, Conv2D):
@@ -149,7 +187,7 @@ class KernelLayer(Layer):
                  kernel_regularizer=None, bias_regularizer=None, **kw):
         super().__init__(**kw)
         self.activation = activation
-        self._act = activation_op(activation)
+        self.activation_op = activation_op(activation)
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         initializers.get(kernel_initializer), initializers.get(bias_initializer)
@@ -166,26 +204,7 @@ class KernelLayer(Layer):
     def get_config(self):
         return super().get_config() | {
             "activation": self.activation, "use_bias": self.use_bias,
-            "kernel_initializer": _name(self.kernel_initializer),
-            "bias_initializer": _name(self.bias_initializer),
+            "kernel_initializer": initializer_name(self.kernel_initializer),
+            "bias_initializer": initializer_name(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer)}
-
-def _name(init):
-    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
-
-# class name -> layer class, for load_model; dlrun.engine.layers lists the built-in ones
-LAYERS: dict[str, type] = {}
-
-def register_layer(cls):
-    """Make a user's layer class loadable by ``dl.load_model``."""
-    LAYERS[cls.__name__] = cls
-    return cls
-
-def layer_from_config(class_name: str, config: dict) -> Layer:
-    try:
-        cls = LAYERS[class_name]
-    except KeyError:
-        raise ConfigError(f"unknown layer class {class_name!r}; known: {sorted(LAYERS)} "
-                          "(register your own with dlrun.layers.register_layer)") from None
-    return cls.from_config(dict(config))

@@ -7,29 +7,28 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import KernelLayer, Layer
+from dlrun.engine.layers.base import KernelLayer, Layer, activate, positive_int, require_images
 from dlrun.errors import ConfigError, ShapeError
 from dlrun.ops.conv import window_geometry
 
 
 def _pair(value, what: str) -> tuple[int, int]:
     """An int or a pair of ints as a pair of positive ints."""
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    try:
+        pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    except TypeError:                     # neither an int nor a sequence
+        pair = ()
     if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
         raise ConfigError(f"{what} must be a positive integer or a pair of them, got "
                           f"{value!r}")
     return int(pair[0]), int(pair[1])
+
 
 def _padding(value) -> str:
     if value not in ("valid", "same"):
         raise ConfigError(f"padding must be 'valid' or 'same', got {value!r}")
     return value
 
-def _images(layer, input_shape) -> None:
-    if len(input_shape) != 3:
-        raise ShapeError(f"{type(layer).__name__} layer {layer.name!r} expects images of "
-                         f"shape (batch, channels, height, width), got "
-                         f"(batch, {', '.join(map(str, input_shape))})")
 
 def _window_output(layer, input_shape, window, strides, padding) -> tuple[int, int]:
     oh, _ = window_geometry(input_shape[1], window[0], strides[0], padding)
@@ -40,6 +39,7 @@ def _window_output(layer, input_shape, window, strides, padding) -> tuple[int, i
                          f"{input_shape[2]} with padding {padding!r}; use padding='same'")
     return oh, ow
 
+
 class Conv2D(KernelLayer):
     """2-D convolution of NCHW images: ``y = activation(conv(x, W) + b)``; weights
     ``W (filters, channels, kh, kw)`` then ``b (filters,)``."""
@@ -47,15 +47,13 @@ class Conv2D(KernelLayer):
     def __init__(self, filters: int, kernel_size, strides=1, padding: str = "valid",
                  activation=None, **kw):
         super().__init__(activation=activation, **kw)
-        if not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise ConfigError(f"Conv2D filters must be a positive integer, got {filters!r}")
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "Conv2D filters")
         self.kernel_size = _pair(kernel_size, "Conv2D kernel_size")
         self.strides = _pair(strides, "Conv2D strides")
         self.padding = _padding(padding)
 
     def build(self, input_shape):
-        _images(self, input_shape)
+        require_images(self, input_shape)
         self.compute_output_shape(input_shape)
         self.add_kernel_and_bias((self.filters, input_shape[0], *self.kernel_size),
                                  (self.filters,))
@@ -63,16 +61,16 @@ class Conv2D(KernelLayer):
     def call(self, x, training):
         if not self.use_bias:
             y = apply("conv2d", x, self.kernel, strides=self.strides, padding=self.padding)
-            return apply(self._act, y) if self._act else y
+            return activate(y, self.activation_op)
         # bias, and ReLU, fused into the convolution: applied to each sample's product
         # while it is in cache rather than in passes over the whole batch
-        relu = self._act == "relu"
+        relu = self.activation_op == "relu"
         y = apply("conv2d_bias", x, self.kernel, self.bias, strides=self.strides,
                   padding=self.padding, relu=relu)
-        return apply(self._act, y) if self._act and not relu else y
+        return y if relu else activate(y, self.activation_op)
 
     def compute_output_shape(self, input_shape):
-        _images(self, input_shape)
+        require_images(self, input_shape)
         return (self.filters, *_window_output(self, input_shape, self.kernel_size,
                                               self.strides, self.padding))
 
@@ -80,6 +78,7 @@ class Conv2D(KernelLayer):
         return super().get_config() | {
             "filters": self.filters, "kernel_size": list(self.kernel_size),
             "strides": list(self.strides), "padding": self.padding}
+
 
 class _Pooling2D(Layer):
     op = ""
@@ -96,7 +95,7 @@ class _Pooling2D(Layer):
                      padding=self.padding)
 
     def compute_output_shape(self, input_shape):
-        _images(self, input_shape)
+        require_images(self, input_shape)
         return (input_shape[0], *_window_output(self, input_shape, self.pool_size,
                                                 self.strides, self.padding))
 
@@ -104,16 +103,19 @@ class _Pooling2D(Layer):
         return super().get_config() | {"pool_size": list(self.pool_size),
                                        "strides": list(self.strides), "padding": self.padding}
 
+
 class MaxPooling2D(_Pooling2D):
     """The maximum of each ``pool_size`` window (strides default to the pool size); the
     gradient goes to the first maximum of each window."""
 
     op = "max_pool2d"
 
+
 class AveragePooling2D(_Pooling2D):
     """The mean of each ``pool_size`` window (of its real pixels, with ``same`` padding)."""
 
     op = "avg_pool2d"
+
 
 class GlobalAveragePooling2D(Layer):
     """(batch, channels, height, width) -> (batch, channels): the mean of each channel."""
@@ -122,5 +124,5 @@ class GlobalAveragePooling2D(Layer):
         return apply("global_avg_pool2d", x)
 
     def compute_output_shape(self, input_shape):
-        _images(self, input_shape)
+        require_images(self, input_shape)
         return (input_shape[0],)

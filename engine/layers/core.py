@@ -5,7 +5,8 @@ import numpy as np
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import KernelLayer, Layer, _name, activation_op, require_features
+from dlrun.engine.layers.base import (KernelLayer, Layer, activate, activation_op,
+                                     initializer_name, positive_int, require_features)
 from dlrun.errors import ConfigError, ShapeError
 
 
@@ -14,9 +15,7 @@ class Dense(KernelLayer):
 
     def __init__(self, units: int, activation=None, **kw):
         super().__init__(activation=activation, **kw)
-        if not isinstance(units, (int, np.integer)) or units < 1:
-            raise ConfigError(f"Dense units must be a positive integer, got {units!r}")
-        self.units = int(units)
+        self.units = positive_int(units, "Dense units")
 
     def build(self, input_shape):
         require_features(self, input_shape)
@@ -26,13 +25,14 @@ class Dense(KernelLayer):
         y = apply("matmul", x, self.kernel)
         if self.use_bias:
             y = apply("bias_add", y, self.bias)
-        return apply(self._act, y) if self._act else y
+        return activate(y, self.activation_op)
 
     def compute_output_shape(self, input_shape):
         return (self.units,)
 
     def get_config(self):
         return super().get_config() | {"units": self.units}
+
 
 class Highway(Layer):
     """A dense highway layer (Srivastava et al. 2015): ``y = T * H + (1 - T) * x`` with
@@ -50,7 +50,7 @@ class Highway(Layer):
                  kernel_initializer="glorot_uniform", kernel_regularizer=None, **kw):
         super().__init__(**kw)
         self.activation = activation
-        self._act = activation_op(activation)
+        self.activation_op = activation_op(activation)
         try:
             self.transform_bias = float(transform_bias)
         except (TypeError, ValueError):
@@ -73,7 +73,7 @@ class Highway(Layer):
 
     def call(self, x, training):
         h = apply("bias_add", apply("matmul", x, self.kernel), self.bias)
-        h = apply(self._act, h) if self._act else h
+        h = activate(h, self.activation_op)
         t = apply("sigmoid", apply("bias_add", apply("matmul", x, self.gate_kernel),
                                    self.gate_bias))
         return apply("gate_mix", t, h, x)
@@ -81,8 +81,9 @@ class Highway(Layer):
     def get_config(self):
         return super().get_config() | {
             "activation": self.activation, "transform_bias": self.transform_bias,
-            "kernel_initializer": _name(self.kernel_initializer),
+            "kernel_initializer": initializer_name(self.kernel_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
+
 
 class Activation(Layer):
     """Applies an activation function by name."""
@@ -90,13 +91,14 @@ class Activation(Layer):
     def __init__(self, activation, **kw):
         super().__init__(**kw)
         self.activation = activation
-        self._act = activation_op(activation)
+        self.activation_op = activation_op(activation)
 
     def call(self, x, training):
-        return apply(self._act, x) if self._act else x
+        return activate(x, self.activation_op)
 
     def get_config(self):
         return super().get_config() | {"activation": self.activation}
+
 
 class Dropout(Layer):
     """Zeroes a fraction ``rate`` of its inputs while training (scaling the rest by
@@ -120,6 +122,7 @@ class Dropout(Layer):
     def get_config(self):
         return super().get_config() | {"rate": self.rate}
 
+
 class Flatten(Layer):
     """(batch, d1, d2, ...) -> (batch, d1 * d2 * ...)."""
 
@@ -130,6 +133,7 @@ class Flatten(Layer):
 
     def compute_output_shape(self, input_shape):
         return (int(np.prod(input_shape)),)
+
 
 class Reshape(Layer):
     """(batch, ...) -> (batch, *target_shape); one entry of ``target_shape`` may be -1."""

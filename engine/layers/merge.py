@@ -25,6 +25,7 @@ class _Merge(Layer):
     def build(self, input_shapes):
         self.compute_output_shape(input_shapes)
 
+
 class Add(_Merge):
     """The elementwise sum of its inputs, all of one shape: ``Add()([x, f(x)])`` is a
     residual connection."""
@@ -41,6 +42,7 @@ class Add(_Merge):
         for x in xs[1:]:
             y = apply("add", y, x)
         return y
+
 
 class Concatenate(_Merge):
     """Its inputs joined along ``axis`` (counted with the batch axis first, as in Keras;

@@ -6,11 +6,9 @@ out as in Keras, so they move to and from it unchanged: ``kernel (features, unit
 LSTM, whose gates are in the order i, f, c, o."""
 from __future__ import annotations
 
-import numpy as np
-
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer, _name
+from dlrun.engine.layers.base import Layer, initializer_name, positive_int
 from dlrun.errors import ConfigError, ShapeError
 
 
@@ -25,10 +23,7 @@ class _Recurrent(Layer):
                  bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
                  **kw):
         super().__init__(**kw)
-        if not isinstance(units, (int, np.integer)) or units < 1:
-            raise ConfigError(f"{type(self).__name__} units must be a positive integer, got "
-                              f"{units!r}")
-        self.units = int(units)
+        self.units = positive_int(units, f"{type(self).__name__} units")
         self.return_sequences = bool(return_sequences)
         for init in (kernel_initializer, recurrent_initializer, bias_initializer):
             initializers.get(init)
@@ -67,11 +62,12 @@ class _Recurrent(Layer):
     def get_config(self):
         return super().get_config() | {
             "units": self.units, "return_sequences": self.return_sequences,
-            "kernel_initializer": _name(self.kernel_initializer),
-            "recurrent_initializer": _name(self.recurrent_initializer),
-            "bias_initializer": _name(self.bias_initializer),
+            "kernel_initializer": initializer_name(self.kernel_initializer),
+            "recurrent_initializer": initializer_name(self.recurrent_initializer),
+            "bias_initializer": initializer_name(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer)}
+
 
 class SimpleRNN(_Recurrent):
     """``h_t = activation(x_t @ W + h_{t-1} @ U + b)`` (tanh or relu), ``h_{-1} = 0``;
@@ -91,6 +87,7 @@ class SimpleRNN(_Recurrent):
 
     def get_config(self):
         return super().get_config() | {"activation": self.activation}
+
 
 class LSTM(_Recurrent):
     """Long short-term memory: ``z = x_t @ W + h_{t-1} @ U + b`` split into gates i, f,

@@ -35,6 +35,7 @@ class SymbolicTensor:
     def __repr__(self):
         return f"<SymbolicTensor shape={self.shape} from {self.call.layer.name!r}>"
 
+
 class Call:
     """One call of a layer: the tensors it was given (a list when ``as_list``), and the
     tensor it returned; ``index`` counts the layer's calls."""
@@ -42,6 +43,7 @@ class Call:
     def __init__(self, layer: Layer, inputs: list, as_list: bool, index: int):
         self.layer, self.inputs, self.as_list, self.index = layer, inputs, as_list, index
         self.output: SymbolicTensor | None = None
+
 
 class InputLayer(Layer):
     """The source of one model input: samples of ``shape`` (no batch axis)."""
@@ -68,12 +70,14 @@ class InputLayer(Layer):
     def get_config(self):
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype.name}
 
+
 def Input(shape, name: str | None = None, dtype="float32") -> SymbolicTensor:  # noqa: N802
     """A model input: samples of ``shape`` (without the batch axis), e.g.
     ``dl.Input(shape=(784,))``; call layers on it, then ``dl.Model(inputs, outputs)``."""
     if np.dtype(dtype) != np.float32:
         raise ConfigError(f"dlrun feeds model inputs as float32; got dtype={dtype!r}")
     return InputLayer(shape, name=name, dtype=dtype).output
+
 
 def call_layer(layer: Layer, inputs) -> SymbolicTensor:
     """``layer(inputs)`` on symbolic tensors: build the layer, infer the output shape,
@@ -93,8 +97,7 @@ def call_layer(layer: Layer, inputs) -> SymbolicTensor:
     # a trace on a batch of one runs the ops' shape rules, so a bad shape shows here
     xs = [Placeholder(Spec((1, *s), np.float32)) for s in shapes]
     out = layer.call(xs if as_list else xs[0], training=False)
-    calls = layer.__dict__.setdefault("_calls", [])
-    call = Call(layer, tensors, as_list, len(calls))
+    call = Call(layer, tensors, as_list, len(layer.calls))
     call.output = SymbolicTensor(out.shape[1:], call)
-    calls.append(call)
+    layer._calls.append(call)
     return call.output

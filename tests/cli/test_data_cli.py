@@ -2,8 +2,6 @@
 import functools
 import hashlib
 import http.server
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -35,13 +33,8 @@ def test_help(runner, sub):
     assert "Usage: " in res.output
 
 
-def test_data_help_does_not_import_zarr_or_numba():
-    code = ("import sys; from click.testing import CliRunner; from dlrun.cli.main import main;"
-            "r = CliRunner().invoke(main, ['data', 'fetch', '--help']); assert r.exit_code == 0;"
-            "print(sorted(m for m in ('numba', 'ray', 'zarr', 'numpy') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
+def test_data_help_does_not_import_zarr_or_numba(heavy_imports):
+    assert heavy_imports(["data", "fetch", "--help"], ("numba", "ray", "zarr", "numpy")) == []
 
 
 def mnist_folder(folder, n_train=30, n_test=10):

@@ -11,11 +11,7 @@ from dlrun.errors import ClusterError
 from dlrun.errors import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    dl.set_threads(1)
-    yield
-    dl.set_threads()
+pytestmark = pytest.mark.usefixtures("one_thread")   # bitwise comparisons need one thread
 
 
 def test_one_worker_is_single_process_training_bitwise(h):

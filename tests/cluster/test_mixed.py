@@ -20,16 +20,16 @@ def cluster(make_ray_cluster):
         yield c
 
 
-def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeypatch):
-    from dlrun.cluster import pool as driver
+def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeypatch,
+                                                             one_thread):
+    from dlrun.cluster import pool
 
-    share, local = driver.RayPool.share, []
+    share, local = pool.RayPool.share, []
 
     def recorded(self, out):
         share(self, out)
         local.append(list(self.local))
-    monkeypatch.setattr(driver.RayPool, "share", recorded)
-    dl.set_threads(1)
+    monkeypatch.setattr(pool.RayPool, "share", recorded)
     x, y = h.digits()
     ref = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
     train_distributed(ref, (x, y), workers=2, average_every=3, epochs=2, batch_size=50,
@@ -37,7 +37,6 @@ def test_one_local_and_one_remote_worker_train_as_in_process(cluster, h, monkeyp
     model = h.small_model(optimizer=dl.optimizers.Adam(learning_rate=0.01))
     train_distributed(model, "digits", workers=2, average_every=3, epochs=2, batch_size=50,
                       seed=3, threads=1, verbose=0)
-    dl.set_threads()
     assert local and sorted(local[0]) == [False, True], local
     for a, b in zip(model.get_weights(), ref.get_weights()):
         assert np.array_equal(a, b)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import dlrun as dl
 from dlrun.cluster import train_distributed
 from dlrun.engine.callbacks import Callback
 
@@ -36,9 +35,8 @@ class ReplaceNode(Callback):
             self.cluster.remove_node(self.node)
 
 
-def test_a_lost_node_is_replaced_and_its_round_redone(cluster, h):
+def test_a_lost_node_is_replaced_and_its_round_redone(cluster, h, one_thread):
     c, nodes = cluster
-    dl.set_threads(1)
     clean = h.small_model()
     train_distributed(clean, "digits", workers=2, average_every=3, epochs=1, batch_size=50,
                       seed=0, threads=1, verbose=0)
@@ -46,13 +44,13 @@ def test_a_lost_node_is_replaced_and_its_round_redone(cluster, h):
     train_distributed(model, "digits", workers=2, average_every=3, epochs=1, batch_size=50,
                       seed=0, threads=1, verbose=0, callbacks=[ReplaceNode(c, nodes[1], 2)],
                       echo=lambda s: None, on_event=events.append)
-    dl.set_threads()
     assert events and all("was lost; replaced" in e for e in events), events
     for a, b in zip(model.get_weights(), clean.get_weights()):
         assert np.array_equal(a, b)
 
 
-def test_with_on_lost_continue_a_lost_node_leaves_the_other_workers_to_go_on(cluster, h):
+def test_with_on_lost_continue_a_lost_node_leaves_the_other_workers_to_go_on(cluster, h,
+                                                                              one_thread):
     c, _ = cluster
     worker_nodes = [n for n in c.list_all_nodes() if n is not c.head_node]
     assert len(worker_nodes) == 2
@@ -63,14 +61,12 @@ def test_with_on_lost_continue_a_lost_node_leaves_the_other_workers_to_go_on(clu
                 self.done = True
                 c.remove_node(worker_nodes[1])     # and no node joins: no room anywhere
 
-    dl.set_threads(1)
     events = []
     hist = train_distributed(h.small_model(), "digits", workers=2, average_every=3,
                              epochs=2, batch_size=50, seed=0, threads=1, verbose=0,
                              callbacks=[RemoveNode()], on_lost="continue",
                              replace_timeout=3, echo=lambda s: None,
                              on_event=events.append)
-    dl.set_threads()
     assert len(events) == 1 and "continuing with 1 worker(s)" in events[0], events
     assert len(hist.history["loss"]) == 2
     assert hist.history["accuracy"][1] > hist.history["accuracy"][0]

@@ -17,7 +17,8 @@ import dlrun as dl
 from dlrun.cluster import train_distributed
 from dlrun.engine.callbacks import Callback
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow,
+              pytest.mark.usefixtures("one_thread")]   # bitwise comparisons need one thread
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,13 +35,6 @@ def ray_instance():
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    dl.set_threads(1)
-    yield
-    dl.set_threads()
 
 
 def test_one_worker_on_ray_is_single_process_training_bitwise(h):

@@ -8,23 +8,6 @@ import dlrun as dl
 from dlrun.errors import ConfigError
 
 
-def make_model(seed=0):
-    dl.set_seed(seed)
-    model = dl.Sequential([dl.layers.Dense(4, activation="tanh", input_shape=(3,)),
-                           dl.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.05), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    model.build((3,))
-    return model
-
-
-@pytest.fixture
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((10, 3)).astype(np.float32)
-    return x, (x[:, 0] > 0).astype(np.int64)
-
-
 class Recorder(dl.callbacks.Callback):
     """Logs every hook call, with a copy of its logs."""
 
@@ -43,7 +26,7 @@ class Recorder(dl.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None): self._rec("batch_end", batch, logs)
 
 
-def test_custom_callback_receives_hooks_in_order(data):
+def test_custom_callback_receives_hooks_in_order(data, make_model):
     model = make_model()
     rec = Recorder()
     hist = model.fit(*data, batch_size=4, epochs=2, callbacks=[rec], verbose=0)
@@ -64,7 +47,7 @@ def test_custom_callback_receives_hooks_in_order(data):
     assert all("loss" in c[2] for c in rec.calls if c[0] == "batch_end")
 
 
-def test_callback_can_stop_training(data):
+def test_callback_can_stop_training(data, make_model):
     class StopAfterTwo(dl.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
@@ -74,67 +57,56 @@ def test_callback_can_stop_training(data):
     assert hist.epoch == [0, 1]
 
 
-def test_history_and_initial_epoch(data):
+def test_history_and_initial_epoch(data, make_model):
     hist = make_model().fit(*data, epochs=4, initial_epoch=1, validation_data=data, verbose=0)
     assert hist.epoch == [1, 2, 3]
     assert {k: len(v) for k, v in hist.history.items()} == \
         {"loss": 3, "accuracy": 3, "val_loss": 3, "val_accuracy": 3}
 
 
-def test_non_callback_is_refused(data):
+def test_non_callback_is_refused(data, make_model):
     with pytest.raises(ConfigError, match="print"):
         make_model().fit(*data, callbacks=[print], verbose=0)
 
 
 # -- EarlyStopping ----------------------------------------------------------------------------
-class Scripted(dl.callbacks.Callback):
-    """Puts a scripted 'score' into the epoch logs and records the weights of each epoch."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values, self.weights = values, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.values[epoch]
-        self.weights.append(self.model.get_weights())
-
-
 SCORES = [5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1, 4.2, 4.3]
 
 
 @pytest.mark.parametrize("patience", [1, 2, 4])
-def test_early_stopping_after_patience_epochs_without_improvement(data, patience):
+def test_early_stopping_after_patience_epochs_without_improvement(data, patience, make_model,
+                                                                  scripted):
     """Keras: 'number of epochs with no improvement after which training will be
     stopped'. Best at epoch 2, so training stops at epoch 2 + patience."""
-    script = Scripted(SCORES)
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=patience)
     hist = make_model().fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
     assert hist.epoch == list(range(2 + patience + 1))
     assert stop.stopped_epoch == 2 + patience and stop.best_epoch == 2 and stop.best == 3.0
 
 
-def test_early_stopping_patience_zero_stops_at_first_non_improvement(data):
-    script = Scripted(SCORES)
+def test_early_stopping_patience_zero_stops_at_first_non_improvement(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=0)
     hist = make_model().fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
     assert hist.epoch == [0, 1, 2, 3]
 
 
-def test_early_stopping_min_delta_and_max_mode(data):
+def test_early_stopping_min_delta_and_max_mode(data, make_model, scripted):
     # improvements smaller than min_delta do not count
-    script = Scripted([5.0, 4.95, 4.9, 4.85, 4.8, 4.75])
+    script = scripted([5.0, 4.95, 4.9, 4.85, 4.8, 4.75])
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=1, min_delta=0.1)
     hist = make_model().fit(*data, epochs=6, callbacks=[script, stop], verbose=0)
     assert stop.best_epoch == 0 and len(hist.epoch) < 6
     # mode="max": rising is improving
-    script = Scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    script = scripted([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=0, mode="max")
     hist = make_model().fit(*data, epochs=6, callbacks=[script, stop], verbose=0)
     assert hist.epoch == list(range(6)) and stop.best_epoch == 5
 
 
-def test_restore_best_weights(data):
-    script = Scripted(SCORES)
+def test_restore_best_weights(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=3, restore_best_weights=True)
     model = make_model()
     model.fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
@@ -144,8 +116,8 @@ def test_restore_best_weights(data):
     assert not np.array_equal(script.weights[2][0], script.weights[-1][0])
 
 
-def test_without_restore_the_last_weights_stay(data):
-    script = Scripted(SCORES)
+def test_without_restore_the_last_weights_stay(data, make_model, scripted):
+    script = scripted(SCORES)
     stop = dl.callbacks.EarlyStopping(monitor="score", patience=1)
     model = make_model()
     model.fit(*data, epochs=len(SCORES), callbacks=[script, stop], verbose=0)
@@ -153,7 +125,7 @@ def test_without_restore_the_last_weights_stay(data):
         np.testing.assert_array_equal(w, last)
 
 
-def test_early_stopping_on_val_loss_and_missing_monitor(data):
+def test_early_stopping_on_val_loss_and_missing_monitor(data, make_model):
     stop = dl.callbacks.EarlyStopping(patience=0)             # monitors val_loss
     make_model().fit(*data, epochs=2, validation_data=data, callbacks=[stop], verbose=0)
     with pytest.raises(ConfigError, match="val_loss.*loss"):
@@ -165,7 +137,7 @@ def test_early_stopping_on_val_loss_and_missing_monitor(data):
 
 # -- progress output ---------------------------------------------------------------------------
 @pytest.mark.parametrize("verbose", [2, 1, "auto"])
-def test_one_line_per_epoch_when_not_a_terminal(data, capsys, verbose):
+def test_one_line_per_epoch_when_not_a_terminal(data, capsys, verbose, make_model):
     model = make_model()
     capsys.readouterr()
     model.fit(*data, batch_size=2, epochs=3, validation_data=data, verbose=verbose)
@@ -178,7 +150,7 @@ def test_one_line_per_epoch_when_not_a_terminal(data, capsys, verbose):
         assert "loss:" in line and "accuracy:" in line and "val_loss:" in line
 
 
-def test_verbose_zero_prints_nothing(data, capsys):
+def test_verbose_zero_prints_nothing(data, capsys, make_model):
     model = make_model()
     capsys.readouterr()
     model.fit(*data, epochs=2, validation_split=0.2, verbose=0)
@@ -187,7 +159,7 @@ def test_verbose_zero_prints_nothing(data, capsys):
     assert capsys.readouterr().out == ""
 
 
-def test_live_bar_on_a_terminal(data):
+def test_live_bar_on_a_terminal(data, make_model):
     class Tty:
         def __init__(self):
             self.text = ""

@@ -11,34 +11,6 @@ import dlrun as dl
 from dlrun.errors import ConfigError, ModelFileError
 
 
-def make_model(seed=0, lr=0.05, optimizer=None):
-    dl.set_seed(seed)
-    model = dl.Sequential([dl.layers.Dense(4, activation="tanh", input_shape=(3,)),
-                           dl.layers.Dense(2, activation="softmax")])
-    model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=lr),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
-
-
-@pytest.fixture
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((10, 3)).astype(np.float32)
-    return x, (x[:, 0] > 0).astype(np.int64)
-
-
-class Scripted(dl.callbacks.Callback):
-    """Puts a scripted 'score' into the epoch logs and records the weights of each epoch."""
-
-    def __init__(self, values):
-        super().__init__()
-        self.values, self.weights = values, []
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.values[epoch]
-        self.weights.append(self.model.get_weights())
-
-
 def assert_same(ws, vs):
     assert len(ws) == len(vs)
     for w, v in zip(ws, vs):
@@ -49,7 +21,7 @@ def assert_same(ws, vs):
 @pytest.mark.parametrize("fn", [lambda epoch: 0.2 * 0.5 ** epoch,
                                 lambda epoch, lr: lr * 0.5 if epoch else 0.2],
                          ids=["epoch", "epoch_lr"])
-def test_scheduler_sets_each_epochs_rate(data, fn):
+def test_scheduler_sets_each_epochs_rate(data, fn, make_model):
     x, y = data
     model = make_model()
     hist = model.fit(x, y, batch_size=10, epochs=4, shuffle=False, verbose=0,
@@ -64,7 +36,7 @@ def test_scheduler_sets_each_epochs_rate(data, fn):
     assert_same(model.get_weights(), by_hand.get_weights())
 
 
-def test_scheduler_errors(data):
+def test_scheduler_errors(data, make_model):
     bad = dl.callbacks.LearningRateScheduler(lambda epoch: "fast")
     with pytest.raises(ConfigError, match="'fast'"):
         make_model().fit(*data, epochs=1, callbacks=[bad], verbose=0)
@@ -77,24 +49,24 @@ def test_scheduler_errors(data):
 
 
 # -- ReduceLROnPlateau ----------------------------------------------------------------------
-def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data):
+def test_reduce_lr_on_plateau_patience_cooldown_min_lr(data, make_model, scripted):
     scores = [5, 4, 4, 4, 4, 4, 3, 3, 3, 3]
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.5, patience=2,
                                             cooldown=1, min_delta=0.0, min_lr=0.02)
     hist = model.fit(*data, epochs=len(scores), verbose=0,
-                     callbacks=[Scripted(scores), reduce])
+                     callbacks=[scripted(scores), reduce])
     # logged at each epoch's end, before that epoch's reduction (as Keras 3 logs it)
     assert hist.history["learning_rate"] == pytest.approx(
         [0.1, 0.1, 0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.025, 0.02])
     assert model.optimizer.learning_rate == pytest.approx(0.02)
 
 
-def test_reduce_lr_on_plateau_max_mode_and_errors(data):
+def test_reduce_lr_on_plateau_max_mode_and_errors(data, make_model, scripted):
     model = make_model(lr=0.1)
     reduce = dl.callbacks.ReduceLROnPlateau(monitor="score", factor=0.1, patience=1,
                                             mode="max")
-    model.fit(*data, epochs=3, verbose=0, callbacks=[Scripted([1, 2, 3]), reduce])
+    model.fit(*data, epochs=3, verbose=0, callbacks=[scripted([1, 2, 3]), reduce])
     assert model.optimizer.learning_rate == 0.1               # rising score: no reduction
     with pytest.raises(ConfigError, match="factor.*1.5"):
         dl.callbacks.ReduceLROnPlateau(factor=1.5)
@@ -104,8 +76,8 @@ def test_reduce_lr_on_plateau_max_mode_and_errors(data):
 
 
 # -- ModelCheckpoint ------------------------------------------------------------------------
-def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path):
-    script = Scripted([0.0] * 3)
+def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path, make_model, scripted):
+    script = scripted([0.0] * 3)
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "m-{epoch:02d}-{loss:.2f}")
     hist = make_model().fit(*data, epochs=3, verbose=0, callbacks=[script, ckpt])
     names = sorted(p.name for p in tmp_path.iterdir())
@@ -116,15 +88,15 @@ def test_checkpoint_every_epoch_with_a_templated_path(data, tmp_path):
         assert loaded.optimizer.iterations == (e + 1) * 1     # 10 samples, batch 32
 
 
-def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path):
-    script = Scripted([3.0, 2.0, 2.5, 1.0, 1.5])
+def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path, make_model, scripted):
+    script = scripted([3.0, 2.0, 2.5, 1.0, 1.5])
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "best", monitor="score",
                                         save_best_only=True)
     make_model().fit(*data, epochs=5, verbose=0, callbacks=[script, ckpt])
     assert ckpt.best == 1.0
     assert_same(dl.load_model(tmp_path / "best").get_weights(), script.weights[3])
     # mode max, weights only
-    script = Scripted([0.5, 0.9, 0.7])
+    script = scripted([0.5, 0.9, 0.7])
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "w.npz", monitor="score", mode="max",
                                         save_best_only=True, save_weights_only=True)
     make_model(seed=1).fit(*data, epochs=3, verbose=0, callbacks=[script, ckpt])
@@ -139,20 +111,9 @@ def test_checkpoint_save_best_only_keeps_the_best_epoch(data, tmp_path):
 
 
 # -- TerminateOnNaN, with a checkpoint --------------------------------------------------------
-class PoisonAfter(dl.callbacks.Callback):
-    """Makes the weights NaN at the end of epoch ``k``, as a diverging run would."""
-
-    def __init__(self, k):
-        super().__init__()
-        self.k = k
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.k:
-            self.good = self.model.get_weights()
-            self.model.set_weights([np.full_like(w, np.nan) for w in self.good])
-
-
-def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data, tmp_path):
+def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data, tmp_path,
+                                                                          make_model,
+                                                                          poison_after):
     x, y = data
     batches = []
 
@@ -160,7 +121,7 @@ def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data,
         def on_train_batch_end(self, batch, logs=None):
             batches.append(batch)
 
-    poison = PoisonAfter(1)
+    poison = poison_after(1)
     ckpt = dl.callbacks.ModelCheckpoint(tmp_path / "ckpt")
     stop = dl.callbacks.TerminateOnNaN(verbose=0)
     with pytest.warns(RuntimeWarning) as caught:
@@ -175,7 +136,7 @@ def test_terminate_on_nan_stops_at_once_and_the_last_good_checkpoint_stays(data,
 
 
 # -- CSVLogger --------------------------------------------------------------------------------
-def test_csv_logger_rows_and_append(data, tmp_path):
+def test_csv_logger_rows_and_append(data, tmp_path, make_model):
     path = tmp_path / "log.csv"
     hist = make_model().fit(*data, epochs=2, validation_data=data, verbose=0,
                             callbacks=[dl.callbacks.CSVLogger(path)])
@@ -193,7 +154,7 @@ def test_csv_logger_rows_and_append(data, tmp_path):
     assert path.read_text().splitlines()[0] == "epoch;accuracy;loss"
 
 
-def test_load_weights_refuses_what_does_not_fit(data, tmp_path):
+def test_load_weights_refuses_what_does_not_fit(data, tmp_path, make_model):
     model = make_model()
     model.save_weights(tmp_path / "w.npz")
     other = dl.Sequential([dl.layers.Dense(5, input_shape=(3,)),

@@ -1,6 +1,6 @@
 """Whole training runs on ``cuda`` against the same runs on the CPU.
 
-Run in a process of its own (``tests/engine/test_device.py`` does): whether ``numba.cuda``
+Run in a process of its own (``tests/engine/core/test_device.py`` does): whether ``numba.cuda``
 drives a GPU or the simulator is fixed when it is first imported. With a GPU visible the
 runs use it; otherwise the script restarts itself with ``NUMBA_ENABLE_CUDASIM=1``. Blocks
 and matmul tiles are patched small so that several blocks and grid-stride rounds run on
@@ -11,7 +11,7 @@ Each case builds the same model twice from one seed, trains one on ``cpu`` and o
 metrics and every weight (optimizer state and batch-norm statistics included). Prints
 one line per case and the MLP's kernel launches per step; exits 1 on any mismatch::
 
-    python tests/engine/device_fit_check.py
+    python tests/engine/core/device_fit_check.py
 """
 from __future__ import annotations
 
@@ -21,21 +21,12 @@ import tempfile
 import time
 import traceback
 import warnings
+from pathlib import Path
 
 import numpy as np
 
-
-def use_simulator_unless_gpu() -> None:
-    """Re-run this script under the simulator unless a real GPU is available."""
-    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
-        return
-    from numba import cuda
-
-    if not cuda.is_available():
-        sys.stdout.flush()
-        os.execve(sys.executable, [sys.executable, *sys.argv],
-                  dict(os.environ, NUMBA_ENABLE_CUDASIM="1"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))     # tests/, for cuda_child
+from cuda_child import use_simulator_unless_gpu  # noqa: E402
 
 use_simulator_unless_gpu()
 

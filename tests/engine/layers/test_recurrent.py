@@ -1,32 +1,17 @@
-"""SimpleRNN and LSTM against independent numpy references written here (one step at a
-time), Keras's weight layout and gate order, output shapes both ways, configs, saving,
-the zoo's lstm model, and a small LSTM that learns."""
+"""engine/layers/recurrent.py: SimpleRNN and LSTM through the harness against numpy
+references written here (one sample and one step at a time), Keras's weight layout, gate
+order and initial weights, the errors, saving a stacked model, the zoo's lstm model, and a
+small LSTM that learns."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 import dlrun as dl
-from dlrun import ops
-from dlrun.engine.core.graph import Placeholder
-from dlrun.engine.layers import LAYERS, layer_from_config
-from dlrun.engine.core.plan import Plan
 from dlrun.errors import ConfigError, ShapeError
-from dlrun.ops import Spec
 
 L = dl.layers
-TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-def run(layer, x, training=False):
-    """The layer's output for a batch ``x`` (building it first), through a real plan."""
-    xp = Placeholder(Spec(x.shape, x.dtype))
-    layer.ensure_built(x.shape[1:])
-    out = layer.call(xp, training)
-    plan = Plan([xp], [out], layer.weights)
-    plan.feed[xp][...] = x
-    plan.run()
-    return plan.value(out).copy()
+TOL = {"rtol": 1e-5, "atol": 1e-5}
 
 
 def sequences(*shape, seed=0):
@@ -63,32 +48,39 @@ def lstm_ref(x, kernel, recurrent, bias):
     return out
 
 
-# -- values and shapes -----------------------------------------------------------------------
+def outputs(return_sequences):
+    """The layer's output from every step's states: all of them, or the last."""
+    return (lambda h: h) if return_sequences else (lambda h: h[:, -1])
+
+
+# -- through the harness ---------------------------------------------------------------------
 @pytest.mark.parametrize("return_sequences", [True, False])
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
-def test_simple_rnn_matches_reference(activation, return_sequences):
-    x = sequences(3, 5, 4)
-    layer = L.SimpleRNN(6, activation=activation, return_sequences=return_sequences,
-                        bias_initializer="glorot_uniform")
-    y = run(layer, x)
-    want = rnn_ref(x, *layer.get_weights(), activation)
-    assert y.shape == ((3, 5, 6) if return_sequences else (3, 6))
-    assert layer.compute_output_shape((5, 4)) == y.shape[1:]
-    np.testing.assert_allclose(y, want if return_sequences else want[:, -1], **TOL)
+def test_simple_rnn(check_layer, activation, return_sequences):
+    out = outputs(return_sequences)
+    check_layer(L.SimpleRNN, (4, 3), lambda x, *w: out(rnn_ref(x, *w, activation)),
+                units=5, activation=activation, return_sequences=return_sequences)
 
 
 @pytest.mark.parametrize("return_sequences", [True, False])
-def test_lstm_matches_reference(return_sequences):
-    x = sequences(3, 6, 4)
-    layer = L.LSTM(5, return_sequences=return_sequences, bias_initializer="glorot_uniform")
-    y = run(layer, x)
-    want = lstm_ref(x, *layer.get_weights())
-    assert y.shape == ((3, 6, 5) if return_sequences else (3, 5))
-    assert layer.compute_output_shape((6, 4)) == y.shape[1:]
-    np.testing.assert_allclose(y, want if return_sequences else want[:, -1], **TOL)
+def test_lstm(check_layer, return_sequences):
+    out = outputs(return_sequences)
+    check_layer(L.LSTM, (4, 3), lambda x, *w: out(lstm_ref(x, *w)), units=2,
+                return_sequences=return_sequences)
 
 
-def test_lstm_weights_in_keras_layout_and_gate_order():
+def test_lstm_one_step_one_sample_and_other_arguments(check_layer):
+    check_layer(L.LSTM, (1, 2), lambda x, *w: lstm_ref(x, *w)[:, -1], units=3)  # no recurrence
+    check_layer(L.LSTM, (3, 2), lambda x, *w: lstm_ref(x, *w)[:, -1], units=3, batch=1,
+                unit_forget_bias=False, recurrent_initializer="glorot_uniform",
+                recurrent_regularizer=dl.regularizers.l2(0.001))
+    check_layer(L.SimpleRNN, (3, 2), lambda x, *w: rnn_ref(x, *w, "relu"), units=3,
+                activation="relu", return_sequences=True, kernel_initializer="he_normal",
+                kernel_regularizer=dl.regularizers.l2(0.01))
+
+
+# -- Keras's layout ----------------------------------------------------------------------------
+def test_lstm_weights_in_keras_layout_and_gate_order(run_layer):
     """W, U, b of shapes (in, 4u), (u, 4u), (4u,), gates i, f, c, o: with W = U = 0 each
     gate is a constant, and the cell follows c_t = f c_{t-1} + i g in closed form."""
     layer = L.LSTM(2, return_sequences=True)
@@ -99,7 +91,7 @@ def test_lstm_weights_in_keras_layout_and_gate_order():
     zi, zf, zc, zo = 0.3, 1.2, -0.7, 0.5
     layer.set_weights([np.zeros_like(kernel), np.zeros_like(recurrent),
                        np.repeat(np.float32([zi, zf, zc, zo]), 2)])
-    y = run(layer, sequences(1, 4, 3))
+    y = run_layer(layer, sequences(1, 4, 3))
     i, f, g, o = sigmoid(zi), sigmoid(zf), np.tanh(zc), sigmoid(zo)
     c = i * g * (1 - f ** np.arange(1, 5)) / (1 - f)
     np.testing.assert_allclose(y[0], np.stack([o * np.tanh(c)] * 2, axis=1), **TOL)
@@ -117,21 +109,9 @@ def test_initial_weights_as_keras_makes_them():
     assert not L.LSTM(8, unit_forget_bias=False).get_config()["unit_forget_bias"]
 
 
-def test_recurrent_ops_gradcheck_relu_and_one_step():
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 3, 2))
-    w, u, b = rng.standard_normal((2, 3)), 0.5 * rng.standard_normal((3, 3)), \
-        rng.uniform(0.2, 0.5, 3)
-    assert ops.gradcheck("simple_rnn", x, w, u, b, activation="relu")
-    w4, u4, b4 = (rng.standard_normal((2, 12)), 0.5 * rng.standard_normal((3, 12)),
-                  rng.standard_normal(12))
-    assert ops.gradcheck("lstm", x[:, :1], w4, u4, b4)            # no recurrence at all
-    assert ops.gradcheck("lstm", x[:1], w4, u4, b4)               # a single sample
-
-
-def test_errors_name_the_problem():
+def test_errors_name_the_problem(run_layer):
     with pytest.raises(ShapeError, match="sequences of shape"):
-        run(L.LSTM(4), sequences(2, 8))
+        run_layer(L.LSTM(4), sequences(2, 8))
     with pytest.raises(ConfigError, match="units"):
         L.LSTM(0)
     with pytest.raises(ConfigError, match="activation"):
@@ -140,19 +120,7 @@ def test_errors_name_the_problem():
         L.LSTM(3, recurrent_initializer="nope")
 
 
-# -- configs, models -------------------------------------------------------------------------
-@pytest.mark.parametrize("layer", [
-    L.SimpleRNN(3, activation="relu", return_sequences=True, kernel_initializer="he_normal",
-                kernel_regularizer=dl.regularizers.l2(0.01)),
-    L.LSTM(4, unit_forget_bias=False, recurrent_initializer="glorot_uniform",
-           recurrent_regularizer=dl.regularizers.l2(0.001))])
-def test_get_config_round_trip(layer):
-    name = type(layer).__name__
-    assert LAYERS[name] is type(layer)
-    again = layer_from_config(name, layer.get_config())
-    assert again.get_config() == layer.get_config()
-
-
+# -- in models ---------------------------------------------------------------------------------
 def test_stacked_recurrent_model_saves_and_loads(tmp_path):
     dl.set_seed(0)
     x = sequences(4, 5, 3)

@@ -33,10 +33,14 @@ def collect() -> list:
     # which kernels OpenBLAS runs decides much of the speed: say when the environment forces
     # them (e.g. OPENBLAS_CORETYPE=Haswell, AVX2 only, on a CPU that has AVX-512)
     forced = os.environ.get("OPENBLAS_CORETYPE")
-    blas = [f"{i.get('internal_api')} {i.get('version')}, {i.get('architecture') or '?'} "
-            f"kernels{' (OPENBLAS_CORETYPE)' if forced and i.get('internal_api') == 'openblas' else ''}"
-            f" ({i.get('num_threads')} threads)"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
+    blas = []
+    for i in threadpool_info():
+        if i.get("user_api") != "blas":
+            continue
+        why = " (OPENBLAS_CORETYPE)" if forced and i.get("internal_api") == "openblas" else ""
+        blas.append(f"{i.get('internal_api')} {i.get('version')}, "
+                    f"{i.get('architecture') or '?'} kernels{why} ({i.get('num_threads')} "
+                    "threads)")
     rows = [("dlrun", __version__), ("python", platform.python_version())]
     rows += [(p, _version(p)) for p in ("numpy", "numba", "scipy", "zarr", "ray", "click")]
     rows += [("cores available", available_cores()),

@@ -93,3 +93,8 @@ def get(name_or_fn):
     except (KeyError, TypeError):
         raise ConfigError(f"unknown initializer {name_or_fn!r}; expected one of "
                           f"{sorted(INITIALIZERS)} or a callable(shape, dtype)") from None
+
+
+def serialize(init) -> str:
+    """What a config stores for an initializer: its name (a callable's ``__name__``)."""
+    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer, initializer_name, positive_int, require_features
+from dlrun.engine.layers.base import Layer, positive_int, require_features
 
 
 class _WithAlpha(Layer):
@@ -58,7 +58,7 @@ class PReLU(Layer):
 
     def get_config(self):
         return super().get_config() | {
-            "alpha_initializer": initializer_name(self.alpha_initializer)}
+            "alpha_initializer": initializers.serialize(self.alpha_initializer)}
 
 
 class Softmax(Layer):
@@ -99,5 +99,5 @@ class Maxout(Layer):
     def get_config(self):
         return super().get_config() | {
             "units": self.units, "pieces": self.pieces,
-            "kernel_initializer": initializer_name(self.kernel_initializer),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}

@@ -173,11 +173,6 @@ def require_images(layer: Layer, input_shape: tuple) -> None:
                          f"(batch, {', '.join(map(str, input_shape))})")
 
 
-def initializer_name(init) -> str:
-    """What a config stores for an initializer: its name (a callable's ``__name__``)."""
-    return init if isinstance(init, str) else getattr(init, "__name__", repr(init))
-
-
 class KernelLayer(Layer):
     """Base of layers with a kernel, an optional bias and an activation (Dense, Conv2D):
     the shared arguments, their checks, the two weights and their config."""
@@ -204,7 +199,7 @@ class KernelLayer(Layer):
     def get_config(self):
         return super().get_config() | {
             "activation": self.activation, "use_bias": self.use_bias,
-            "kernel_initializer": initializer_name(self.kernel_initializer),
-            "bias_initializer": initializer_name(self.bias_initializer),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer)}

@@ -6,7 +6,7 @@ import numpy as np
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
 from dlrun.engine.layers.base import (KernelLayer, Layer, activate, activation_op,
-                                     initializer_name, positive_int, require_features)
+                                     positive_int, require_features)
 from dlrun.errors import ConfigError, ShapeError
 
 
@@ -81,7 +81,7 @@ class Highway(Layer):
     def get_config(self):
         return super().get_config() | {
             "activation": self.activation, "transform_bias": self.transform_bias,
-            "kernel_initializer": initializer_name(self.kernel_initializer),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
 
 

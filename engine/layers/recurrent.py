@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer, initializer_name, positive_int
+from dlrun.engine.layers.base import Layer, positive_int
 from dlrun.errors import ConfigError, ShapeError
 
 
@@ -62,9 +62,9 @@ class _Recurrent(Layer):
     def get_config(self):
         return super().get_config() | {
             "units": self.units, "return_sequences": self.return_sequences,
-            "kernel_initializer": initializer_name(self.kernel_initializer),
-            "recurrent_initializer": initializer_name(self.recurrent_initializer),
-            "bias_initializer": initializer_name(self.bias_initializer),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
             "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
             "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer)}
 

@@ -100,7 +100,7 @@ class Functional(Model):
         ref = self._ref
         layers = []
         for layer in self._layers:
-            calls = [c for c in getattr(layer, "_calls", []) if c in self._calls]
+            calls = [c for c in layer.calls if c in self._calls]
             layers.append({"class_name": type(layer).__name__, "name": layer.name,
                            "config": layer.get_config(),
                            "inbound_nodes": [[ref(t) for t in c.inputs] for c in calls]})
@@ -113,7 +113,7 @@ class Functional(Model):
 
     def _ref(self, t: SymbolicTensor) -> list:
         """[layer name, index of the call among those in this model, 0]"""
-        calls = [c for c in getattr(t.call.layer, "_calls", [])
+        calls = [c for c in t.call.layer.calls
                  if c in self._calls or isinstance(c.layer, InputLayer)]
         return [t.call.layer.name, calls.index(t.call), 0]
 
@@ -212,7 +212,7 @@ def from_config(config: dict) -> Functional:
             raise ConfigError(f"a layer reads an unknown layer {unknown[0]!r}")
 
     def tensor(ref):
-        calls = getattr(layers[ref[0]], "_calls", [])
+        calls = layers[ref[0]].calls
         index = int(ref[1])
         return calls[index].output if index < len(calls) else None
 
@@ -222,7 +222,7 @@ def from_config(config: dict) -> Functional:
         left = []
         for layer, k, refs in pending:
             args = [tensor(r) for r in refs]
-            if any(a is None for a in args) or len(getattr(layer, "_calls", [])) != k:
+            if any(a is None for a in args) or len(layer.calls) != k:
                 left.append((layer, k, refs))
             else:
                 layer(args if len(args) > 1 else args[0])

@@ -86,7 +86,9 @@ def test_resume_continues_a_run_bitwise(tmp_path):
     assert a.optimizer.iterations == b.optimizer.iterations
     rows = (split / "metrics.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows] == ["epoch", "1", "2", "3"]
-    cut = lambda line: line.split(",", 2)[2]              # without epoch and seconds
+    def cut(line):                                        # without epoch and seconds
+        return line.split(",", 2)[2]
+
     assert [cut(r) for r in rows] == [cut(r) for r in
                                       (straight / "metrics.csv").read_text().splitlines()]
     assert json.loads((split / "summary.json").read_text())["resumed_after_epoch"] == 2
@@ -128,11 +130,11 @@ def test_recipe_options_build_the_model_they_name(tmp_path):
                 "0.3", "--augment", "0.1", "--schedule", "cosine", "--optimizer", "adam")
     assert res.exit_code == 0, res.output
     model = dl.load_model(tmp_path / "r" / "model")
-    kinds = [type(l).__name__ for l in model.layers]
+    kinds = [type(layer).__name__ for layer in model.layers]
     assert kinds == ["RandomTranslation", "Flatten", "Dense", "Dropout", "Dense", "Dropout",
                      "Dense"]
-    assert all(l.kernel_regularizer.l2 == 0.001 for l in model.layers
-               if type(l).__name__ == "Dense")
+    assert all(layer.kernel_regularizer.l2 == 0.001 for layer in model.layers
+               if type(layer).__name__ == "Dense")
     assert type(model.optimizer.schedule).__name__ == "CosineDecay"
 
 
@@ -144,3 +146,12 @@ def test_lr_scaling_auto_is_linear_for_a_few_workers(workers, given, want):
 
     assert effective_lr_scaling(TrainConfig(workers=workers, lr_scaling=given)) == want
     assert TrainConfig().lr_scaling == "auto"
+
+
+def test_dlrun_train_picks_adam_for_lstm_unless_told():
+    from dlrun.cli.runs import TrainConfig, make_optimizer
+
+    assert type(make_optimizer(TrainConfig(model="lstm"))).__name__ == "Adam"
+    assert type(make_optimizer(TrainConfig(model="cnn"))).__name__ == "SGD"
+    cfg = TrainConfig(model="lstm", optimizer="sgd")
+    assert type(make_optimizer(cfg)).__name__ == "SGD" and cfg.lr == 0.05

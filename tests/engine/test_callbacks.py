@@ -42,8 +42,8 @@ def test_custom_callback_receives_hooks_in_order(data, make_model):
     assert rec.model is model
     assert rec.params == {"epochs": 2, "steps": 3, "verbose": 0}
     epoch_logs = [c[2] for c in rec.calls if c[0] == "epoch_end"]
-    assert [l["loss"] for l in epoch_logs] == hist.history["loss"]
-    assert [l["accuracy"] for l in epoch_logs] == hist.history["accuracy"]
+    assert [e["loss"] for e in epoch_logs] == hist.history["loss"]
+    assert [e["accuracy"] for e in epoch_logs] == hist.history["accuracy"]
     assert all("loss" in c[2] for c in rec.calls if c[0] == "batch_end")
 
 

@@ -1,4 +1,5 @@
-"""Initialisers: the orthogonal one (QR of a normal matrix, sign-fixed, any aspect ratio)."""
+"""Initialisers: Keras' variance scaling (glorot and he, uniform and normal) and the orthogonal
+one (QR of a normal matrix, sign-fixed, any aspect ratio)."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,3 +39,25 @@ def test_orthogonal_is_not_biased_by_the_qr_signs():
 def test_orthogonal_needs_two_axes():
     with pytest.raises(ConfigError, match="at least 2 axes"):
         dl.initializers.orthogonal((4,))
+
+
+@pytest.mark.parametrize("name,shape", [
+    ("glorot_uniform", (60, 40)), ("he_uniform", (60, 40)), ("glorot_normal", (60, 40)),
+    ("he_normal", (60, 40)), ("glorot_uniform", (8, 3, 5, 5)), ("he_normal", (8, 3, 5, 5)),
+])
+def test_variance_scaling_initializers(name, shape):
+    """Keras' variance scaling: fans of (in, out) or (out_ch, in_ch, kh, kw); uniform on
+    [-l, l] with l = sqrt(3 var); normals truncated at two (pre-truncation) deviations."""
+    field = int(np.prod(shape[2:]))
+    fan_in, fan_out = (shape[0], shape[1]) if len(shape) == 2 else \
+        (shape[1] * field, shape[0] * field)
+    var = 2 / (fan_in + fan_out) if name.startswith("glorot") else 2 / fan_in
+    dl.set_seed(0)
+    w = dl.initializers.get(name)(shape, np.float32)
+    assert w.shape == shape and w.dtype == np.float32
+    assert w.std() == pytest.approx(np.sqrt(var), rel=0.06)
+    assert abs(w.mean()) < 0.1 * np.sqrt(var)
+    if name.endswith("uniform"):
+        assert np.abs(w).max() <= np.sqrt(3 * var) * (1 + 1e-6)
+    else:
+        assert np.abs(w).max() <= 2 * np.sqrt(var) / 0.87962566103423978 * (1 + 1e-6)

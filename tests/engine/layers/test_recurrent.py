@@ -161,10 +161,3 @@ def test_lstm_learns_the_sign_of_a_sum():
     assert h["accuracy"][-1] > 0.9
 
 
-def test_dlrun_train_picks_adam_for_lstm_unless_told():
-    from dlrun.cli.runs import TrainConfig, make_optimizer
-
-    assert type(make_optimizer(TrainConfig(model="lstm"))).__name__ == "Adam"
-    assert type(make_optimizer(TrainConfig(model="cnn"))).__name__ == "SGD"
-    cfg = TrainConfig(model="lstm", optimizer="sgd")
-    assert type(make_optimizer(cfg)).__name__ == "SGD" and cfg.lr == 0.05

@@ -123,7 +123,7 @@ def test_file_layout_is_json_and_npz_without_pickle(tmp_path, data):
     assert sorted(os.listdir(tmp_path)) == ["m"]                # no temporary left behind
     meta = json.loads((path / "model.json").read_text())
     assert meta["class_name"] == "Sequential"
-    assert [l["class_name"] for l in meta["config"]["layers"]] == ["Dense", "Dropout", "Dense"]
+    assert [e["class_name"] for e in meta["config"]["layers"]] == ["Dense", "Dropout", "Dense"]
     with np.load(path / "weights.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     assert all(a.dtype != object for a in arrays.values())

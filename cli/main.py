@@ -71,6 +71,10 @@ def main():
               help="Dropout rate after each hidden layer.")
 @click.option("--augment", default=0.0, show_default=True, type=click.FloatRange(0, 1),
               help="Shift training images randomly by up to this fraction of their size.")
+@click.option("--class-weight", default=None,
+              help="Weigh each sample's loss by its class: 'balanced' (each class as much as "
+                   "if all were equally frequent), or LABEL:WEIGHT pairs such as 0:1,1:5 "
+                   "(classes left out weigh 1).")
 @click.option("--seed", default=0, show_default=True, type=int,
               help="Seed of initial weights, shuffling and dropout.")
 @click.option("--threads", default=None, type=click.IntRange(1),
@@ -117,9 +121,9 @@ def main():
                    "gone), wait: stop (resume later), continue: go on with the others.")
 @friendly_errors
 def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
-          weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, seed, threads, device,
-          out, verbose, resume_dir, workers, address, average_every, optimizer_state,
-          lr_scaling, sync_warmup, checkpoint_every, on_lost):
+          weight_decay, clipnorm, schedule, warmup, l2, dropout, augment, class_weight, seed,
+          threads, device, out, verbose, resume_dir, workers, address, average_every,
+          optimizer_state, lr_scaling, sync_warmup, checkpoint_every, on_lost):
     """Train a model on a dataset and write a run folder.
 
     The run folder holds metrics.csv (one row per epoch: loss and accuracy on the
@@ -161,7 +165,8 @@ def train(dataset, model, epochs, batch_size, optimizer, lr, momentum, nesterov,
     cfg = TrainConfig(dataset=dataset, model=model, epochs=epochs, batch_size=batch_size,
                       optimizer=optimizer, lr=lr, momentum=momentum, nesterov=nesterov,
                       weight_decay=weight_decay, clipnorm=clipnorm, schedule=schedule,
-                      warmup=warmup, l2=l2, dropout=dropout, augment=augment, seed=seed,
+                      warmup=warmup, l2=l2, dropout=dropout, augment=augment,
+                      class_weight=class_weight, seed=seed,
                       threads=threads, out=out, verbose=verbose, workers=workers,
                       average_every=average_every, optimizer_state=optimizer_state,
                       lr_scaling=lr_scaling, sync_warmup=sync_warmup, address=address,

@@ -54,6 +54,7 @@ class TrainConfig:
     checkpoint_every: int = 0        # rounds between mid-epoch checkpoints (0: epochs only)
     on_lost: str = "wait"            # no room for a lost worker's replacement: wait|continue
     device: str = "cpu"              # cpu, cuda, or auto (cuda when a GPU is usable)
+    class_weight: str | None = None  # 'balanced', or 'LABEL:WEIGHT,...'; None: all 1
 
 
 # Learning rates that train the zoo's models on the shipped datasets in a few epochs.
@@ -247,22 +248,26 @@ def _train(cfg: TrainConfig, echo, out: Path | None = None, done: int = 0) -> di
     threads, device = _threads_and_device(cfg, distributed)
     dl.set_seed(cfg.seed)
     ds, (x, y), test = _training_data(cfg)
+    class_weight = parse_class_weight(cfg.class_weight, y)
     model = build_run_model(cfg, x.shape[1:], ds.classes)
     opt, scaling = _compile(cfg, model, len(x), device, distributed)
     resuming = out is not None
     out = out if resuming else run_folder(cfg)
     (out / "config.json").write_text(json.dumps(asdict(cfg) | {"threads": threads}, indent=2))
     _announce(cfg, model, ds, len(x), test, opt, threads, device, scaling, echo)
+    if class_weight:
+        echo("class weights " + ", ".join(f"{k}: {w:.3g}" for k, w in
+                                          sorted(class_weight.items())))
     if resuming:
         echo(f"resuming {out} after epoch {done}")
     log = MetricsLog(out / "metrics.csv", append=resuming)
     backup = BackupAndRestore(out / "checkpoint", delete_checkpoint=False)
     t_fit = time.perf_counter()
     if distributed:
-        _fit_distributed(cfg, model, ds, test, [log, backup], out, echo)
+        _fit_distributed(cfg, model, ds, test, [log, backup], out, echo, class_weight)
     else:
         model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, verbose=cfg.verbose,
-                  validation_data=test, callbacks=[log, backup])
+                  validation_data=test, callbacks=[log, backup], class_weight=class_weight)
     fit_s = time.perf_counter() - t_fit
     summary = _summary(cfg, ds.name, len(x), fit_s, log.first_step_s + (t_fit - t_start),
                        backup.restored_epoch)
@@ -397,7 +402,23 @@ def _check_cluster_options(cfg: TrainConfig) -> None:
                       RuntimeWarning, stacklevel=3)
 
 
-def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, echo) -> None:
+def parse_class_weight(text: str | None, y) -> dict | None:
+    """``--class-weight``: ``balanced`` (counted over the training labels ``y``), or
+    ``LABEL:WEIGHT,...`` (classes left out weigh 1); None for none."""
+    from dlrun.engine.models.data import check_class_weight
+
+    if text is None or text == "balanced":
+        return check_class_weight(text, y)
+    try:
+        pairs = dict(item.split(":") for item in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--class-weight takes 'balanced' or LABEL:WEIGHT pairs joined by "
+                          f"commas (e.g. 0:1,1:5); got {text!r}") from None
+    return check_class_weight(pairs)
+
+
+def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, echo,
+                     class_weight: dict | None = None) -> None:
     """Train on ``cfg.workers`` Ray workers (a local instance unless an address is given);
     faults handled are echoed and appended to ``events.log`` in the run folder."""
     from dlrun.cluster import ray_session, train_distributed
@@ -420,7 +441,8 @@ def _fit_distributed(cfg: TrainConfig, model, ds, test, callbacks, out: Path, ec
                               sync_warmup=cfg.sync_warmup, epochs=cfg.epochs,
                               batch_size=cfg.batch_size, seed=cfg.seed, threads=cfg.threads,
                               validation_data=test, callbacks=callbacks, verbose=cfg.verbose,
-                              echo=echo, on_event=on_event, announce=False,
+                              class_weight=class_weight, echo=echo, on_event=on_event,
+                              announce=False,
                               checkpoint_dir=out / "checkpoint",
                               checkpoint_every=cfg.checkpoint_every,
                               on_lost=cfg.on_lost, device=cfg.device)

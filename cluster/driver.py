@@ -19,9 +19,10 @@ import numpy as np
 from dlrun.cluster.checkpoints import restore_round
 from dlrun.cluster.rounds import Rounds
 from dlrun.cluster.worker import (OPTIMIZER_STATES, flatten_optimizer_state, flatten_weights,
-                                  model_spec)
+                                  model_spec, training_labels)
 from dlrun.engine.callbacks import History
 from dlrun.engine.models import data
+from dlrun.engine.models.data import check_class_weight
 from dlrun.engine.models.training import Loop
 from dlrun.errors import ClusterError, ConfigError
 
@@ -76,8 +77,9 @@ class Options:
 
 
 def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
-                      validation_data=None, callbacks=None, verbose=1, echo=print,
-                      on_event=None, announce: bool = True, **options) -> History:
+                      validation_data=None, callbacks=None, verbose=1, class_weight=None,
+                      echo=print, on_event=None, announce: bool = True,
+                      **options) -> History:
     """Train ``model`` (built and compiled) data-parallel on several workers.
 
     Parameters
@@ -88,6 +90,8 @@ def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
     epochs, batch_size, callbacks, verbose, validation_data : as for ``model.fit``
         (``batch_size`` per worker); metrics come per epoch, and callbacks see a round as
         a batch, and ``params['workers']``: each worker's pid, samples, batches, threads.
+    class_weight : ``{label: weight}``, or ``'balanced'`` (counted over the whole
+        training split), weighing each sample's loss as ``fit`` does.
     echo, on_event : where lines of text go (the start line, faults handled); ``on_event``
         is called with each fault's line too.
     announce : print the global batch and the choices at the start (with ``verbose``).
@@ -130,6 +134,8 @@ def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
     initial_epoch = resume.epoch if resume is not None else 0
     start = restore_round(model, opts.checkpoint_dir, initial_epoch, echo)
     spec, out = _prepare(model, batch_size, opts, resources["device"])
+    spec["class_weight"] = check_class_weight(
+        class_weight, training_labels(dataset) if class_weight == "balanced" else None)
     rounds = Rounds(model, out, lambda n: [(i, n, spec, dataset, batch_size, opts.seed,
                                             resources["threads"]) for i in range(n)],
                     opts, resources, echo, on_event)
@@ -137,6 +143,8 @@ def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
         loop.params["workers"] = rounds.infos
         if loop.verbose and announce:
             echo(_start_line(spec, batch_size, opts, resources["threads"]))
+            if spec["class_weight"]:
+                echo(f"class weights {_weights_text(spec['class_weight'])}")
         for epoch in range(initial_epoch, epochs):
             if rounds.reshard():                 # workers were dropped: share out again
                 loop.params["workers"] = rounds.infos
@@ -244,6 +252,10 @@ def _start_line(spec: dict, batch_size: int, opts: Options, threads: int) -> str
             f"{opts.average_every} steps (sync warm-up {opts.sync_warmup}); optimizer state "
             f"{opts.optimizer_state}; lr scaling {opts.lr_scaling} (worker lr "
             f"{lr if not isinstance(lr, dict) else 'schedule'})")
+
+
+def _weights_text(class_weight: dict) -> str:
+    return ", ".join(f"{k}: {w:.3g}" for k, w in sorted(class_weight.items()))
 
 
 def default_threads(workers: int) -> int:

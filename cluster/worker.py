@@ -15,6 +15,7 @@ import numpy as np
 from dlrun.cluster.exchange import map_arrays, plain_number
 from dlrun.engine.core.backend import pack
 from dlrun.engine.metrics import Tally
+from dlrun.engine.models.data import check_class_weight, class_weights
 from dlrun.errors import ConfigError
 
 OPTIMIZER_STATES = ("average", "reset", "local")
@@ -53,6 +54,16 @@ STREAM_CHUNKS_PER_WORKER = 4
 # first epoch: decoding and checking the same chunks again every epoch cost ~5% of a
 # worker's time (MLP 784-500-500-10, 1 thread)
 CACHE_BYTES = 1 << 30
+
+
+def training_labels(data) -> np.ndarray:
+    """All the labels of the training split (what ``class_weight='balanced'`` counts)."""
+    from dlrun.datasets import open_dataset
+
+    if isinstance(data, (tuple, list)):
+        return np.asarray(data[1])
+    ds = open_dataset(data)
+    return ds.arrays("train" if "train" in ds.splits else None)[1][:]
 
 
 def load_shard(data, index: int, count: int, batch_size: int, seed: int):
@@ -142,6 +153,7 @@ class Worker:
         if self.loader.in_memory:             # (a streamed dataset's labels are checked)
             self.loader.y = check_targets(self.model.loss, self.loader.y,
                                           self.model.output_shape)
+        self.class_weight = check_class_weight(spec.get("class_weight"))
         self.params = self.model.weights_params()
         self.weights = flatten_weights(self.model)
         self.model.program("train", batch_size)      # creates the optimizer's state
@@ -229,7 +241,9 @@ class Worker:
             except StopIteration:
                 done = True
                 break
-            tally.add_batch(model.run_batch("train", xb, yb, self._arange(len(xb))))
+            weights = None if self.class_weight is None else \
+                class_weights(yb, self.class_weight)
+            tally.add_batch(model.run_batch("train", xb, yb, self._arange(len(xb)), weights))
             steps += 1
         model.sync_to_host()      # on cuda: the packed host buffers get the new values
         self._pos = (state["epoch"], state["position"] + steps)

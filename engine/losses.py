@@ -33,8 +33,14 @@ def target_placeholder(name: str, output) -> Placeholder:
     return Placeholder(Spec(output.shape, output.dtype), name="y")
 
 
-def loss_node(name: str, output, target):
-    """(loss tensor, prediction tensor) for a model output and its target placeholder.
+def weights_placeholder(output) -> Placeholder:
+    """The placeholder of a batch's per-sample loss weights (ones unless given)."""
+    return Placeholder(Spec(output.shape[:1], output.dtype), name="sample_weight")
+
+
+def loss_node(name: str, output, target, weights):
+    """(loss tensor, prediction tensor) for a model output, its target placeholder and the
+    per-sample weights: ``sum_i w_i loss_i / batch``, as Keras weighs samples.
 
     A softmax output followed by cross entropy becomes one fused op on the logits; the
     fused op's probabilities are the predictions (identical to the softmax output).
@@ -48,9 +54,9 @@ def loss_node(name: str, output, target):
         if len(output.shape) != 2:
             raise ConfigError(f"loss {name!r} needs outputs of shape (batch, classes), "
                               f"got {output.shape}")
-        loss = apply(op, output.node.inputs[0], target)
+        loss = apply(op, output.node.inputs[0], target, weights)
         return loss, loss.node.outputs[1]
-    return apply(op, output, target), output
+    return apply(op, output, target, weights), output
 
 
 def check_targets(name: str, y: np.ndarray, output_shape: tuple) -> np.ndarray:

@@ -109,7 +109,9 @@ def count(x) -> int:
 
 
 def rows(data, which: slice):
-    """Rows ``which`` of one array, or of each of a list."""
+    """Rows ``which`` of one array, or of each of a list (None stays None)."""
+    if data is None:
+        return None
     return [a[which] for a in data] if isinstance(data, list) else data[which]
 
 
@@ -120,3 +122,85 @@ def batch_size(value) -> int:
     if not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {value!r}")
     return int(value)
+
+
+def class_weights(y, class_weight: dict) -> np.ndarray:
+    """Per-sample weights ``class_weight[label]`` for the targets ``y`` of one output, as
+    Keras reads labels: integer labels as given, one-hot rows by their argmax, a single
+    probability column rounded; a label the dict leaves out weighs 1."""
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+    labels = np.round(y).astype(np.int64)
+    table = np.ones(max(int(labels.max(initial=0)), max(class_weight, default=0)) + 1)
+    for label, w in class_weight.items():
+        table[label] = w
+    return table[labels].astype(np.float32)
+
+
+def balanced_class_weight(y) -> dict:
+    """``{label: samples / (classes * count)}`` over the labels present in ``y``: every
+    class weighs as much in the loss as if the classes were equally frequent (the
+    definition scikit-learn's ``class_weight='balanced'`` uses)."""
+    y = np.asarray(y)
+    if y.ndim > 1:
+        y = np.argmax(y, axis=-1) if y.shape[-1] != 1 else y[..., 0]
+    labels, counts = np.unique(np.round(y).astype(np.int64), return_counts=True)
+    return {int(k): float(len(y) / (len(labels) * c)) for k, c in zip(labels, counts)}
+
+
+def check_class_weight(class_weight, y=None) -> dict | None:
+    """``class_weight`` as ``{int label: float weight >= 0}``: a dict (JSON's string keys
+    accepted), or ``'balanced'`` given the labels ``y``; None stays None."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ConfigError(f"class_weight must be a dict {{label: weight}} or "
+                              f"'balanced', got {class_weight!r}")
+        if y is None:
+            raise ConfigError("class_weight='balanced' needs the training labels")
+        return balanced_class_weight(y)
+    if not isinstance(class_weight, dict):
+        raise ConfigError(f"class_weight must be a dict {{label: weight}} or 'balanced', "
+                          f"got a {type(class_weight).__name__}")
+    out = {}
+    for k, w in class_weight.items():
+        try:
+            label = int(k)
+            weight = float(w)
+        except (TypeError, ValueError):
+            label, weight = -1, -1.0
+        if label < 0 or (isinstance(k, float) and k != label) or not weight >= 0 \
+                or not np.isfinite(weight):
+            raise ConfigError(f"class_weight maps class labels (integers >= 0) to weights "
+                              f"(numbers >= 0); got {k!r}: {w!r}")
+        out[label] = weight
+    return out
+
+
+def sample_weights(model, y, samples: int, sample_weight=None, class_weight=None):
+    """The per-sample loss weights of checked targets ``y``: ``sample_weight`` (an array
+    of one weight per sample), times ``class_weight``'s weight of each sample's class (a
+    model of one output only); None when neither is given."""
+    if class_weight is not None and model._multi_output:
+        raise ConfigError("class_weight is for models of one output; give sample_weight "
+                          "for a model of several")
+    out = None
+    if sample_weight is not None:
+        out = np.asarray(sample_weight, np.float32)
+        if out.ndim == 2 and out.shape[1] == 1:
+            out = out[:, 0]
+        if out.shape != (samples,):
+            raise DataError(f"sample_weight needs one weight per sample, shape ({samples},); "
+                            f"got {np.shape(sample_weight)}")
+        bad = np.flatnonzero(~(np.isfinite(out) & (out >= 0)))
+        if bad.size:
+            raise DataError(f"sample_weight {out[bad[0]]!r} at sample {bad[0]}: weights "
+                            "must be finite numbers >= 0")
+        out = np.ascontiguousarray(out)
+    cw = check_class_weight(class_weight, y)
+    if cw is not None:
+        by_class = class_weights(y, cw)
+        out = by_class if out is None else out * by_class
+    return out

@@ -177,22 +177,27 @@ class Model:
                               "loss=...) first")
 
     # -- training --------------------------------------------------------------------------
-    def run_batch(self, mode: str, x, y, idx) -> training.BatchResult:
-        """One step on rows ``idx`` of checked data ``x``, ``y``: ``fit``'s own step
-        (``mode='train'``) or ``evaluate``'s (``'eval'``); see
+    def run_batch(self, mode: str, x, y, idx, sample_weight=None) -> training.BatchResult:
+        """One step on rows ``idx`` of checked data ``x``, ``y`` (and per-sample loss
+        weights): ``fit``'s own step (``mode='train'``) or ``evaluate``'s (``'eval'``); see
         :func:`dlrun.engine.models.training.run_batch`."""
-        return training.run_batch(self, mode, x, y, idx)
+        return training.run_batch(self, mode, x, y, idx, sample_weight)
 
     def fit(self, x=None, y=None, batch_size: int | None = None, epochs: int = 1,
             verbose="auto", callbacks=None, validation_split: float = 0.0,
             validation_data=None, shuffle: bool = True, initial_epoch: int = 0,
-            nb_epoch: int | None = None, workers: int | None = None,
-            **cluster) -> History:
+            sample_weight=None, class_weight=None, nb_epoch: int | None = None,
+            workers: int | None = None, **cluster) -> History:
         """Train for ``epochs`` passes over ``(x, y)``, reshuffled every epoch.
 
         ``validation_split`` holds out the last fraction of the samples (before shuffling,
-        as Keras does); ``validation_data=(x_val, y_val)`` gives them explicitly. Returns the
-        :class:`History`. ``nb_epoch`` is the Keras 1 spelling of ``epochs`` (deprecated).
+        as Keras does); ``validation_data=(x_val, y_val)`` (or ``(x_val, y_val,
+        sample_weight_val)``) gives them explicitly. Returns the :class:`History`.
+        ``nb_epoch`` is the Keras 1 spelling of ``epochs`` (deprecated).
+
+        ``sample_weight`` (one weight per sample) and ``class_weight`` (``{label: weight}``,
+        or ``'balanced'``; a model of one output) weigh each sample's loss, as Keras does:
+        the loss is ``sum_i w_i loss_i / batch``, so a sample of weight 0 has no influence.
 
         ``workers=N`` trains data-parallel on N Ray workers instead (Ray must be running:
         ``ray.init()``): ``x`` is then the name or path of a dataset every worker can
@@ -204,24 +209,29 @@ class Model:
                           DeprecationWarning, stacklevel=2)
             epochs = nb_epoch
         if workers is not None or cluster:
+            if sample_weight is not None:
+                raise ConfigError("fit(workers=N) weighs samples by class_weight only (its "
+                                  "workers read the dataset themselves)")
             return self._fit_distributed(x, y, workers, epochs, batch_size, verbose,
                                          callbacks, validation_split, validation_data,
-                                         cluster)
+                                         class_weight, cluster)
         self.require_compiled()
         x, y = data.check_xy(self, x, y)
         batch_size = data.batch_size(batch_size)
-        x, y, validation_data = self._hold_out(x, y, validation_split, validation_data)
+        weights = data.sample_weights(self, y, data.count(x), sample_weight, class_weight)
+        x, y, weights, validation = self._hold_out(x, y, weights, validation_split,
+                                                   validation_data)
         samples = data.count(x)
         steps = math.ceil(samples / batch_size)
         loop = training.Loop(self, epochs, verbose, callbacks, {"steps": steps},
-                             None if validation_data is None else
-                             (*validation_data, batch_size))
+                             None if validation is None else
+                             (*validation[:2], batch_size, validation[2]))
         rng = np.random.default_rng(new_seed())
         resume = loop.begin()              # BackupAndRestore may restore a checkpoint here
         initial_epoch, rng = training.shuffling(self, resume, initial_epoch, shuffle, rng)
 
         def step(idx):
-            return lambda tally: tally.add_batch(self.run_batch("train", x, y, idx))
+            return lambda tally: tally.add_batch(self.run_batch("train", x, y, idx, weights))
 
         for epoch in range(initial_epoch, epochs):
             order = rng.permutation(samples) if shuffle else np.arange(samples)
@@ -232,7 +242,7 @@ class Model:
         return loop.end()
 
     def _fit_distributed(self, x, y, workers, epochs, batch_size, verbose, callbacks,
-                         validation_split, validation_data, cluster):
+                         validation_split, validation_data, class_weight, cluster):
         """``fit(workers=N)``: the one place the engine reaches the cluster package."""
         from dlrun.cluster.driver import train_distributed
 
@@ -243,11 +253,11 @@ class Model:
         return train_distributed(self, x, workers=workers, epochs=epochs,
                                  batch_size=data.batch_size(batch_size), verbose=verbose,
                                  callbacks=callbacks, validation_data=validation_data,
-                                 **cluster)
+                                 class_weight=class_weight, **cluster)
 
-    def _hold_out(self, x, y, validation_split, validation_data):
-        """(x, y, validation data): ``validation_split`` holds out the last samples, as
-        Keras does; ``validation_data`` is checked."""
+    def _hold_out(self, x, y, weights, validation_split, validation_data):
+        """(x, y, sample weights, validation (x, y, weights)): ``validation_split`` holds
+        out the last samples, as Keras does; ``validation_data`` is checked."""
         if not 0.0 <= validation_split < 1.0:
             raise ConfigError(f"validation_split must be in [0, 1), got {validation_split}")
         if validation_data is None and validation_split > 0:
@@ -258,27 +268,35 @@ class Model:
                 raise DataError(f"validation_split={validation_split} leaves no training "
                                 f"samples out of {samples}")
             head, tail = slice(None, cut), slice(cut, None)
-            return data.rows(x, head), data.rows(y, head), (data.rows(x, tail),
-                                                            data.rows(y, tail))
+            return (data.rows(x, head), data.rows(y, head), data.rows(weights, head),
+                    (data.rows(x, tail), data.rows(y, tail), data.rows(weights, tail)))
         if validation_data is not None:
-            if len(validation_data) != 2:
-                raise ConfigError("validation_data must be a pair (x_val, y_val)")
-            validation_data = data.check_xy(self, *validation_data)
-        return x, y, validation_data
+            if len(validation_data) not in (2, 3):
+                raise ConfigError("validation_data must be (x_val, y_val) or (x_val, y_val, "
+                                  "sample_weight_val)")
+            vx, vy = data.check_xy(self, *validation_data[:2])
+            vw = data.sample_weights(self, vy, data.count(vx), *validation_data[2:])
+            validation_data = (vx, vy, vw)
+        return x, y, weights, validation_data
 
-    def train_on_batch(self, x, y):
-        """One update on one batch; returns the loss (and metrics, as Keras does)."""
+    def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
+        """One update on one batch; returns the loss (and metrics, as Keras does).
+        ``sample_weight`` and ``class_weight`` weigh each sample's loss, as in :meth:`fit`."""
         self.require_compiled()
         x, y = data.check_xy(self, x, y)
-        result = self.run_batch("train", x, y, np.arange(data.count(x)))
+        n = data.count(x)
+        weights = data.sample_weights(self, y, n, sample_weight, class_weight)
+        result = self.run_batch("train", x, y, np.arange(n), weights)
         return _result(metric_logs(self.metrics, result.loss, result.counts))
 
     def evaluate(self, x=None, y=None, batch_size: int | None = None, verbose=0,
-                 return_dict: bool = False):
-        """Loss (and metrics) over ``(x, y)`` in inference mode (no dropout)."""
+                 return_dict: bool = False, sample_weight=None):
+        """Loss (and metrics) over ``(x, y)`` in inference mode (no dropout); the loss
+        weighted by ``sample_weight`` when given."""
         self.require_compiled()
         x, y = data.check_xy(self, x, y)
-        logs = training.evaluate(self, x, y, data.batch_size(batch_size)).logs()
+        weights = data.sample_weights(self, y, data.count(x), sample_weight)
+        logs = training.evaluate(self, x, y, data.batch_size(batch_size), weights).logs()
         if verbose:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs if return_dict else _result(logs)

@@ -24,9 +24,11 @@ from dlrun.ops import Spec
 class Program:
     """A model's plan for one mode and batch size, and what feeds and reads it.
 
-    ``xs``/``ys`` are the input and target placeholders (one per input / output), ``outs``
-    the outputs, ``loss`` the trained scalar, ``parts`` the loss of each output and
-    ``preds`` what the metrics read per output. ``lr`` is the placeholder of the learning
+    ``xs``/``ys`` are the input and target placeholders (one per input / output),
+    ``weights`` the per-sample loss weights' (every output's loss reads it; ones unless a
+    step is given weights: ``unit_weights`` says whether it holds ones), ``outs`` the
+    outputs, ``loss`` the trained scalar, ``parts`` the loss of each output and ``preds``
+    what the metrics read per output. ``lr`` is the placeholder of the learning
     rate when plain SGD is fused into the plan (fed before each step); ``updates`` what
     the optimizer updates (train); ``counter`` the metric counts (train, eval).
     """
@@ -36,6 +38,8 @@ class Program:
     xs: list
     outs: list
     ys: list = field(default_factory=list)
+    weights: Placeholder | None = None
+    unit_weights: bool = True
     loss: object = None
     parts: list = field(default_factory=list)
     preds: list = field(default_factory=list)
@@ -59,9 +63,10 @@ def build(model, mode: str, batch: int) -> Program:
         return Program(mode, Plan(xs, outs, params, backend=backend), xs, outs)
     c = model.compiled_loss
     ys, parts, preds = [], [], []
+    weights = losses_mod.weights_placeholder(outs[0])
     for out, name in zip(outs, c.loss_names):
         y = losses_mod.target_placeholder(name, out)
-        part, pred = losses_mod.loss_node(name, out, y)
+        part, pred = losses_mod.loss_node(name, out, y, weights)
         ys.append(y)
         parts.append(part)
         preds.append(pred)
@@ -71,18 +76,20 @@ def build(model, mode: str, batch: int) -> Program:
     if mode == "train":
         sgd_lr = Placeholder(Spec((1,), np.float64), name="lr") \
             if plain_sgd(model.optimizer) else None
-        plan = Plan(xs + ys, keep, params, loss=loss, backend=backend,
+        plan = Plan(xs + ys + [weights], keep, params, loss=loss, backend=backend,
                     options={"sgd_lr": sgd_lr})
         trained = [p for p in params if p.id in plan.grads]
         model.optimizer.build(trained)
         updates = backend.updates(plan, trained)
         lr = sgd_lr if "fuse_sgd" in plan.fused else None
     else:
-        plan = Plan(xs + ys, keep, params, backend=backend)
+        plan = Plan(xs + ys + [weights], keep, params, backend=backend)
+    plan.feed[weights][...] = 1
     counter = Counter(backend, model.metrics, c.metric_outputs,
                       [plan.value(t) for t in preds], [plan.value(t) for t in ys],
                       [plan.value(t) for t in parts])
-    return Program(mode, plan, xs, outs, ys, loss, parts, preds, lr, updates, counter)
+    return Program(mode, plan, xs, outs, ys, weights, True, loss, parts, preds, lr, updates,
+                   counter)
 
 
 def _add_penalties(loss, params):

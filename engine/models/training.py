@@ -59,16 +59,23 @@ class BatchResult:
     counts: list
 
 
-def run_batch(model, mode: str, x, y, idx) -> BatchResult:
-    """Run rows ``idx`` of ``x`` and ``y`` (lists with several inputs or outputs) through
-    ``model``'s program for ``mode`` ('train' also updates the weights): feed, run, count
-    the metrics on the device, and bring back the loss and the counts (one wait)."""
+def run_batch(model, mode: str, x, y, idx, sample_weight=None) -> BatchResult:
+    """Run rows ``idx`` of ``x``, ``y`` (lists with several inputs or outputs) and
+    ``sample_weight`` (per-sample loss weights, or None for ones) through ``model``'s
+    program for ``mode`` ('train' also updates the weights): feed, run, count the metrics
+    on the device, and bring back the loss and the counts (one wait)."""
     prog = model.program(mode, len(idx))
     plan, backend = prog.plan, model.backend
     for src, t in zip(x if len(prog.xs) > 1 else [x], prog.xs):
         np.take(src, idx, axis=0, out=plan.feed[t], mode="clip")
     for src, t in zip(y if len(prog.ys) > 1 else [y], prog.ys):
         np.take(src, idx, axis=0, out=plan.feed[t], mode="clip")
+    if sample_weight is not None:
+        np.take(sample_weight, idx, out=plan.feed[prog.weights], mode="clip")
+        prog.unit_weights = False
+    elif not prog.unit_weights:
+        plan.feed[prog.weights][...] = 1
+        prog.unit_weights = True
     state = model.training
     train = mode == "train"
     if train and prog.lr is not None:
@@ -86,13 +93,14 @@ def run_batch(model, mode: str, x, y, idx) -> BatchResult:
     return BatchResult(float(loss), len(idx), counter.counts(out, parts, len(idx)))
 
 
-def evaluate(model, x, y, batch_size: int) -> Tally:
+def evaluate(model, x, y, batch_size: int, sample_weight=None) -> Tally:
     """The loss and metrics of checked ``(x, y)`` in inference mode, batch by batch."""
     samples = len(x[0]) if isinstance(x, list) else len(x)
     tally = Tally(model.metrics)
     for start in range(0, samples, batch_size):
         tally.add_batch(run_batch(model, "eval", x, y,
-                                  np.arange(start, min(start + batch_size, samples))))
+                                  np.arange(start, min(start + batch_size, samples)),
+                                  sample_weight))
     return tally
 
 
@@ -106,7 +114,8 @@ class Loop:
     epochs, verbose, callbacks : as for ``fit``; a :class:`History` (returned by
         :meth:`end`) and, with ``verbose``, a progress display join the callbacks.
     params : more of what callbacks read in ``self.params`` (``steps``: units per epoch).
-    validation : ``(x, y, batch_size)`` evaluated after every epoch (``val_`` logs).
+    validation : ``(x, y, batch_size, sample_weight)`` evaluated after every epoch
+        (``val_`` logs).
     """
 
     def __init__(self, model, epochs: int, verbose, callbacks=None, params=None,
@@ -146,8 +155,8 @@ class Loop:
             warnings.warn(f"the training loss became {logs['loss']} in epoch {epoch + 1}; "
                           "try a smaller learning rate", RuntimeWarning, stacklevel=3)
         if self.validation is not None:
-            x, y, batch_size = self.validation
-            logs |= {"val_" + k: v for k, v in evaluate(model, x, y, batch_size).logs().items()}
+            val = evaluate(model, *self.validation).logs()
+            logs |= {"val_" + k: v for k, v in val.items()}
         if done == len(units):               # not stopped in the middle
             model.training.completed_epochs = epoch + 1
         cbs.on_epoch_end(epoch, logs)

@@ -155,3 +155,18 @@ def test_dlrun_train_picks_adam_for_lstm_unless_told():
     assert type(make_optimizer(TrainConfig(model="cnn"))).__name__ == "SGD"
     cfg = TrainConfig(model="lstm", optimizer="sgd")
     assert type(make_optimizer(cfg)).__name__ == "SGD" and cfg.lr == 0.05
+
+
+def test_train_with_class_weights_from_the_cli(tmp_path):
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--epochs", "1",
+                                    "--class-weight", "0:0,3:2.5", "--out", str(out),
+                                    "--verbose", "0", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert "class weights 0: 0, 3: 2.5" in res.output
+    assert json.loads((out / "config.json").read_text())["class_weight"] == "0:0,3:2.5"
+    for bad, message in (("0=1", "LABEL:WEIGHT pairs"), ("0:-1", "0: -1"),
+                         ("x:1", "'x': '1'")):
+        res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--epochs", "1",
+                                        "--class-weight", bad, "--out", str(tmp_path / bad)])
+        assert res.exit_code != 0 and message in res.output, res.output

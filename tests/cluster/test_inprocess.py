@@ -42,6 +42,54 @@ def test_n_workers_k1_plain_sgd_is_one_process_with_n_times_the_batch(h):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_class_weights_on_two_workers_follow_the_numpy_reference(h):
+    """K = 1 and plain SGD: the averaged step of two workers is the step of one process on
+    the union of their batches, so each round's update is the numpy gradient of the
+    class-weighted loss over the 2 x 40 samples the workers' loaders give."""
+    from dlrun.datasets import Loader
+
+    x, y = h.digits()
+    x, y = x[:400], y[:400]
+    cw = {0: 0.0, 1: 3.0, 7: 0.5}                 # the 0s count for nothing
+
+    dl.set_seed(0)
+    model = dl.Sequential([dl.layers.Flatten(input_shape=(1, 8, 8)),
+                           dl.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.1),
+                  loss="sparse_categorical_crossentropy")
+    kernel, bias = (a.astype(np.float64) for a in model.get_weights())
+    loaders = [Loader(x, y, 40, seed=5, worker=(i, 2)) for i in range(2)]
+    for parts in zip(*(ld.epoch(0) for ld in loaders)):
+        xb = np.concatenate([p[0] for p in parts]).reshape(80, -1).astype(np.float64)
+        yb = np.concatenate([p[1] for p in parts])
+        w = np.array([cw.get(int(k), 1.0) for k in yb])
+        z = xb @ kernel + bias
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        dz = (p - np.eye(10)[yb]) * w[:, None] / len(yb)
+        kernel, bias = kernel - 0.1 * xb.T @ dz, bias - 0.1 * dz.sum(axis=0)
+    lines = []
+    train_distributed(model, (x, y), workers=2, average_every=1, epochs=1, batch_size=40,
+                      seed=5, threads=1, verbose=1, in_process=True, class_weight=cw,
+                      echo=lines.append)
+    np.testing.assert_allclose(model.get_weights()[0], kernel, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(model.get_weights()[1], bias, rtol=1e-4, atol=1e-5)
+    assert "class weights 0: 0, 1: 3, 7: 0.5" in lines
+
+
+def test_balanced_class_weight_is_counted_over_the_whole_split(h):
+    from dlrun.engine.models.data import balanced_class_weight
+
+    x, y = h.digits()
+    lines = []
+    train_distributed(h.small_model(), (x[:200], y[:200]), workers=2, epochs=1,
+                      batch_size=50, threads=1, verbose=1, in_process=True,
+                      class_weight="balanced", echo=lines.append)
+    want = balanced_class_weight(y[:200])
+    assert [ln for ln in lines if ln.startswith("class weights ")] == [
+        "class weights " + ", ".join(f"{k}: {w:.3g}" for k, w in sorted(want.items()))]
+
+
 def test_every_sample_is_seen_exactly_once_per_epoch(h):
     x, y = h.digits()
     x = x.copy()
@@ -53,9 +101,9 @@ def test_every_sample_is_seen_exactly_once_per_epoch(h):
             super().__init__(*a, **kw)
             run = self.model.run_batch
 
-            def recording(mode, xb, yb, idx):
+            def recording(mode, xb, yb, idx, *weights):
                 seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
-                return run(mode, xb, yb, idx)
+                return run(mode, xb, yb, idx, *weights)
             self.model.run_batch = recording
 
     model = h.small_model()
@@ -270,9 +318,9 @@ def test_streamed_workers_read_disjoint_chunks_and_see_every_sample_once(h, chun
     for w in workers:
         run = w.model.run_batch
 
-        def recording(mode, xb, yb, idx, run=run):
+        def recording(mode, xb, yb, idx, *weights, run=run):
             seen.append(xb.reshape(len(xb), -1)[idx, 0].astype(int))
-            return run(mode, xb, yb, idx)
+            return run(mode, xb, yb, idx, *weights)
         w.model.run_batch = recording
     weights = {k: v.copy() for k, v in workers[0].weights.items()}
     per_worker = []

@@ -202,6 +202,25 @@ def test_cli_train_with_two_workers_and_resume(tmp_path):
     assert dl.load_model(out / "model").optimizer.learning_rate == pytest.approx(0.1)
 
 
+def test_cli_train_with_two_workers_and_balanced_class_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from dlrun.cli.main import main
+    from dlrun.datasets import open_dataset
+    from dlrun.engine.models.data import balanced_class_weight
+
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", "--dataset", "digits", "--workers", "2",
+                                    "--epochs", "1", "--class-weight", "balanced",
+                                    "--out", str(out), "--verbose", "2"])
+    assert res.exit_code == 0, res.output
+    want = balanced_class_weight(open_dataset("digits").split("train")[1])
+    assert "class weights " + ", ".join(f"{k}: {w:.3g}" for k, w in sorted(want.items())) \
+        in res.output
+    assert json.loads((out / "config.json").read_text())["class_weight"] == "balanced"
+    assert json.loads((out / "summary.json").read_text())["test_accuracy"] > 0.5
+
+
 def test_bench_cluster_measures_samples_per_second_and_round_overhead():
     from dlrun.cli.bench.cluster import measure
 

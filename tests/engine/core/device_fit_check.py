@@ -244,8 +244,36 @@ def case_functional(problems, facts):
     same_weights("functional", cpu, gpu, problems)
 
 
+def case_sample_weight(problems, facts):
+    """Per-sample loss weights (zeros among them) and class weights on cuda: the same
+    steps as the CPU's, and the first one as numpy computes it."""
+    x, y = data((5,), n=16, seed=4)
+    w = np.random.default_rng(4).uniform(0, 2, 16).astype(np.float32)
+    w[::5] = 0
+
+    def build():
+        return dl.Sequential([L.Dense(3, activation="softmax", input_shape=(5,))])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.SGD(0.5))
+    kernel, bias = (a.astype(np.float64) for a in cpu.get_weights())
+    z = x @ kernel + bias
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    want_loss = np.sum(w * -np.log(p[np.arange(16), y])) / 16
+    dz = (p - np.eye(3)[y]) * w[:, None] / 16
+    for m in (cpu, gpu):
+        close(f"{m.device} weighted loss", m.train_on_batch(x, y, sample_weight=w)[0],
+              want_loss, problems)
+        close(f"{m.device} weighted step", m.get_weights()[0], kernel - 0.5 * x.T @ dz,
+              problems)
+    fit_both(cpu, gpu, x, y, problems, tag="class_weight", batch_size=8, epochs=2,
+             class_weight={0: 0.0, 2: 3.0})
+    close("weighted evaluate", cpu.evaluate(x, y, sample_weight=w),
+          gpu.evaluate(x, y, sample_weight=w), problems)
+
+
 CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches,
-         case_recurrent, case_functional]
+         case_recurrent, case_functional, case_sample_weight]
 
 
 def main() -> int:

@@ -225,10 +225,10 @@ def spy_batches(monkeypatch):
         seen = []
         real = model.run_batch
 
-        def run_batch(mode, x, y, idx):
+        def run_batch(mode, x, y, idx, *weights):
             if mode == "train":
                 seen.append(np.array(idx))
-            return real(mode, x, y, idx)
+            return real(mode, x, y, idx, *weights)
         monkeypatch.setattr(model, "run_batch", run_batch)
         return seen
     return attach

@@ -1,48 +1,12 @@
 """Metrics accumulated over an epoch: counts from a small kernel per batch."""
 from __future__ import annotations
 
+import numpy as np
+
 from dlrun.errors import ConfigError
-from dlrun.ops.config import jit
-
-
-@jit
-def correct_sparse_cpu(p, labels):
-    """sum_i [argmax p_i == labels_i]"""
-    n = 0
-    for i in range(p.shape[0]):
-        best = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, best]:
-                best = j
-        n += best == labels[i]
-    return n
-
-
-@jit
-def correct_onehot_cpu(p, t):
-    """sum_i [argmax p_i == argmax t_i]"""
-    n = 0
-    for i in range(p.shape[0]):
-        bp = 0
-        bt = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, bp]:
-                bp = j
-            if t[i, j] > t[i, bt]:
-                bt = j
-        n += bp == bt
-    return n
-
-
-@jit
-def correct_binary_cpu(p, t):
-    """sum [(p > 0.5) == (t > 0.5)] over every element"""
-    pf = p.reshape(-1)
-    tf = t.reshape(-1)
-    n = 0
-    for i in range(pf.size):
-        n += (pf[i] > 0.5) == (tf[i] > 0.5)
-    return n
+# The count kernels are twins in dlrun.ops.counts (``kernel(p, target, out, slot)`` on
+# either device); engine/core/device.py maps these CPU ones to their CUDA twins.
+from dlrun.ops.counts import correct_binary_cpu, correct_onehot_cpu, correct_sparse_cpu
 
 
 class Accuracy:
@@ -60,7 +24,9 @@ class Accuracy:
 
     def count(self, pred, target) -> tuple[int, int]:
         total = pred.shape[0] if self.per == "sample" else pred.size
-        return int(self.kernel(pred, target)), total
+        out = np.zeros(1, np.int64)
+        self.kernel(pred, target, out, 0)
+        return int(out[0]), total
 
 
 class OutputLoss:

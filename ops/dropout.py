@@ -117,5 +117,6 @@ register(Op(
     forward=dropout_fwd_cpu, backward=dropout_bwd_cpu,
     cuda_forward=dropout_fwd_cuda, cuda_backward=dropout_bwd_cuda,
     sample=lambda rng, dt: ((rng.standard_normal((6, 5)).astype(dt),), {"rate": 0.3}),
+    big_sample=lambda rng, dt: ((rng.standard_normal((9, 11)).astype(dt),), {"rate": 0.4}),
     reference=_dropout_ref,
 ))

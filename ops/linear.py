@@ -4,6 +4,7 @@ from __future__ import annotations
 from dlrun.ops import config
 from dlrun.ops.blas import matmul
 from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
+from dlrun.ops.reduce import tree_sum
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 from dlrun.ops.shape import copy_cuda
 
@@ -99,16 +100,19 @@ def matmul_bwd_cuda(dy, a, b, da, db):
         _matmul_cuda(a, dy, db, True, False)
 
 
-def _matmul_sample(rng, dtype):
-    return (rng.standard_normal((3, 4)).astype(dtype),
-            rng.standard_normal((4, 5)).astype(dtype)), {}
+def _matmul_sample(n, k, m):
+    def sample(rng, dtype):
+        return (rng.standard_normal((n, k)).astype(dtype),
+                rng.standard_normal((k, m)).astype(dtype)), {}
+    return sample
 
 
 register(Op(
     name="matmul", inputs=("a", "b"), shape=_matmul_shape, saves=("a", "b"),
     forward=matmul_fwd_cpu, backward=matmul_bwd_cpu,
     cuda_forward=matmul_fwd_cuda, cuda_backward=matmul_bwd_cuda,
-    sample=_matmul_sample, reference=lambda a, b: (a @ b,),
+    sample=_matmul_sample(3, 4, 5), big_sample=_matmul_sample(17, 19, 5),
+    reference=lambda a, b: (a @ b,),
 ))
 
 
@@ -178,13 +182,7 @@ def _column_sums(dy, db):
             for i in range(ty, dy2.shape[0], cuda.blockDim.y):
                 s += dy2[i, j]
         buf[ty * bx + tx] = s
-        n = cuda.blockDim.y
-        while n > 1:  # fixed pairs, so the sum is deterministic
-            cuda.syncthreads()
-            half = (n + 1) // 2
-            if ty < n - half:
-                buf[ty * bx + tx] += buf[(ty + half) * bx + tx]
-            n = half
+        tree_sum(buf, ty, cuda.blockDim.y, tx, bx)    # column tx: every bx-th element
         if ty == 0 and j < db.size:
             db[j] = buf[tx]
         cuda.syncthreads()  # before the next columns overwrite buf
@@ -203,13 +201,17 @@ def bias_add_bwd_cuda(dy, dx, db):
         _column_sums[blocks, (cols, rows)](dy, db)
 
 
-def _bias_add_sample(rng, dtype):
-    return (rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)), {}
+def _bias_add_sample(n, m):
+    def sample(rng, dtype):
+        return (rng.standard_normal((n, m)).astype(dtype),
+                rng.standard_normal(m).astype(dtype)), {}
+    return sample
 
 
 register(Op(
     name="bias_add", inputs=("x", "b"), shape=_bias_add_shape,
     forward=bias_add_fwd_cpu, backward=bias_add_bwd_cpu,
     cuda_forward=bias_add_fwd_cuda, cuda_backward=bias_add_bwd_cuda,
-    sample=_bias_add_sample, reference=lambda x, b: (x + b,),
+    sample=_bias_add_sample(4, 3), big_sample=_bias_add_sample(37, 13),
+    reference=lambda x, b: (x + b,),
 ))

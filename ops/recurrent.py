@@ -327,12 +327,13 @@ def _lstm_steps(x, w, u, b, h, gates, c, tanh_c):
         if t > 0:
             gemm(h[:, t - 1, :], u, gates[:, t, :], 1.0, 1.0, False, False)
         for s in range(nb):
-            for k in range(2 * n):              # i, f
+            # (loops from 0, offsets in the index: LLVM vectorizes those, not range(2n, 3n))
+            for k in range(2 * n):          # i, f
                 gates[s, t, k] = sigmoid(gates[s, t, k] + b[k])
-            for k in range(2 * n, 3 * n):       # g
-                gates[s, t, k] = tanh(gates[s, t, k] + b[k])
-            for k in range(3 * n, 4 * n):       # o
-                gates[s, t, k] = sigmoid(gates[s, t, k] + b[k])
+            for k in range(n):              # g
+                gates[s, t, 2 * n + k] = tanh(gates[s, t, 2 * n + k] + b[2 * n + k])
+            for k in range(n):              # o
+                gates[s, t, 3 * n + k] = sigmoid(gates[s, t, 3 * n + k] + b[3 * n + k])
             if t > 0:
                 for j in range(n):
                     c[s, t, j] = (gates[s, t, n + j] * c[s, t - 1, j]

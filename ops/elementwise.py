@@ -169,8 +169,9 @@ def _same_float(name: str, inputs: tuple):
     def shape(*specs, **_) -> list:
         check_float(name, **dict(zip(inputs, specs)))
         if any(s.shape != specs[0].shape or s.dtype != specs[0].dtype for s in specs):
-            got = ", ".join(f"{s.shape} {s.dtype}" for s in specs)
-            raise OpError(f"op {name!r} takes arrays of one shape and dtype, got {got}")
+            got = ", ".join(f"{x} {s.shape} {s.dtype}" for x, s in zip(inputs, specs))
+            raise OpError(f"op {name!r} takes inputs {', '.join(inputs)} of one shape and "
+                          f"dtype; got {got}")
         return [Spec(specs[0].shape, specs[0].dtype)]
     return shape
 

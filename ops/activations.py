@@ -12,7 +12,7 @@ import numpy as np
 
 from dlrun.ops import config, mathfn
 from dlrun.ops.config import cuda_kernel, jit
-from dlrun.ops.elementwise import elementwise, uniform_sample
+from dlrun.ops.elementwise import elementwise, map_kernels, uniform_sample
 from dlrun.ops.mathfn import exp, expm1, one
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
@@ -202,63 +202,37 @@ def _prelu_shape(x: Spec, alpha: Spec) -> list:
     return [Spec(x.shape, x.dtype)]
 
 
-@jit
-def prelu_fwd_cpu(x, alpha, y):
-    """y = x if x > 0 else alpha * x  (alpha: one slope per element of a sample)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    af = alpha.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+# leaky_relu's formula, with alpha repeating along the batch
+prelu_fwd_cpu, prelu_fwd_cuda = map_kernels(
+    "prelu_fwd", leaky_relu.formula, arrays=("x", "alpha"), writes=("y",), outputs=("y",),
+    broadcast=("alpha",))
 
 
-@cuda_kernel
-def _prelu_fwd(x, alpha, y):
-    """y = x if x > 0 else alpha * x"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    af = alpha.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+def prelu_dx(dy, x, alpha):
+    """dx = dy * leaky_relu'(x, alpha)"""
+    return dy * leaky_relu_grad(x, alpha)
 
 
-def prelu_fwd_cuda(x, alpha, y):
-    """Launch _prelu_fwd (grid-stride)."""
-    _prelu_fwd[config.grid_1d(x.size)](x, alpha, y)
+_prelu_dx_cpu, _prelu_dx_cuda = map_kernels(
+    "prelu_dx", prelu_dx, arrays=("dy", "x", "alpha"), writes=("dx",), outputs=("dx",),
+    broadcast=("alpha",))
 
 
 @jit
-def prelu_bwd_cpu(dy, x, alpha, dx, dalpha):
-    """dx = dy if x > 0 else alpha * dy ; dalpha = sum over the batch of dy * x * (x <= 0)"""
+def _prelu_dalpha_cpu(dy, x, dalpha):
+    """dalpha[k] = sum_n dy[n, k] * x[n, k] * (x[n, k] <= 0)"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
-    af = alpha.reshape(-1)
-    if dx is not None:
-        dxf = dx.reshape(-1)
-        for i in range(dyf.size):
-            dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
-    if dalpha is not None:
-        daf = dalpha.reshape(-1)
-        for k in range(daf.size):
-            daf[k] = 0.0
-        for i in range(dyf.size):
-            if xf[i] <= 0:
-                daf[i % daf.size] += dyf[i] * xf[i]
+    daf = dalpha.reshape(-1)
+    for k in range(daf.size):
+        daf[k] = 0.0
+    for i in range(dyf.size):
+        if xf[i] <= 0:
+            daf[i % daf.size] += dyf[i] * xf[i]
 
 
 @cuda_kernel
-def _prelu_bwd_x(dy, x, alpha, dx):
-    """dx = dy if x > 0 else alpha * dy"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    af = alpha.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
-
-
-@cuda_kernel
-def _prelu_bwd_alpha(dy, x, dalpha):
+def _prelu_dalpha(dy, x, dalpha):
     """dalpha[k] = sum_n dy[n, k] * x[n, k] * (x[n, k] <= 0)  (one thread per slope)"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
@@ -271,12 +245,20 @@ def _prelu_bwd_alpha(dy, x, dalpha):
         daf[k] = s
 
 
-def prelu_bwd_cuda(dy, x, alpha, dx, dalpha):
-    """Launch _prelu_bwd_x (grid-stride) and _prelu_bwd_alpha (per slope)."""
+def prelu_bwd_cpu(dy, x, alpha, dx, dalpha):
+    """dx = dy if x > 0 else alpha * dy ; dalpha = sum over the batch of dy * x * (x <= 0)"""
     if dx is not None:
-        _prelu_bwd_x[config.grid_1d(dy.size)](dy, x, alpha, dx)
+        _prelu_dx_cpu(dy, x, alpha, dx)
     if dalpha is not None:
-        _prelu_bwd_alpha[config.grid_1d(dalpha.size)](dy, x, dalpha)
+        _prelu_dalpha_cpu(dy, x, dalpha)
+
+
+def prelu_bwd_cuda(dy, x, alpha, dx, dalpha):
+    """_prelu_dx_cuda (grid-stride) and _prelu_dalpha (a thread per slope)."""
+    if dx is not None:
+        _prelu_dx_cuda(dy, x, alpha, dx)
+    if dalpha is not None:
+        _prelu_dalpha[config.grid_1d(dalpha.size)](dy, x, dalpha)
 
 
 def _prelu_sample(rng, dtype):

@@ -137,28 +137,39 @@ def _identifier(name: str) -> str:
 
 
 # -- in-place updates and other maps (twins) -------------------------------------------------
-def map_twin(name: str, formula: Callable, arrays: tuple, writes: tuple, sample: Callable,
-             outputs: tuple = ()) -> Twin:
-    """Register the twin ``name``: every element ``i`` of the ``arrays`` at once,
+def map_kernels(name: str, formula: Callable, arrays: tuple, writes: tuple,
+                outputs: tuple = (), broadcast: tuple = (), index: str = "") -> tuple:
+    """(CPU kernel, CUDA launcher): every element ``i`` of the ``arrays`` at once,
     ``writes[0][i], writes[1][i], ... = formula(...)``.
 
-    The kernels take the formula's parameters (``arrays`` indexed by element, the others
-    as they are), then the ``outputs``: arrays written without being read. ``writes`` are
-    arrays among both. Example: ``map_twin("sgd_update", lambda w, g, lr: w - lr * g,
-    arrays=("w", "g"), writes=("w",), ...)`` is ``sgd_update(w, g, lr)``.
+    The kernels take the formula's parameters (``arrays`` at element ``i``, the others as
+    they are), then the ``outputs``: arrays written without being read. ``writes`` are
+    arrays among both. Arrays in ``broadcast`` repeat along the others (element
+    ``i % size``, as a bias does); the parameter named ``index`` (if any) is ``i`` itself,
+    not a kernel argument. Example: ``map_kernels("sgd_update", sgd, ("w", "g"), ("w",))``
+    with ``def sgd(w, g, lr): return w - lr * g`` is ``sgd_update_cpu(w, g, lr)``.
     """
     config.formula(formula)
     params = list(inspect.signature(formula).parameters)
-    names = params + list(outputs)
+    names = [p for p in params if p != index] + list(outputs)
     assert set(arrays) <= set(params) and set(writes) <= set(arrays) | set(outputs)
-    var = {p: f"p{k}" for k, p in enumerate(names)}   # generated names cannot collide
-    args = ", ".join(f"{var[p]}_[i]" if p in arrays else var[p] for p in params)
-    body = [f"{', '.join(var[w] + '_[i]' for w in writes)} = _f({args})"]
+    var = {p: f"p{k}" for k, p in enumerate(names)} | {index: "i"}   # cannot collide
+    at = {a: f"{var[a]}_[i % {var[a]}_.size]" if a in broadcast else f"{var[a]}_[i]"
+          for a in list(arrays) + list(outputs)}
+    args = ", ".join(at.get(p, var[p]) for p in params)
+    body = [f"{', '.join(at[w] for w in writes)} = _f({args})"]
     flat = [var[a] for a in list(arrays) + list(outputs)]
-    doc = (formula.__doc__ or "").strip()
-    cpu, cuda = _twins(name, [var[p] for p in names], flat, [(None, [], flat[0], body)],
-                       {"_f": formula}, formula, doc, names.index(arrays[0]),
-                       _describe(formula))
+    lead = next(a for a in names if a in arrays and a not in broadcast)
+    return _twins(name, [var[p] for p in names], flat, [(None, [], var[lead], body)],
+                  {"_f": formula}, formula, (formula.__doc__ or "").strip(),
+                  names.index(lead), _describe(formula))
+
+
+def map_twin(name: str, formula: Callable, arrays: tuple, writes: tuple, sample: Callable,
+             outputs: tuple = ()) -> Twin:
+    """Register the twin ``name`` whose kernels are :func:`map_kernels`'."""
+    cpu, cuda = map_kernels(name, formula, arrays, writes, outputs)
+    names = [p for p in inspect.signature(formula).parameters] + list(outputs)
     return register_twin(Twin(name, cpu, cuda, writes=tuple(names.index(w) for w in writes),
                               outputs=tuple(names.index(o) for o in outputs), sample=sample))
 

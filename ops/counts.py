@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.elementwise import instantiate
 from dlrun.ops.reduce import block_sum
 from dlrun.ops.registry import Twin, register_twin
 
@@ -47,86 +47,44 @@ def binary_hit(p, target, i):
     return 1 if (p[i] > 0.5) == (target[i] > 0.5) else 0
 
 
-@jit
-def correct_sparse_cpu(p, labels, out, slot):
-    """out[slot] = sum_i [argmax p_i == labels_i]"""
+@config.formula
+def rows(a):
+    """the shape a is counted in: the items are its rows (a CUDA device function may not
+    return a new view of an array, so the kernels reshape by what these return)"""
+    return a.shape
+
+
+@config.formula
+def elements(a):
+    """the shape a is counted in: the items are its elements"""
+    return (a.size,)
+
+
+# Kernel templates, instantiated per count with the formulas above as _hit and _items.
+_hit = _items = None
+
+
+def _count_cpu(p, target, out, slot):
+    """out[slot] = the number of items i with _hit(p, target, i)"""
+    pv = p.reshape(_items(p))
+    tv = target.reshape(_items(target))
     k = 0
-    for i in range(p.shape[0]):
-        k += sparse_hit(p, labels, i)
+    for i in range(pv.shape[0]):
+        k += _hit(pv, tv, i)
     out[slot] = k
 
 
-@jit
-def correct_onehot_cpu(p, target, out, slot):
-    """out[slot] = sum_i [argmax p_i == argmax target_i]"""
-    k = 0
-    for i in range(p.shape[0]):
-        k += onehot_hit(p, target, i)
-    out[slot] = k
-
-
-@jit
-def correct_binary_cpu(p, target, out, slot):
-    """out[slot] = sum [(p > 0.5) == (target > 0.5)] over every element"""
-    pf = p.reshape(-1)
-    tf = target.reshape(-1)
-    k = 0
-    for i in range(pf.size):
-        k += binary_hit(pf, tf, i)
-    out[slot] = k
-
-
-@cuda_kernel
-def _correct_sparse(p, labels, out, slot):
-    """out[slot] = sum_i [argmax p_i == labels_i], one block"""
+def _count_cuda(p, target, out, slot):
+    """out[slot] = the number of items i with _hit(p, target, i), one block"""
+    pv = p.reshape(_items(p))
+    tv = target.reshape(_items(target))
     t = cuda.threadIdx.x
     k = 0
-    for i in range(t, p.shape[0], cuda.blockDim.x):
-        k += sparse_hit(p, labels, i)
+    for i in range(t, pv.shape[0], cuda.blockDim.x):
+        k += _hit(pv, tv, i)
     total = block_sum(k)
     if t == 0:
         out[slot] = int(total)
-
-
-@cuda_kernel
-def _correct_onehot(p, target, out, slot):
-    """out[slot] = sum_i [argmax p_i == argmax target_i], one block"""
-    t = cuda.threadIdx.x
-    k = 0
-    for i in range(t, p.shape[0], cuda.blockDim.x):
-        k += onehot_hit(p, target, i)
-    total = block_sum(k)
-    if t == 0:
-        out[slot] = int(total)
-
-
-@cuda_kernel
-def _correct_binary(p, target, out, slot):
-    """out[slot] = sum [(p > 0.5) == (target > 0.5)] over every element, one block"""
-    pf = p.reshape(-1)
-    tf = target.reshape(-1)
-    t = cuda.threadIdx.x
-    k = 0
-    for i in range(t, pf.size, cuda.blockDim.x):
-        k += binary_hit(pf, tf, i)
-    total = block_sum(k)
-    if t == 0:
-        out[slot] = int(total)
-
-
-def correct_sparse_cuda(p, labels, out, slot):
-    """Launch _correct_sparse (one block); ``out`` is an int64 device array."""
-    _correct_sparse[1, config.CUDA_BLOCK](p, labels, out, slot)
-
-
-def correct_onehot_cuda(p, target, out, slot):
-    """Launch _correct_onehot (one block)."""
-    _correct_onehot[1, config.CUDA_BLOCK](p, target, out, slot)
-
-
-def correct_binary_cuda(p, target, out, slot):
-    """Launch _correct_binary (one block)."""
-    _correct_binary[1, config.CUDA_BLOCK](p, target, out, slot)
 
 
 def _sample(kind: str):
@@ -141,7 +99,23 @@ def _sample(kind: str):
     return sample
 
 
-for _kind, _cpu, _cuda in (("sparse", correct_sparse_cpu, correct_sparse_cuda),
-                           ("onehot", correct_onehot_cpu, correct_onehot_cuda),
-                           ("binary", correct_binary_cpu, correct_binary_cuda)):
-    register_twin(Twin(f"correct_{_kind}", _cpu, _cuda, writes=(2,), sample=_sample(_kind)))
+def _count_twin(kind: str, hit, items) -> Twin:
+    """The twin ``correct_<kind>``: ``kernel(p, target, out, slot)`` on both devices."""
+    kernel = instantiate(_count_cuda, f"_correct_{kind}", hit, "cuda", _hit=hit, _items=items)
+
+    def launch(p, target, out, slot):
+        kernel[1, config.CUDA_BLOCK](p, target, out, slot)
+
+    launch.__name__ = f"correct_{kind}_cuda"
+    launch.__doc__ = f"Launch _correct_{kind} (one block); ``out`` is an int64 device array."
+    cpu = instantiate(_count_cpu, f"correct_{kind}_cpu", hit, "cpu", _hit=hit, _items=items)
+    return register_twin(Twin(f"correct_{kind}", cpu, launch, writes=(2,),
+                              sample=_sample(kind)))
+
+
+SPARSE = _count_twin("sparse", sparse_hit, rows)
+ONEHOT = _count_twin("onehot", onehot_hit, rows)
+BINARY = _count_twin("binary", binary_hit, elements)
+correct_sparse_cpu, correct_sparse_cuda = SPARSE.cpu, SPARSE.cuda
+correct_onehot_cpu, correct_onehot_cuda = ONEHOT.cpu, ONEHOT.cuda
+correct_binary_cpu, correct_binary_cuda = BINARY.cpu, BINARY.cuda

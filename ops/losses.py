@@ -134,10 +134,13 @@ def _ce_ref(logits, labels, w):
     return np.asarray(loss, logits.dtype), np.exp(logp).astype(logits.dtype)
 
 
-def _ce_sample(n, c):
+def _ce_sample(n: int, c: int, onehot: bool = False):
+    """logits (n, c), labels (one-hot if ``onehot``), weights"""
     def sample(rng, dt):
-        return (rng.standard_normal((n, c)).astype(dt), rng.integers(0, c, n).astype(np.int64),
-                _weights(rng, n, dt)), {}
+        logits = rng.standard_normal((n, c)).astype(dt)
+        labels = rng.integers(0, c, n).astype(np.int64)
+        target = np.eye(c, dtype=dt)[labels] if onehot else labels
+        return (logits, target, _weights(rng, n, dt)), {}
     return sample
 
 
@@ -236,19 +239,12 @@ def _ce1h_ref(logits, targets, w):
     return np.asarray(loss, logits.dtype), np.exp(logp).astype(logits.dtype)
 
 
-def _ce1h_sample(n, c):
-    def sample(rng, dt):
-        t = np.eye(c, dtype=dt)[rng.integers(0, c, n)]
-        return (rng.standard_normal((n, c)).astype(dt), t, _weights(rng, n, dt)), {}
-    return sample
-
-
 register(Op(
     name="softmax_ce_onehot", inputs=("logits", "targets", "w"), outputs=("loss", "p"),
     shape=_ce1h_shape, saves=("targets", "p", "w"), diff=("logits",),
     forward=softmax_ce_onehot_fwd_cpu, backward=softmax_ce_onehot_bwd_cpu,
     cuda_forward=softmax_ce_onehot_fwd_cuda, cuda_backward=softmax_ce_onehot_bwd_cuda,
-    sample=_ce1h_sample(5, 4), big_sample=_ce1h_sample(37, 6), reference=_ce1h_ref,
+    sample=_ce_sample(5, 4, True), big_sample=_ce_sample(37, 6, True), reference=_ce1h_ref,
 ))
 
 

@@ -128,44 +128,6 @@ class Op:
         raise OpError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
 
 
-_REGISTRY: dict[str, Op] = {}
-
-
-def register(op: Op, *, replace: bool = False) -> Op:
-    """Add an op to the registry (users register their own ops the same way)."""
-    if not isinstance(op, Op):
-        raise OpError(f"register() takes a dlrun.ops.Op, got {type(op).__name__}")
-    if op.name in _REGISTRY and not replace:
-        raise OpError(f"an op named {op.name!r} is already registered; "
-                      "pass replace=True to override it")
-    _REGISTRY[op.name] = op
-    return op
-
-
-def unregister(name: str) -> None:
-    """Remove a user op (mainly for tests), with the twins made from it."""
-    _REGISTRY.pop(name, None)
-    for twin in [t for t in _TWINS.values() if t.of == name]:
-        del _TWINS[twin.name]
-
-
-def get(name_or_op: Any) -> Op:
-    """The op record for a name (or the record itself)."""
-    if isinstance(name_or_op, Op):
-        return name_or_op
-    try:
-        return _REGISTRY[name_or_op]
-    except KeyError:
-        raise OpError(f"unknown op {name_or_op!r}; registered ops: "
-                      f"{', '.join(sorted(_REGISTRY))}") from None
-    except TypeError:
-        raise OpError(f"expected an op name or dlrun.ops.Op, got {name_or_op!r}") from None
-
-
-def names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
 # -- twins: kernels outside the op registry ------------------------------------------------
 @dataclass(frozen=True)
 class Twin:
@@ -213,31 +175,71 @@ class Twin:
         raise OpError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
 
 
-_TWINS: dict[str, Twin] = {}
+# -- the registries ----------------------------------------------------------------------
+class _Records:
+    """Records of one class by name: the registry of ops, or of twins."""
+
+    def __init__(self, cls, kind: str):
+        self.cls, self.kind, self.by_name = cls, kind, {}
+
+    def add(self, record, replace: bool, caller: str):
+        if not isinstance(record, self.cls):
+            raise OpError(f"{caller}() takes a dlrun.ops.{self.cls.__name__}, got "
+                          f"{type(record).__name__}")
+        if record.name in self.by_name and not replace:
+            raise OpError(f"{self.kind} named {record.name!r} is already registered; "
+                          "pass replace=True to override it")
+        self.by_name[record.name] = record
+        return record
+
+    def find(self, name):
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise OpError(f"unknown {self.kind.split()[-1]} {name!r}; registered: "
+                          f"{', '.join(sorted(self.by_name))}") from None
+        except TypeError:
+            raise OpError(f"expected a name or dlrun.ops.{self.cls.__name__}, "
+                          f"got {name!r}") from None
+
+
+_OPS = _Records(Op, "an op")
+_TWINS = _Records(Twin, "a kernel")
+
+
+def register(op: Op, *, replace: bool = False) -> Op:
+    """Add an op to the registry (users register their own ops the same way)."""
+    return _OPS.add(op, replace, "register")
+
+
+def unregister(name: str) -> None:
+    """Remove a user op (mainly for tests), with the twins made from it."""
+    _OPS.by_name.pop(name, None)
+    for twin in [t for t in _TWINS.by_name.values() if t.of == name]:
+        del _TWINS.by_name[twin.name]
+
+
+def get(name_or_op: Any) -> Op:
+    """The op record for a name (or the record itself)."""
+    return name_or_op if isinstance(name_or_op, Op) else _OPS.find(name_or_op)
+
+
+def names() -> list[str]:
+    return sorted(_OPS.by_name)
 
 
 def register_twin(twin: Twin, *, replace: bool = False) -> Twin:
     """Add a twin record; the CUDA parity and PTX checks run every one."""
-    if not isinstance(twin, Twin):
-        raise OpError(f"register_twin() takes a dlrun.ops.Twin, got {type(twin).__name__}")
-    if twin.name in _TWINS and not replace:
-        raise OpError(f"a kernel named {twin.name!r} is already registered; "
-                      "pass replace=True to override it")
-    _TWINS[twin.name] = twin
-    return twin
+    return _TWINS.add(twin, replace, "register_twin")
 
 
 def get_twin(name: str) -> Twin:
     """The twin record for a name."""
-    try:
-        return _TWINS[name]
-    except KeyError:
-        raise OpError(f"unknown kernel {name!r}; registered: "
-                      f"{', '.join(sorted(_TWINS))}") from None
+    return _TWINS.find(name)
 
 
 def twin_names() -> list[str]:
-    return sorted(_TWINS)
+    return sorted(_TWINS.by_name)
 
 
 def same_shape(x: Spec, **_) -> list:

@@ -53,17 +53,21 @@ def pjit(fn=None, **kw):
     return jit(fn, parallel=True, **kw)
 
 
-def formula(fn):
+def formula(fn=None, *, inline: bool = False):
     """A scalar function callable as it is from CPU kernels, CUDA kernels and Python.
 
     Numba compiles it for whichever target calls it: with the project's options inside a
     CPU kernel, as a device function inside a CUDA kernel, and the simulator runs it as
     Python. It must not use ``cuda`` (it is one formula for both devices). Returns ``fn``
-    itself.
+    itself. LLVM inlines small formulas by itself; ``inline=True`` makes Numba inline one
+    into CPU kernels before that, for a formula with loops called per element, whose
+    call would cost more than its work.
     """
+    if fn is None:
+        return lambda f: formula(f, inline=inline)
     from numba.extending import overload
 
-    @overload(fn, target="cpu", strict=False,
+    @overload(fn, target="cpu", strict=False, inline="always" if inline else "never",
               jit_options=dict(nogil=True, fastmath=FASTMATH, error_model="numpy"))
     def _on_cpu(*args):
         return fn

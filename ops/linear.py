@@ -1,11 +1,13 @@
 """Dense-layer primitives: matrix product (BLAS; a tiled kernel on CUDA) and bias add."""
 from __future__ import annotations
 
+import numpy as np
+
 from dlrun.ops import config
 from dlrun.ops.blas import matmul
 from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
 from dlrun.ops.reduce import tree_sum
-from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+from dlrun.ops.registry import Op, OpError, Spec, Twin, check_float, register, register_twin
 from dlrun.ops.shape import copy_cuda
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -90,6 +92,18 @@ def matmul_bwd_sgd_cpu(dy, a, b, lr, da):
     if da is not None:
         matmul(dy, b, da, trans_b=True)     # before b changes
     matmul(a, dy, b, -lr[0], 1.0, True, False)
+
+
+def _sgd_product_sample(rng, dtype):
+    dy, a, b = (rng.standard_normal(s).astype(dtype) for s in ((5, 3), (5, 4), (4, 3)))
+    return dy, a, b, np.array([0.1], dtype), np.empty_like(a)
+
+
+register_twin(Twin(
+    "matmul_bwd_sgd", matmul_bwd_sgd_cpu, None, writes=(2, 4), outputs=(4,),
+    sample=_sgd_product_sample,
+    no_cuda="a CPU rewrite (engine.core.rewrites): on CUDA the weight gradient is its own "
+            "product and the SGD update its own kernel, each launched once per step anyway"))
 
 
 def matmul_bwd_cuda(dy, a, b, da, db):

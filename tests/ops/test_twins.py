@@ -40,7 +40,7 @@ def test_the_expected_twins_are_there():
                 "rmsprop_momentum_update", "adam_update", "decay_weights", "clip_gradient",
                 "sum_squares", "correct_sparse", "correct_onehot", "correct_binary", "copy",
                 "bias_add+relu", "bias_add+sigmoid", "bias_add+tanh", "bias_add+leaky_relu",
-                "bias_add+elu"}
+                "bias_add+elu", "matmul_bwd_sgd"}
     assert expected <= set(TWINS)
 
 
@@ -110,6 +110,18 @@ def test_update_kernels_match_numpy(name, scalars):
     for n, a in zip(arrays, got):
         np.testing.assert_allclose(a, want.get(n, dict(zip(arrays, state))[n]), rtol=1e-13,
                                    err_msg=f"{name}: {n}")
+
+
+def test_the_fused_sgd_product_matches_numpy():
+    twin = ops.get_twin("matmul_bwd_sgd")
+    assert twin.cuda is None and "CPU" in twin.no_cuda
+    rng = np.random.default_rng(8)
+    dy, a, b = rng.standard_normal((5, 3)), rng.standard_normal((5, 4)), rng.standard_normal(
+        (4, 3))
+    w, da = b.copy(), np.full_like(a, np.nan)
+    twin.kernel("cpu")(dy, a, w, np.array([0.1]), da)
+    np.testing.assert_allclose(da, dy @ b.T, rtol=1e-12)
+    np.testing.assert_allclose(w, b - 0.1 * a.T @ dy, rtol=1e-12)
 
 
 def test_clip_and_sum_squares_match_numpy():

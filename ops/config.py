@@ -2,7 +2,9 @@
 
 Kernels never pass options to ``numba.njit`` themselves: they use :func:`jit`,
 :func:`pjit` (parallel) or :func:`cuda_kernel` from here, so the flags below are the
-project's one set.
+project's one set; a scalar formula shared by CPU and CUDA kernels is a :func:`formula`.
+How a kernel module's ``cuda`` global is bound, safely under the simulator too, is
+explained once, above :class:`_SimulatedCuda`.
 """
 from __future__ import annotations
 

@@ -17,7 +17,9 @@ forward ``y[i] = f(x[i], alpha)`` and backward ``dx[i] = dy[i] * f'(x[i], alpha)
 CPU (Numba loops, cached on disk) and on CUDA (grid-stride loops), the :class:`Op` record
 (inputs of one shape and float dtype), and for one-input ops the fused kernel the planner
 runs for ``bias_add`` followed by the op (:func:`fused_bias_forward`). Optimizer updates
-are formulas too (:func:`map_twin`): several arrays read and written in one pass.
+are formulas too (:func:`map_kernels`, :func:`map_twin`): several arrays read and written
+in one pass. A kernel of a fixed signature written around formulas (a loss's reduction, a
+metric count) is a template copied once per formula (:func:`instantiate`).
 
 How. The formula is a :func:`dlrun.ops.config.formula`, which Numba compiles for either
 device. The loops around it are generated source, compiled under the formula's file name
@@ -81,11 +83,15 @@ def _compile(name: str, source: str, env: dict, anchor, device: str, doc: str,
     """The generated function, compiled for a device: a :func:`config.jit` kernel, or a
     :class:`config.cuda_kernel` (launched by the caller)."""
     path, line, cacheable = _where(anchor)
-    cacheable = cacheable and cache
     scope = {"__name__": anchor.__module__, "cuda": None, **env}
     exec(compile("\n" * (line - 1) + source, path, "exec"), scope)  # noqa: S102
     fn = scope[name]
     fn.__doc__ = doc
+    return _for_device(fn, device, cacheable and cache)
+
+
+def _for_device(fn, device: str, cacheable: bool):
+    """``fn`` compiled (on first use) as a CPU kernel, or as a CUDA kernel to launch."""
     if device == "cpu":
         return config.jit(fn, cache=config.CACHE and cacheable)
     return config.cuda_kernel(fn)
@@ -101,9 +107,7 @@ def instantiate(template: Callable, name: str, anchor: Callable, device: str, **
     scope = {**template.__globals__, "__name__": anchor.__module__, "cuda": None, **env}
     fn = types.FunctionType(code, scope, name)
     fn.__doc__ = template.__doc__
-    if device == "cpu":
-        return config.jit(fn, cache=config.CACHE and cacheable)
-    return config.cuda_kernel(fn)
+    return _for_device(fn, device, cacheable)
 
 
 def _launcher(kernel, lead: int, name: str, doc: str, what: str):

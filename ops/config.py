@@ -63,7 +63,8 @@ def formula(fn=None, *, inline: bool = False):
     Python. It must not use ``cuda`` (it is one formula for both devices). Returns ``fn``
     itself. LLVM inlines small formulas by itself; ``inline=True`` makes Numba inline one
     into CPU kernels before that, for a formula with loops called per element, whose
-    call would cost more than its work.
+    call would cost more than its work (not for one that reassigns a variable inside a
+    branch: Numba's inliner warns on those).
     """
     if fn is None:
         return lambda f: formula(f, inline=inline)

@@ -163,7 +163,7 @@ def _ce1h_shape(logits: Spec, targets: Spec, w: Spec) -> list:
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
 
 
-@config.formula
+@config.formula(inline=True)
 def _onehot_row_loss(logits, targets, w, p, i, total):
     """p[i] = softmax(logits[i]); returns total + w_i sum_j t_ij (lse_i - logits_ij), the
     targets weighted before the product (t w_i = t exactly when w_i = 1)"""
@@ -202,7 +202,7 @@ def softmax_ce_onehot_fwd_cuda(logits, targets, w, loss, p):
     _softmax_ce_onehot_fwd[1, config.CUDA_BLOCK](logits, targets, w, loss, p)
 
 
-@config.formula
+@config.formula(inline=True)
 def _onehot_row_grad(dy, targets, p, w, dlogits, i):
     """dlogits[i] = dy w_i (p_i sum_j t_ij - t_i) / n   (= p - t for one-hot rows)"""
     n, c = p.shape
@@ -262,14 +262,14 @@ def _pair_shape(name):
     return shape
 
 
-@config.formula
+@config.formula(inline=True)
 def _squared_error(p, t, wr):
     """w (p - t)^2, as d (d w): d d exactly when w = 1"""
     d = p - t
     return d * (d * wr)
 
 
-@config.formula
+@config.formula(inline=True)
 def _squared_error_grad(g, p, t):
     """d/dp of (p - t)^2, times g"""
     return 2.0 * g * (p - t)
@@ -296,8 +296,20 @@ def _cross_entropy_grad(g, p, t):
     return g * (p - t) / (p * (1.0 - p))
 
 
-# Kernel templates, instantiated per loss with the formulas above as _term and _grad.
-_term = _grad = None
+@config.formula
+def unweighted(w):
+    """True when every weight is 1 (no sample weights): the CPU kernels then run one flat
+    loop, which LLVM vectorizes where a loop per sample of a few values does not"""
+    for r in range(w.size):
+        if w[r] != 1:
+            return False
+    return True
+
+
+# Kernel templates, instantiated per loss with the formulas above as _term and _grad (and
+# _one, a loss's one-gradient CPU kernel). CPU loops run from 0 with an offset in the
+# index: LLVM vectorizes those, not range(start, stop).
+_term = _grad = _one = None
 
 
 def _mean_cpu_template(pred, target, w, loss):
@@ -306,9 +318,13 @@ def _mean_cpu_template(pred, target, w, loss):
     tf = target.reshape(-1)
     per = pf.size // w.size if w.size else 0
     total = 0.0
-    for r in range(w.size):
-        for k in range(r * per, (r + 1) * per):
-            total += _term(pf[k], tf[k], w[r])
+    if unweighted(w):
+        for k in range(pf.size):
+            total += _term(pf[k], tf[k], 1.0)
+    else:
+        for r in range(w.size):
+            for j in range(per):
+                total += _term(pf[r * per + j], tf[r * per + j], w[r])
     loss[()] = total / pf.size
 
 
@@ -333,10 +349,22 @@ def _grad_cpu_template(dy, a, b, w, da):
     df = da.reshape(-1)
     per = af.size // w.size if w.size else 0
     g = dy[()] / af.size
-    for r in range(w.size):
-        gw = g * w[r]
-        for k in range(r * per, (r + 1) * per):
-            df[k] = _grad(gw, af[k], bf[k])
+    if unweighted(w):
+        for k in range(af.size):
+            df[k] = _grad(g, af[k], bf[k])
+    else:
+        for r in range(w.size):
+            gw = g * w[r]
+            for j in range(per):
+                df[r * per + j] = _grad(gw, af[r * per + j], bf[r * per + j])
+
+
+def _grads_cpu_template(dy, pred, target, w, dpred, dtarget):
+    """dpred by _one ; dtarget by _one with pred and target swapped (each when wanted)"""
+    if dpred is not None:
+        _one(dy, pred, target, w, dpred)
+    if dtarget is not None:
+        _one(dy, target, pred, w, dtarget)
 
 
 def _grad_cuda_template(dy, a, b, w, da):
@@ -353,31 +381,23 @@ def _grad_cuda_template(dy, a, b, w, da):
 def _pair_loss(name: str, term, grad, sample, reference, diff: tuple) -> None:
     """Register a loss of predictions and targets of one shape, from its term and its
     gradient (with respect to the first argument; the target's by swapping them)."""
-    k = {device: (instantiate(_mean_cpu_template if device == "cpu" else _mean_cuda_template,
-                              f"{name}_fwd_{device}", term, device, _term=term),
-                  instantiate(_grad_cpu_template if device == "cpu" else _grad_cuda_template,
-                              f"{name}_grad_{device}", grad, device, _grad=grad))
-         for device in ("cpu", "cuda")}
-
-    def forward(pred, target, w, loss):
-        k["cpu"][0](pred, target, w, loss)
-
-    def backward(dy, pred, target, w, *grads):
-        for (a, b), d in zip(((pred, target), (target, pred)), grads):
-            if d is not None:
-                k["cpu"][1](dy, a, b, w, d)
+    forward = instantiate(_mean_cpu_template, f"{name}_fwd_cpu", term, "cpu", _term=term)
+    backward = instantiate(_grad_cpu_template, f"{name}_bwd_cpu", grad, "cpu", _grad=grad)
+    if len(diff) == 2:      # the target's gradient too
+        backward = instantiate(_grads_cpu_template, f"{name}_bwd2_cpu", grad, "cpu",
+                               _one=backward)
+    mean = instantiate(_mean_cuda_template, f"{name}_fwd_cuda", term, "cuda", _term=term)
+    each = instantiate(_grad_cuda_template, f"{name}_bwd_cuda", grad, "cuda", _grad=grad)
 
     def cuda_forward(pred, target, w, loss):
-        k["cuda"][0][1, config.CUDA_BLOCK](pred, target, w, loss)
+        mean[1, config.CUDA_BLOCK](pred, target, w, loss)
 
     def cuda_backward(dy, pred, target, w, *grads):
         for (a, b), d in zip(((pred, target), (target, pred)), grads):
             if d is not None:
-                k["cuda"][1][config.grid_1d(a.size)](dy, a, b, w, d)
+                each[config.grid_1d(a.size)](dy, a, b, w, d)
 
-    for fn, doc in ((forward, term.__doc__), (backward, grad.__doc__),
-                    (cuda_forward, term.__doc__), (cuda_backward, grad.__doc__)):
-        fn.__doc__ = doc
+    cuda_forward.__doc__, cuda_backward.__doc__ = term.__doc__, grad.__doc__
     register(Op(
         name=name, inputs=("pred", "target", "w"), outputs=("loss",), shape=_pair_shape(name),
         saves=("pred", "target", "w"), diff=diff, forward=forward, backward=backward,

@@ -1,8 +1,6 @@
-"""Metrics: what each one counts per batch (by a small kernel on the step's device), and
-their accumulation over an epoch (:class:`Tally`).
-
-The CPU count kernels below have CUDA twins in :mod:`dlrun.ops.counts`.
-"""
+"""Metrics: what each one counts per batch (by a small kernel on the step's device: the
+``correct_*`` twins of :mod:`dlrun.ops.counts`), and their accumulation over an epoch
+(:class:`Tally`)."""
 from __future__ import annotations
 
 import math
@@ -10,47 +8,6 @@ import math
 import numpy as np
 
 from dlrun.errors import ConfigError
-from dlrun.ops.config import jit
-
-
-@jit
-def correct_sparse_cpu(p, labels):
-    """sum_i [argmax p_i == labels_i]"""
-    n = 0
-    for i in range(p.shape[0]):
-        best = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, best]:
-                best = j
-        n += best == labels[i]
-    return n
-
-
-@jit
-def correct_onehot_cpu(p, t):
-    """sum_i [argmax p_i == argmax t_i]"""
-    n = 0
-    for i in range(p.shape[0]):
-        bp = 0
-        bt = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, bp]:
-                bp = j
-            if t[i, j] > t[i, bt]:
-                bt = j
-        n += bp == bt
-    return n
-
-
-@jit
-def correct_binary_cpu(p, t):
-    """sum [(p > 0.5) == (t > 0.5)] over every element"""
-    pf = p.reshape(-1)
-    tf = t.reshape(-1)
-    n = 0
-    for i in range(pf.size):
-        n += (pf[i] > 0.5) == (tf[i] > 0.5)
-    return n
 
 
 class Accuracy:

@@ -10,314 +10,84 @@ import math
 
 import numpy as np
 
-from dlrun.ops import config
+from dlrun.ops import config, mathfn
 from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.elementwise import elementwise, map_kernels, uniform_sample
+from dlrun.ops.mathfn import exp, expm1, one
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
 cuda = None
 
 
-def _float_like(x: Spec, **_) -> list:
-    check_float("activation", x=x)
-    return [Spec(x.shape, x.dtype)]
-
-
-def _sample(lo=-2.0, hi=2.0, **attrs):
-    def sample(rng, dtype):
-        x = rng.uniform(lo, hi, size=(4, 5)).astype(dtype)
-        # keep clear of kinks, where finite differences are meaningless
-        x[np.abs(x) < 0.05] += 0.1
-        return (x,), dict(attrs)
-    return sample
-
-
-def _unary(name, fwd, bwd, saves, reference, attrs=None, sample=None, cuda_twins=(None, None)):
-    return register(Op(
-        name=name, inputs=("x",), shape=_float_like, saves=saves,
-        forward=fwd, backward=bwd, cuda_forward=cuda_twins[0], cuda_backward=cuda_twins[1],
-        attrs=attrs or {},
-        sample=sample or _sample(**(attrs or {})), reference=reference,
-    ))
-
-
-# -- relu --------------------------------------------------------------------------------
-@jit
-def relu_fwd_cpu(x, y):
+# -- the elementwise ones: a formula and its derivative each ------------------------------
+# Kernels, op records and the planner's fused bias + activation come from these formulas
+# (:mod:`dlrun.ops.elementwise`); the recurrent ops call sigmoid and tanh too.
+@elementwise("relu", reference=lambda x: (np.maximum(x, 0),), check=False)
+def relu(x):
     """y = max(x, 0)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i] if xf[i] > 0 else 0.0
+    return x if x > 0 else 0.0
 
 
-@cuda_kernel
-def _relu_fwd(x, y):
-    """y = max(x, 0)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i] if xf[i] > 0 else 0.0
+@relu.derivative
+def relu_grad(y):
+    """dy/dx = 1 if y > 0 else 0"""
+    return 1.0 if y > 0 else 0.0
 
 
-def relu_fwd_cuda(x, y):
-    """Launch _relu_fwd (grid-stride)."""
-    _relu_fwd[config.grid_1d(x.size)](x, y)
+@elementwise("sigmoid", reference=lambda x: (1.0 / (1.0 + np.exp(-x)),), check=False,
+             big_sample=uniform_sample((9, 11), -6.0, 6.0))
+def sigmoid(x):
+    """y = 1 / (1 + exp(-x)); exp(-x) = inf for x << 0 gives 0, not NaN"""
+    return one(x) / (one(x) + exp(-x))
 
 
-@jit
-def relu_bwd_cpu(dy, y, dx):
-    """dx = dy * (y > 0)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] if yf[i] > 0 else 0.0
+@sigmoid.derivative
+def sigmoid_grad(y):
+    """dy/dx = y (1 - y)"""
+    return y * (one(y) - y)
 
 
-@cuda_kernel
-def _relu_bwd(dy, y, dx):
-    """dx = dy * (y > 0)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] if yf[i] > 0 else 0.0
-
-
-def relu_bwd_cuda(dy, y, dx):
-    """Launch _relu_bwd (grid-stride)."""
-    _relu_bwd[config.grid_1d(dy.size)](dy, y, dx)
-
-
-_unary("relu", relu_fwd_cpu, relu_bwd_cpu, ("y",), lambda x: (np.maximum(x, 0),),
-       cuda_twins=(relu_fwd_cuda, relu_bwd_cuda))
-
-
-# -- sigmoid -----------------------------------------------------------------------------
-@jit
-def sigmoid_fwd_cpu(x, y):
-    """y = 1 / (1 + exp(-x)), evaluated without overflow for either sign"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        v = xf[i]
-        if v >= 0:
-            yf[i] = 1.0 / (1.0 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            yf[i] = e / (1.0 + e)
-
-
-@cuda_kernel
-def _sigmoid_fwd(x, y):
-    """y = 1 / (1 + exp(-x)), evaluated without overflow for either sign"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        v = xf[i]
-        if v >= 0:
-            yf[i] = 1.0 / (1.0 + math.exp(-v))
-        else:
-            e = math.exp(v)
-            yf[i] = e / (1.0 + e)
-
-
-def sigmoid_fwd_cuda(x, y):
-    """Launch _sigmoid_fwd (grid-stride)."""
-    _sigmoid_fwd[config.grid_1d(x.size)](x, y)
-
-
-@jit
-def sigmoid_bwd_cpu(dy, y, dx):
-    """dx = dy * y * (1 - y)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] * yf[i] * (1.0 - yf[i])
-
-
-@cuda_kernel
-def _sigmoid_bwd(dy, y, dx):
-    """dx = dy * y * (1 - y)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] * yf[i] * (1.0 - yf[i])
-
-
-def sigmoid_bwd_cuda(dy, y, dx):
-    """Launch _sigmoid_bwd (grid-stride)."""
-    _sigmoid_bwd[config.grid_1d(dy.size)](dy, y, dx)
-
-
-_unary("sigmoid", sigmoid_fwd_cpu, sigmoid_bwd_cpu, ("y",),
-       lambda x: (1.0 / (1.0 + np.exp(-x)),), cuda_twins=(sigmoid_fwd_cuda, sigmoid_bwd_cuda))
-
-
-# -- tanh --------------------------------------------------------------------------------
-@jit
-def tanh_fwd_cpu(x, y):
+@elementwise("tanh", reference=lambda x: (np.tanh(x),), check=False)
+def tanh(x):
     """y = tanh(x)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = math.tanh(xf[i])
+    return mathfn.tanh(x)
 
 
-@cuda_kernel
-def _tanh_fwd(x, y):
-    """y = tanh(x)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = math.tanh(xf[i])
+@tanh.derivative
+def tanh_grad(y):
+    """dy/dx = 1 - y^2"""
+    return one(y) - y * y
 
 
-def tanh_fwd_cuda(x, y):
-    """Launch _tanh_fwd (grid-stride)."""
-    _tanh_fwd[config.grid_1d(x.size)](x, y)
-
-
-@jit
-def tanh_bwd_cpu(dy, y, dx):
-    """dx = dy * (1 - y^2)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] * (1.0 - yf[i] * yf[i])
-
-
-@cuda_kernel
-def _tanh_bwd(dy, y, dx):
-    """dx = dy * (1 - y^2)"""
-    dyf = dy.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] * (1.0 - yf[i] * yf[i])
-
-
-def tanh_bwd_cuda(dy, y, dx):
-    """Launch _tanh_bwd (grid-stride)."""
-    _tanh_bwd[config.grid_1d(dy.size)](dy, y, dx)
-
-
-_unary("tanh", tanh_fwd_cpu, tanh_bwd_cpu, ("y",), lambda x: (np.tanh(x),),
-       cuda_twins=(tanh_fwd_cuda, tanh_bwd_cuda))
-
-
-# -- leaky_relu --------------------------------------------------------------------------
-@jit
-def leaky_relu_fwd_cpu(x, alpha, y):
+@elementwise("leaky_relu", reference=lambda x, alpha: (np.where(x > 0, x, alpha * x),),
+             check=False, big_sample=uniform_sample((9, 11), alpha=0.2))
+def leaky_relu(x, alpha=0.3):
     """y = x if x > 0 else alpha * x"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i] if xf[i] > 0 else alpha * xf[i]
+    return x if x > 0 else alpha * x
 
 
-@cuda_kernel
-def _leaky_relu_fwd(x, alpha, y):
-    """y = x if x > 0 else alpha * x"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i] if xf[i] > 0 else alpha * xf[i]
+@leaky_relu.derivative
+def leaky_relu_grad(x, alpha):
+    """dy/dx = 1 if x > 0 else alpha"""
+    return 1.0 if x > 0 else alpha
 
 
-def leaky_relu_fwd_cuda(x, alpha, y):
-    """Launch _leaky_relu_fwd (grid-stride)."""
-    _leaky_relu_fwd[config.grid_1d(x.size)](x, alpha, y)
+def _elu_reference(x, alpha):
+    return (np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),)
 
 
-@jit
-def leaky_relu_bwd_cpu(dy, x, alpha, dx):
-    """dx = dy if x > 0 else alpha * dy"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] if xf[i] > 0 else alpha * dyf[i]
-
-
-@cuda_kernel
-def _leaky_relu_bwd(dy, x, alpha, dx):
-    """dx = dy if x > 0 else alpha * dy"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] if xf[i] > 0 else alpha * dyf[i]
-
-
-def leaky_relu_bwd_cuda(dy, x, alpha, dx):
-    """Launch _leaky_relu_bwd (grid-stride)."""
-    _leaky_relu_bwd[config.grid_1d(dy.size)](dy, x, alpha, dx)
-
-
-_unary("leaky_relu", leaky_relu_fwd_cpu, leaky_relu_bwd_cpu, ("x",),
-       lambda x, alpha: (np.where(x > 0, x, alpha * x),), attrs={"alpha": 0.3},
-       cuda_twins=(leaky_relu_fwd_cuda, leaky_relu_bwd_cuda))
-
-
-# -- elu ---------------------------------------------------------------------------------
-@jit
-def elu_fwd_cpu(x, alpha, y):
+@elementwise("elu", reference=_elu_reference, check=False,
+             big_sample=uniform_sample((9, 11), alpha=0.7))
+def elu(x, alpha=1.0):
     """y = x if x > 0 else alpha * (exp(x) - 1)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i] if xf[i] > 0 else alpha * math.expm1(xf[i])
+    return x if x > 0 else alpha * expm1(x)
 
 
-@cuda_kernel
-def _elu_fwd(x, alpha, y):
-    """y = x if x > 0 else alpha * (exp(x) - 1)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i] if xf[i] > 0 else alpha * math.expm1(xf[i])
-
-
-def elu_fwd_cuda(x, alpha, y):
-    """Launch _elu_fwd (grid-stride)."""
-    _elu_fwd[config.grid_1d(x.size)](x, alpha, y)
-
-
-@jit
-def elu_bwd_cpu(dy, x, y, alpha, dx):
-    """dx = dy if x > 0 else dy * (y + alpha)"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] if xf[i] > 0 else dyf[i] * (yf[i] + alpha)
-
-
-@cuda_kernel
-def _elu_bwd(dy, x, y, alpha, dx):
-    """dx = dy if x > 0 else dy * (y + alpha)"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] if xf[i] > 0 else dyf[i] * (yf[i] + alpha)
-
-
-def elu_bwd_cuda(dy, x, y, alpha, dx):
-    """Launch _elu_bwd (grid-stride)."""
-    _elu_bwd[config.grid_1d(dy.size)](dy, x, y, alpha, dx)
-
-
-_unary("elu", elu_fwd_cpu, elu_bwd_cpu, ("x", "y"),
-       lambda x, alpha: (np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0))),),
-       attrs={"alpha": 1.0}, cuda_twins=(elu_fwd_cuda, elu_bwd_cuda))
+@elu.derivative
+def elu_grad(x, y, alpha):
+    """dy/dx = 1 if x > 0 else y + alpha"""
+    return 1.0 if x > 0 else y + alpha
 
 
 # -- softmax (last axis) -----------------------------------------------------------------
@@ -328,49 +98,53 @@ def _softmax_shape(x: Spec) -> list:
     return [Spec(x.shape, x.dtype)]
 
 
-@jit
-def softmax_rows(x2, y2):
-    """y[i] = exp(x[i] - max x[i]) / sum exp(x[i] - max x[i]), row by row"""
-    for i in range(x2.shape[0]):
-        m = x2[i, 0]
-        for j in range(1, x2.shape[1]):
-            m = max(m, x2[i, j])
-        s = 0.0
-        for j in range(x2.shape[1]):
-            e = math.exp(x2[i, j] - m)
-            y2[i, j] = e
-            s += e
-        inv = 1.0 / s
-        for j in range(x2.shape[1]):
-            y2[i, j] *= inv
+@config.formula(inline=True)
+def softmax_row(x, y, i):
+    """y[i] = exp(x[i] - max x[i]) / sum exp(x[i] - max x[i]) for 2-D x, y; returns the
+    row's log-sum-exp, log sum_j exp(x[i, j]) (the cross-entropy losses use it too)"""
+    c = x.shape[1]
+    m = x[i, 0]
+    for j in range(1, c):
+        if x[i, j] > m:  # noqa: PLR1730  (max() fails to compile for CUDA, numba 0.66+)
+            m = x[i, j]
+    s = 0.0
+    for j in range(c):
+        e = math.exp(x[i, j] - m)
+        y[i, j] = e
+        s += e
+    for j in range(c):
+        y[i, j] /= s
+    return math.log(s) + m
+
+
+@config.formula(inline=True)
+def softmax_row_grad(dy, y, dx, i):
+    """dx[i] = y[i] * (dy[i] - sum_j dy[i, j] y[i, j]) for 2-D arrays"""
+    s = 0.0
+    for j in range(y.shape[1]):
+        s += dy[i, j] * y[i, j]
+    for j in range(y.shape[1]):
+        dx[i, j] = y[i, j] * (dy[i, j] - s)
 
 
 @jit
 def softmax_fwd_cpu(x, y):
     """y = softmax(x) along the last axis"""
     n = x.shape[-1]
-    softmax_rows(x.reshape(-1, n), y.reshape(-1, n))
+    x2 = x.reshape(-1, n)
+    y2 = y.reshape(-1, n)
+    for i in range(x2.shape[0]):
+        softmax_row(x2, y2, i)
 
 
 @cuda_kernel
 def _softmax_fwd(x, y):
-    """y = softmax(x) along the last axis, one thread per row"""
+    """y = softmax(x) along the last axis, a thread per row"""
     n = x.shape[x.ndim - 1]  # not shape[-1]: the simulator refuses negative indices
     x2 = x.reshape(-1, n)
     y2 = y.reshape(-1, n)
     for i in range(cuda.grid(1), x2.shape[0], cuda.gridsize(1)):
-        m = x2[i, 0]
-        for j in range(1, n):
-            if x2[i, j] > m:  # noqa: PLR1730  (max() fails to compile for CUDA, numba 0.66+)
-                m = x2[i, j]
-        s = 0.0
-        for j in range(n):
-            e = math.exp(x2[i, j] - m)
-            y2[i, j] = e
-            s += e
-        inv = 1.0 / s
-        for j in range(n):
-            y2[i, j] *= inv
+        softmax_row(x2, y2, i)
 
 
 def softmax_fwd_cuda(x, y):
@@ -386,26 +160,18 @@ def softmax_bwd_cpu(dy, y, dx):
     y2 = y.reshape(-1, n)
     dx2 = dx.reshape(-1, n)
     for i in range(y2.shape[0]):
-        s = 0.0
-        for j in range(n):
-            s += dy2[i, j] * y2[i, j]
-        for j in range(n):
-            dx2[i, j] = y2[i, j] * (dy2[i, j] - s)
+        softmax_row_grad(dy2, y2, dx2, i)
 
 
 @cuda_kernel
 def _softmax_bwd(dy, y, dx):
-    """dx = y * (dy - sum(dy * y))  along the last axis, one thread per row"""
+    """dx = y * (dy - sum(dy * y)) along the last axis, a thread per row"""
     n = y.shape[y.ndim - 1]
     dy2 = dy.reshape(-1, n)
     y2 = y.reshape(-1, n)
     dx2 = dx.reshape(-1, n)
     for i in range(cuda.grid(1), y2.shape[0], cuda.gridsize(1)):
-        s = 0.0
-        for j in range(n):
-            s += dy2[i, j] * y2[i, j]
-        for j in range(n):
-            dx2[i, j] = y2[i, j] * (dy2[i, j] - s)
+        softmax_row_grad(dy2, y2, dx2, i)
 
 
 def softmax_bwd_cuda(dy, y, dx):
@@ -422,7 +188,8 @@ register(Op(
     name="softmax", inputs=("x",), shape=_softmax_shape, saves=("y",),
     forward=softmax_fwd_cpu, backward=softmax_bwd_cpu,
     cuda_forward=softmax_fwd_cuda, cuda_backward=softmax_bwd_cuda,
-    sample=_sample(-3.0, 3.0), reference=_softmax_ref,
+    sample=uniform_sample(lo=-3.0, hi=3.0), reference=_softmax_ref,
+    big_sample=uniform_sample((37, 6), -3.0, 3.0),
 ))
 
 
@@ -435,63 +202,37 @@ def _prelu_shape(x: Spec, alpha: Spec) -> list:
     return [Spec(x.shape, x.dtype)]
 
 
-@jit
-def prelu_fwd_cpu(x, alpha, y):
-    """y = x if x > 0 else alpha * x  (alpha: one slope per element of a sample)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    af = alpha.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+# leaky_relu's formula, with alpha repeating along the batch
+prelu_fwd_cpu, prelu_fwd_cuda = map_kernels(
+    "prelu_fwd", leaky_relu.formula, arrays=("x", "alpha"), writes=("y",), outputs=("y",),
+    broadcast=("alpha",))
 
 
-@cuda_kernel
-def _prelu_fwd(x, alpha, y):
-    """y = x if x > 0 else alpha * x"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    af = alpha.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i] if xf[i] > 0 else af[i % af.size] * xf[i]
+def prelu_dx(dy, x, alpha):
+    """dx = dy * leaky_relu'(x, alpha)"""
+    return dy * leaky_relu_grad(x, alpha)
 
 
-def prelu_fwd_cuda(x, alpha, y):
-    """Launch _prelu_fwd (grid-stride)."""
-    _prelu_fwd[config.grid_1d(x.size)](x, alpha, y)
+_prelu_dx_cpu, _prelu_dx_cuda = map_kernels(
+    "prelu_dx", prelu_dx, arrays=("dy", "x", "alpha"), writes=("dx",), outputs=("dx",),
+    broadcast=("alpha",))
 
 
 @jit
-def prelu_bwd_cpu(dy, x, alpha, dx, dalpha):
-    """dx = dy if x > 0 else alpha * dy ; dalpha = sum over the batch of dy * x * (x <= 0)"""
+def _prelu_dalpha_cpu(dy, x, dalpha):
+    """dalpha[k] = sum_n dy[n, k] * x[n, k] * (x[n, k] <= 0)"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
-    af = alpha.reshape(-1)
-    if dx is not None:
-        dxf = dx.reshape(-1)
-        for i in range(dyf.size):
-            dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
-    if dalpha is not None:
-        daf = dalpha.reshape(-1)
-        for k in range(daf.size):
-            daf[k] = 0.0
-        for i in range(dyf.size):
-            if xf[i] <= 0:
-                daf[i % daf.size] += dyf[i] * xf[i]
+    daf = dalpha.reshape(-1)
+    for k in range(daf.size):
+        daf[k] = 0.0
+    for i in range(dyf.size):
+        if xf[i] <= 0:
+            daf[i % daf.size] += dyf[i] * xf[i]
 
 
 @cuda_kernel
-def _prelu_bwd_x(dy, x, alpha, dx):
-    """dx = dy if x > 0 else alpha * dy"""
-    dyf = dy.reshape(-1)
-    xf = x.reshape(-1)
-    af = alpha.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] if xf[i] > 0 else af[i % af.size] * dyf[i]
-
-
-@cuda_kernel
-def _prelu_bwd_alpha(dy, x, dalpha):
+def _prelu_dalpha(dy, x, dalpha):
     """dalpha[k] = sum_n dy[n, k] * x[n, k] * (x[n, k] <= 0)  (one thread per slope)"""
     dyf = dy.reshape(-1)
     xf = x.reshape(-1)
@@ -504,16 +245,24 @@ def _prelu_bwd_alpha(dy, x, dalpha):
         daf[k] = s
 
 
-def prelu_bwd_cuda(dy, x, alpha, dx, dalpha):
-    """Launch _prelu_bwd_x (grid-stride) and _prelu_bwd_alpha (per slope)."""
+def prelu_bwd_cpu(dy, x, alpha, dx, dalpha):
+    """dx = dy if x > 0 else alpha * dy ; dalpha = sum over the batch of dy * x * (x <= 0)"""
     if dx is not None:
-        _prelu_bwd_x[config.grid_1d(dy.size)](dy, x, alpha, dx)
+        _prelu_dx_cpu(dy, x, alpha, dx)
     if dalpha is not None:
-        _prelu_bwd_alpha[config.grid_1d(dalpha.size)](dy, x, dalpha)
+        _prelu_dalpha_cpu(dy, x, dalpha)
+
+
+def prelu_bwd_cuda(dy, x, alpha, dx, dalpha):
+    """_prelu_dx_cuda (grid-stride) and _prelu_dalpha (a thread per slope)."""
+    if dx is not None:
+        _prelu_dx_cuda(dy, x, alpha, dx)
+    if dalpha is not None:
+        _prelu_dalpha[config.grid_1d(dalpha.size)](dy, x, dalpha)
 
 
 def _prelu_sample(rng, dtype):
-    (x,), _ = _sample()(rng, dtype)
+    (x,), _ = uniform_sample()(rng, dtype)
     return (x, rng.uniform(0.05, 0.5, x.shape[1:]).astype(dtype)), {}
 
 

@@ -14,8 +14,8 @@ import math
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import cuda_device, cuda_kernel, jit
-from dlrun.ops.dropout import uniform_hash, uniform_hash_device, uniform_hash_np
+from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.dropout import uniform_hash, uniform_hash_np
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -34,7 +34,7 @@ def _shape(x: Spec, shift_h=0.0, shift_w=0.0, rotation=0.0, zoom=0.0, fill=0.0) 
     return [Spec(x.shape, x.dtype)]
 
 
-@jit
+@config.formula
 def affine_params(u0, u1, u2, u3, h, w, shift_h, shift_w, rotation, zoom):
     """(ty, tx, cos, sin, 1/z): whole-pixel shifts up to shift * size, an angle up to
     rotation * 2 pi either way, a zoom z in [1 - zoom, 1 + zoom], from four uniforms"""
@@ -47,10 +47,16 @@ def affine_params(u0, u1, u2, u3, h, w, shift_h, shift_w, rotation, zoom):
     return ty, tx, math.cos(angle), math.sin(angle), 1.0 / z
 
 
-affine_params_device = cuda_device(affine_params.py_func)
+@config.formula
+def draw(seed, n, h, w, shift_h, shift_w, rotation, zoom):
+    """sample n's affine_params, from the hash's uniforms 4n to 4n + 3"""
+    k = 4 * n
+    return affine_params(uniform_hash(seed, k), uniform_hash(seed, k + 1),
+                         uniform_hash(seed, k + 2), uniform_hash(seed, k + 3), h, w,
+                         shift_h, shift_w, rotation, zoom)
 
 
-@jit
+@config.formula
 def source_pixel(i, j, h, w, ty, tx, c, s, inv_z):
     """The nearest source pixel (si, sj) of output pixel (i, j): the inverse of
     zoom-rotate about the centre then shift; (-1, -1) when it falls outside"""
@@ -65,18 +71,12 @@ def source_pixel(i, j, h, w, ty, tx, c, s, inv_z):
     return si, sj
 
 
-source_pixel_device = cuda_device(source_pixel.py_func)
-
-
 @jit
 def random_affine_fwd_cpu(x, shift_h, shift_w, rotation, zoom, fill, seed, y):
     """y[n] = x[n] shifted, rotated and zoomed by sample n's draw (nearest pixel)"""
     n_, ch, h, w = x.shape
     for n in range(n_):
-        k = 4 * n
-        ty, tx, c, s, inv_z = affine_params(
-            uniform_hash(seed, k), uniform_hash(seed, k + 1), uniform_hash(seed, k + 2),
-            uniform_hash(seed, k + 3), h, w, shift_h, shift_w, rotation, zoom)
+        ty, tx, c, s, inv_z = draw(seed, n, h, w, shift_h, shift_w, rotation, zoom)
         for i in range(h):
             for j in range(w):
                 si, sj = source_pixel(i, j, h, w, ty, tx, c, s, inv_z)
@@ -92,12 +92,8 @@ def _random_affine_fwd(x, shift_h, shift_w, rotation, zoom, fill, seed, y):
         n = p // (h * w)
         i = (p // w) % h
         j = p % w
-        k = 4 * n
-        ty, tx, c, s, inv_z = affine_params_device(
-            uniform_hash_device(seed, k), uniform_hash_device(seed, k + 1),
-            uniform_hash_device(seed, k + 2), uniform_hash_device(seed, k + 3),
-            h, w, shift_h, shift_w, rotation, zoom)
-        si, sj = source_pixel_device(i, j, h, w, ty, tx, c, s, inv_z)
+        ty, tx, c, s, inv_z = draw(seed, n, h, w, shift_h, shift_w, rotation, zoom)
+        si, sj = source_pixel(i, j, h, w, ty, tx, c, s, inv_z)
         for q in range(ch):
             y[n, q, i, j] = fill if si < 0 else x[n, q, si, sj]
 

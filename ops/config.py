@@ -2,7 +2,9 @@
 
 Kernels never pass options to ``numba.njit`` themselves: they use :func:`jit`,
 :func:`pjit` (parallel) or :func:`cuda_kernel` from here, so the flags below are the
-project's one set.
+project's one set; a scalar formula shared by CPU and CUDA kernels is a :func:`formula`.
+How a kernel module's ``cuda`` global is bound, safely under the simulator too, is
+explained once, above :class:`_SimulatedCuda`.
 """
 from __future__ import annotations
 
@@ -53,13 +55,71 @@ def pjit(fn=None, **kw):
     return jit(fn, parallel=True, **kw)
 
 
+def formula(fn=None, *, inline: bool = False):
+    """A scalar function callable as it is from CPU kernels, CUDA kernels and Python.
+
+    Numba compiles it for whichever target calls it: with the project's options inside a
+    CPU kernel, as a device function inside a CUDA kernel, and the simulator runs it as
+    Python. It must not use ``cuda`` (it is one formula for both devices). Returns ``fn``
+    itself. LLVM inlines small formulas by itself; ``inline=True`` makes Numba inline one
+    into CPU kernels before that, for a formula with loops called per element, whose
+    call would cost more than its work (not for one that reassigns a variable inside a
+    branch: Numba's inliner warns on those).
+    """
+    if fn is None:
+        return lambda f: formula(f, inline=inline)
+    from numba.extending import overload
+
+    @overload(fn, target="cpu", strict=False, inline="always" if inline else "never",
+              jit_options=dict(nogil=True, fastmath=FASTMATH, error_model="numpy"))
+    def _on_cpu(*args):
+        return fn
+
+    @overload(fn, target="cuda", strict=False)
+    def _on_cuda(*args):
+        return fn
+
+    return fn
+
+
+# -- CUDA ---------------------------------------------------------------------------------
+# A kernel module declares ``cuda = None`` and uses ``cuda.grid(1)``, ``cuda.shared``...;
+# :class:`cuda_kernel` binds that global on first launch (importing dlrun never imports
+# numba.cuda, so NUMBA_ENABLE_CUDASIM stays the caller's choice). On a GPU it is
+# ``numba.cuda`` itself, which the compiler needs. Under the simulator it is
+# :data:`_SIMULATED`: the simulator swaps every global that *is* ``numba.cuda`` in a
+# function's module for the running kernel's stand-in around each call and swaps it back
+# after; for a device function called by many simulated threads at once, one thread's
+# restore lands while another still runs, whose next ``cuda.syncthreads()`` then reaches
+# the real module. The proxy is never swapped: it looks the running kernel up at each
+# access, so device helpers can live in one module and serve kernels of any other.
+class _SimulatedCuda:
+    """``numba.cuda`` as the running simulated kernel sees it (its ``FakeCUDAModule``,
+    whose thread indices are those of the calling Python thread); outside a kernel (a
+    launcher's ``cuda.device_array``), the simulator's ``numba.cuda`` itself."""
+
+    def __getattr__(self, name: str):
+        from numba import cuda
+        from numba.cuda.simulator.kernel import _get_kernel_context
+
+        return getattr(_get_kernel_context() or cuda, name)
+
+
+_SIMULATED = _SimulatedCuda()
+
+
+def cuda_module():
+    """What a kernel module's ``cuda`` global is bound to (see above); imports numba.cuda."""
+    from numba import config as numba_config
+    from numba import cuda
+
+    return _SIMULATED if numba_config.ENABLE_CUDASIM else cuda
+
+
 class cuda_kernel:
     """A ``numba.cuda.jit`` kernel, or with ``device=True`` a device function, compiled on
-    first use.
-
-    ``numba.cuda`` is imported only when a CUDA kernel is first launched, so importing
-    dlrun stays fast and ``NUMBA_ENABLE_CUDASIM`` can still be chosen by the caller.
-    The kernel's module refers to ``cuda`` as a global; it is bound here.
+    first use. Its module's ``cuda`` global (declared ``None``) is bound then, by
+    :func:`cuda_module`.
     """
 
     # Kernel launches so far, all kernels together: the engine reads it around a training
@@ -77,10 +137,8 @@ class cuda_kernel:
         if self._compiled is None:
             from numba import cuda
 
-            # Unless bound already: under the simulator a device function compiles while
-            # its kernel runs, with the simulator's stand-in bound there.
-            if self.fn.__globals__.get("cuda") is None:
-                self.fn.__globals__["cuda"] = cuda
+            if "cuda" in self.fn.__globals__ and self.fn.__globals__["cuda"] is None:
+                self.fn.__globals__["cuda"] = cuda_module()
             self._compiled = cuda.jit(device=self.device, fastmath=False)(self.fn)
         return self._compiled
 

@@ -51,6 +51,38 @@ def window_geometry(size: int, k: int, stride: int, padding: str) -> tuple[int, 
     return out, total // 2
 
 
+# -- index arithmetic the window kernels share (conv and pooling, both devices) -----------
+@config.formula
+def unravel4(t, a):
+    """(i0, i1, i2, i3), the index of element t of the 4-D array a (row-major)"""
+    i3 = t % a.shape[3]
+    i2 = (t // a.shape[3]) % a.shape[2]
+    i1 = (t // (a.shape[3] * a.shape[2])) % a.shape[1]
+    return t // (a.shape[3] * a.shape[2] * a.shape[1]), i1, i2, i3
+
+
+@config.formula
+def tap_source(pos, pad, tap, stride, count):
+    """The output p whose window reads input ``pos`` with its tap ``tap`` (p * stride +
+    tap - pad = pos), or -1 when none of the ``count`` outputs does"""
+    pp = pos + pad - tap
+    if pp >= 0 and pp % stride == 0 and pp // stride < count:
+        return pp // stride
+    return -1
+
+
+@config.formula
+def window_span(p, stride, pad, k, size):
+    """(lo, hi): the inputs [lo, hi) that window p (k wide) covers inside [0, size)"""
+    lo = p * stride - pad
+    hi = lo + k
+    if lo < 0:
+        lo = 0
+    if hi > size:
+        hi = size
+    return lo, hi
+
+
 def check_window_attrs(op: str, kernel: tuple, strides: tuple, padding: str) -> None:
     if padding not in ("valid", "same"):
         raise OpError(f"op {op!r}: padding must be 'valid' or 'same', got {padding!r}")
@@ -286,10 +318,7 @@ def conv2d_bwd_cpu(dy, x, w, strides, padding, dx, dw):
 def _conv2d_fwd(x, w, sh, sw, pt, pl, y):
     """y[n, o, p, q] = sum_{c,i,j} w[o, c, i, j] * x[n, c, p*sh + i - pt, q*sw + j - pl]"""
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        q = t % y.shape[3]
-        p = (t // y.shape[3]) % y.shape[2]
-        o = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
-        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
+        n, o, p, q = unravel4(t, y)
         acc = y.dtype.type(0)
         for c in range(x.shape[1]):
             for i in range(w.shape[2]):
@@ -313,20 +342,19 @@ def _conv2d_bwd_x(dy, y, relu, w, sh, sw, pt, pl, dx):
     """dx[n, c, r, s] = sum over (o, i, j) with r = p*sh + i - pt, s = q*sw + j - pl of
     w[o, c, i, j] * g[n, o, p, q] ; g = dy * (y > 0) if relu else dy"""
     for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        s = t % dx.shape[3]
-        r = (t // dx.shape[3]) % dx.shape[2]
-        c = (t // (dx.shape[3] * dx.shape[2])) % dx.shape[1]
-        n = t // (dx.shape[3] * dx.shape[2] * dx.shape[1])
+        n, c, r, s = unravel4(t, dx)
         acc = dx.dtype.type(0)
         for i in range(w.shape[2]):
-            pp = r + pt - i
-            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
-                for j in range(w.shape[3]):
-                    qq = s + pl - j
-                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
-                        for o in range(w.shape[0]):
-                            if not relu or y[n, o, pp // sh, qq // sw] > 0:
-                                acc += w[o, c, i, j] * dy[n, o, pp // sh, qq // sw]
+            p = tap_source(r, pt, i, sh, dy.shape[2])
+            if p < 0:
+                continue
+            for j in range(w.shape[3]):
+                q = tap_source(s, pl, j, sw, dy.shape[3])
+                if q < 0:
+                    continue
+                for o in range(w.shape[0]):
+                    if not relu or y[n, o, p, q] > 0:
+                        acc += w[o, c, i, j] * dy[n, o, p, q]
         dx[n, c, r, s] = acc
 
 
@@ -335,10 +363,7 @@ def _conv2d_bwd_w(dy, y, relu, x, sh, sw, pt, pl, dw):
     """dw[o, c, i, j] = sum_{n,p,q} g[n, o, p, q] * x[n, c, p*sh + i - pt, q*sw + j - pl] ;
     g = dy * (y > 0) if relu else dy"""
     for t in range(cuda.grid(1), dw.size, cuda.gridsize(1)):
-        j = t % dw.shape[3]
-        i = (t // dw.shape[3]) % dw.shape[2]
-        c = (t // (dw.shape[3] * dw.shape[2])) % dw.shape[1]
-        o = t // (dw.shape[3] * dw.shape[2] * dw.shape[1])
+        o, c, i, j = unravel4(t, dw)
         acc = dw.dtype.type(0)
         for n in range(dy.shape[0]):
             for p in range(dy.shape[2]):

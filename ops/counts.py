@@ -1,101 +1,118 @@
-"""Metric counts on the GPU: the CUDA twins of :mod:`dlrun.engine.metrics`' kernels.
+"""Metric counts: correct predictions of a batch, on either device.
 
-Each counts correct predictions of a batch into one slot of a small integer array, so a
-training step brings back a few numbers instead of the whole prediction matrix. One block
-per launch: strided counts per thread, then a shared-memory tree (the simulator has no
-warp shuffles).
+Each kernel counts into one slot of a small int64 array, ``kernel(p, target, out, slot)``
+on both devices, so a training step on the GPU brings back a few numbers instead of the
+whole prediction matrix. Twins ``correct_sparse`` (integer labels), ``correct_onehot``
+(one-hot targets: argmax against argmax) and ``correct_binary`` (every element against
+0.5). On CUDA one block counts, by strided shares per thread and :func:`block_sum`.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel
+from dlrun.ops.elementwise import instantiate
+from dlrun.ops.reduce import block_sum
+from dlrun.ops.registry import Twin, register_twin
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
 cuda = None
 
 
-@cuda_device
-def _block_total(buf, t, n):
-    """buf[0] = sum buf[:n] over the block's n threads (fixed pairs: deterministic)"""
-    while n > 1:
-        cuda.syncthreads()
-        half = (n + 1) // 2
-        if t < n - half:
-            buf[t] += buf[t + half]
-        n = half
-    cuda.syncthreads()
+@config.formula
+def argmax_row(a, i):
+    """the first j with a[i, j] maximal"""
+    best = 0
+    for j in range(1, a.shape[1]):
+        if a[i, j] > a[i, best]:
+            best = j
+    return best
 
 
-@cuda_kernel
-def _correct_sparse(p, labels, out, slot):
-    """out[slot] = sum_i [argmax p_i == labels_i]"""
-    buf = cuda.shared.array(CUDA_MAX_THREADS, np.int64)
+@config.formula
+def sparse_hit(p, labels, i):
+    """1 if row i's prediction is its label"""
+    return 1 if argmax_row(p, i) == labels[i] else 0
+
+
+@config.formula
+def onehot_hit(p, target, i):
+    """1 if row i's prediction is the target's hot class"""
+    return 1 if argmax_row(p, i) == argmax_row(target, i) else 0
+
+
+@config.formula
+def binary_hit(p, target, i):
+    """1 if element i is on the target's side of 0.5"""
+    return 1 if (p[i] > 0.5) == (target[i] > 0.5) else 0
+
+
+@config.formula
+def rows(a):
+    """the shape a is counted in: the items are its rows (a CUDA device function may not
+    return a new view of an array, so the kernels reshape by what these return)"""
+    return a.shape
+
+
+@config.formula
+def elements(a):
+    """the shape a is counted in: the items are its elements"""
+    return (a.size,)
+
+
+# Kernel templates, instantiated per count with the formulas above as _hit and _items.
+_hit = _items = None
+
+
+def _count_cpu(p, target, out, slot):
+    """out[slot] = the number of items i with _hit(p, target, i)"""
+    pv = p.reshape(_items(p))
+    tv = target.reshape(_items(target))
+    k = 0
+    for i in range(pv.shape[0]):
+        k += _hit(pv, tv, i)
+    out[slot] = k
+
+
+def _count_cuda(p, target, out, slot):
+    """out[slot] = the number of items i with _hit(p, target, i), one block"""
+    pv = p.reshape(_items(p))
+    tv = target.reshape(_items(target))
     t = cuda.threadIdx.x
     k = 0
-    for i in range(t, p.shape[0], cuda.blockDim.x):
-        best = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, best]:
-                best = j
-        if best == labels[i]:
-            k += 1
-    buf[t] = k
-    _block_total(buf, t, cuda.blockDim.x)
+    for i in range(t, pv.shape[0], cuda.blockDim.x):
+        k += _hit(pv, tv, i)
+    total = block_sum(k)
     if t == 0:
-        out[slot] = buf[0]
+        out[slot] = int(total)
 
 
-@cuda_kernel
-def _correct_onehot(p, target, out, slot):
-    """out[slot] = sum_i [argmax p_i == argmax target_i]"""
-    buf = cuda.shared.array(CUDA_MAX_THREADS, np.int64)
-    t = cuda.threadIdx.x
-    k = 0
-    for i in range(t, p.shape[0], cuda.blockDim.x):
-        bp = 0
-        bt = 0
-        for j in range(1, p.shape[1]):
-            if p[i, j] > p[i, bp]:
-                bp = j
-            if target[i, j] > target[i, bt]:
-                bt = j
-        if bp == bt:
-            k += 1
-    buf[t] = k
-    _block_total(buf, t, cuda.blockDim.x)
-    if t == 0:
-        out[slot] = buf[0]
+def _sample(kind: str):
+    """p (37, 5) and its targets, and an int64 out of 3 slots counted into slot 1."""
+    def sample(rng, dtype):
+        p = rng.random((37, 5)).astype(dtype)
+        if kind == "sparse":
+            target = rng.integers(0, 5, 37)
+        else:
+            target = np.eye(5, dtype=dtype)[rng.integers(0, 5, 37)]
+        return p, target, np.full(3, -1, np.int64), 1
+    return sample
 
 
-@cuda_kernel
-def _correct_binary(p, target, out, slot):
-    """out[slot] = sum [(p > 0.5) == (target > 0.5)] over every element"""
-    buf = cuda.shared.array(CUDA_MAX_THREADS, np.int64)
-    pf = p.reshape(-1)
-    tf = target.reshape(-1)
-    t = cuda.threadIdx.x
-    k = 0
-    for i in range(t, pf.size, cuda.blockDim.x):
-        if (pf[i] > 0.5) == (tf[i] > 0.5):
-            k += 1
-    buf[t] = k
-    _block_total(buf, t, cuda.blockDim.x)
-    if t == 0:
-        out[slot] = buf[0]
+def _count_twin(kind: str, hit, items) -> Twin:
+    """The twin ``correct_<kind>``: ``kernel(p, target, out, slot)`` on both devices."""
+    kernel = instantiate(_count_cuda, f"_correct_{kind}", hit, "cuda", _hit=hit, _items=items)
+
+    def launch(p, target, out, slot):
+        kernel[1, config.CUDA_BLOCK](p, target, out, slot)
+
+    launch.__name__ = f"correct_{kind}_cuda"
+    launch.__doc__ = f"Launch _correct_{kind} (one block); ``out`` is an int64 device array."
+    cpu = instantiate(_count_cpu, f"correct_{kind}_cpu", hit, "cpu", _hit=hit, _items=items)
+    return register_twin(Twin(f"correct_{kind}", cpu, launch, writes=(2,),
+                              sample=_sample(kind)))
 
 
-def correct_sparse_cuda(p, labels, out, slot):
-    """Launch _correct_sparse (one block); ``out`` is an int64 device array."""
-    _correct_sparse[1, config.CUDA_BLOCK](p, labels, out, slot)
-
-
-def correct_onehot_cuda(p, target, out, slot):
-    """Launch _correct_onehot (one block)."""
-    _correct_onehot[1, config.CUDA_BLOCK](p, target, out, slot)
-
-
-def correct_binary_cuda(p, target, out, slot):
-    """Launch _correct_binary (one block)."""
-    _correct_binary[1, config.CUDA_BLOCK](p, target, out, slot)
+SPARSE = _count_twin("sparse", sparse_hit, rows)
+ONEHOT = _count_twin("onehot", onehot_hit, rows)
+BINARY = _count_twin("binary", binary_hit, elements)

@@ -9,27 +9,21 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import cuda_device, cuda_kernel, jit
+from dlrun.ops.elementwise import map_kernels
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
-
-# numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
-cuda = None
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
-@jit
+@config.formula
 def uniform_hash(seed, i):
-    """u in [0, 1): splitmix64(seed + i * golden) >> 40, scaled by 2^-24"""
+    """u in [0, 1): splitmix64(seed + i * golden) >> 40, scaled by 2^-24 (the same stream
+    on either device)"""
     z = np.uint64(seed) + np.uint64(i) * np.uint64(0x9E3779B97F4A7C15)
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     z = z ^ (z >> np.uint64(31))
     return np.float64(z >> np.uint64(40)) * (1.0 / 16777216.0)
-
-
-# The same source compiled for the GPU, so a seed gives the same mask on either device.
-uniform_hash_device = cuda_device(uniform_hash.py_func)
 
 
 def uniform_hash_np(seed: int, n: int) -> np.ndarray:
@@ -49,60 +43,22 @@ def _dropout_shape(x: Spec, rate: float = 0.5, seed: int = 0) -> list:
     return [Spec(x.shape, x.dtype), Spec(x.shape, x.dtype)]
 
 
-@jit
-def dropout_fwd_cpu(x, rate, seed, y, mask):
-    """mask = (u >= rate) / (1 - rate) ; y = x * mask"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    mf = mask.reshape(-1)
-    scale = 1.0 / (1.0 - rate)
-    for i in range(xf.size):
-        m = scale if uniform_hash(seed, i) >= rate else 0.0
-        mf[i] = m
-        yf[i] = xf[i] * m
+def dropout(x, rate, seed, i):
+    """mask = (u_i >= rate) / (1 - rate) ; y = x * mask"""
+    m = 1.0 / (1.0 - rate) if uniform_hash(seed, i) >= rate else 0.0
+    return x * m, m
 
 
-@cuda_kernel
-def _dropout_fwd(x, rate, seed, y, mask):
-    """mask = (u >= rate) / (1 - rate) ; y = x * mask"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    mf = mask.reshape(-1)
-    scale = 1.0 / (1.0 - rate)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        m = scale if uniform_hash_device(seed, i) >= rate else 0.0
-        mf[i] = m
-        yf[i] = xf[i] * m
-
-
-def dropout_fwd_cuda(x, rate, seed, y, mask):
-    """Launch _dropout_fwd (grid-stride)."""
-    _dropout_fwd[config.grid_1d(x.size)](x, rate, seed, y, mask)
-
-
-@jit
-def dropout_bwd_cpu(dy, mask, rate, dx):
+def dropout_grad(dy, mask, rate):
     """dx = dy * mask"""
-    dyf = dy.reshape(-1)
-    mf = mask.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(dyf.size):
-        dxf[i] = dyf[i] * mf[i]
+    return dy * mask
 
 
-@cuda_kernel
-def _dropout_bwd(dy, mask, rate, dx):
-    """dx = dy * mask"""
-    dyf = dy.reshape(-1)
-    mf = mask.reshape(-1)
-    dxf = dx.reshape(-1)
-    for i in range(cuda.grid(1), dyf.size, cuda.gridsize(1)):
-        dxf[i] = dyf[i] * mf[i]
-
-
-def dropout_bwd_cuda(dy, mask, rate, dx):
-    """Launch _dropout_bwd (grid-stride)."""
-    _dropout_bwd[config.grid_1d(dy.size)](dy, mask, rate, dx)
+dropout_fwd_cpu, dropout_fwd_cuda = map_kernels(
+    "dropout_fwd", dropout, arrays=("x",), writes=("y", "mask"), outputs=("y", "mask"),
+    index="i")
+dropout_bwd_cpu, dropout_bwd_cuda = map_kernels(
+    "dropout_bwd", dropout_grad, arrays=("dy", "mask"), writes=("dx",), outputs=("dx",))
 
 
 def _dropout_ref(x, rate, seed):
@@ -117,5 +73,6 @@ register(Op(
     forward=dropout_fwd_cpu, backward=dropout_bwd_cpu,
     cuda_forward=dropout_fwd_cuda, cuda_backward=dropout_bwd_cuda,
     sample=lambda rng, dt: ((rng.standard_normal((6, 5)).astype(dt),), {"rate": 0.3}),
+    big_sample=lambda rng, dt: ((rng.standard_normal((9, 11)).astype(dt),), {"rate": 0.4}),
     reference=_dropout_ref,
 ))

@@ -1,10 +1,13 @@
 """Dense-layer primitives: matrix product (BLAS; a tiled kernel on CUDA) and bias add."""
 from __future__ import annotations
 
+import numpy as np
+
 from dlrun.ops import config
 from dlrun.ops.blas import matmul
 from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
-from dlrun.ops.registry import Op, OpError, Spec, check_float, register
+from dlrun.ops.reduce import tree_sum
+from dlrun.ops.registry import Op, OpError, Spec, Twin, check_float, register, register_twin
 from dlrun.ops.shape import copy_cuda
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -91,6 +94,18 @@ def matmul_bwd_sgd_cpu(dy, a, b, lr, da):
     matmul(a, dy, b, -lr[0], 1.0, True, False)
 
 
+def _sgd_product_sample(rng, dtype):
+    dy, a, b = (rng.standard_normal(s).astype(dtype) for s in ((5, 3), (5, 4), (4, 3)))
+    return dy, a, b, np.array([0.1], dtype), np.empty_like(a)
+
+
+register_twin(Twin(
+    "matmul_bwd_sgd", matmul_bwd_sgd_cpu, None, writes=(2, 4), outputs=(4,),
+    sample=_sgd_product_sample,
+    no_cuda="a CPU rewrite (engine.core.rewrites): on CUDA the weight gradient is its own "
+            "product and the SGD update its own kernel, each launched once per step anyway"))
+
+
 def matmul_bwd_cuda(dy, a, b, da, db):
     """Launch _matmul_tiled: da = dy @ b.T ; db = a.T @ dy (transposes are flags, not copies)."""
     if da is not None:
@@ -99,16 +114,19 @@ def matmul_bwd_cuda(dy, a, b, da, db):
         _matmul_cuda(a, dy, db, True, False)
 
 
-def _matmul_sample(rng, dtype):
-    return (rng.standard_normal((3, 4)).astype(dtype),
-            rng.standard_normal((4, 5)).astype(dtype)), {}
+def _matmul_sample(n, k, m):
+    def sample(rng, dtype):
+        return (rng.standard_normal((n, k)).astype(dtype),
+                rng.standard_normal((k, m)).astype(dtype)), {}
+    return sample
 
 
 register(Op(
     name="matmul", inputs=("a", "b"), shape=_matmul_shape, saves=("a", "b"),
     forward=matmul_fwd_cpu, backward=matmul_bwd_cpu,
     cuda_forward=matmul_fwd_cuda, cuda_backward=matmul_bwd_cuda,
-    sample=_matmul_sample, reference=lambda a, b: (a @ b,),
+    sample=_matmul_sample(3, 4, 5), big_sample=_matmul_sample(17, 19, 5),
+    reference=lambda a, b: (a @ b,),
 ))
 
 
@@ -178,13 +196,7 @@ def _column_sums(dy, db):
             for i in range(ty, dy2.shape[0], cuda.blockDim.y):
                 s += dy2[i, j]
         buf[ty * bx + tx] = s
-        n = cuda.blockDim.y
-        while n > 1:  # fixed pairs, so the sum is deterministic
-            cuda.syncthreads()
-            half = (n + 1) // 2
-            if ty < n - half:
-                buf[ty * bx + tx] += buf[(ty + half) * bx + tx]
-            n = half
+        tree_sum(buf, ty, cuda.blockDim.y, tx, bx)    # column tx: every bx-th element
         if ty == 0 and j < db.size:
             db[j] = buf[tx]
         cuda.syncthreads()  # before the next columns overwrite buf
@@ -203,13 +215,17 @@ def bias_add_bwd_cuda(dy, dx, db):
         _column_sums[blocks, (cols, rows)](dy, db)
 
 
-def _bias_add_sample(rng, dtype):
-    return (rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal(3).astype(dtype)), {}
+def _bias_add_sample(n, m):
+    def sample(rng, dtype):
+        return (rng.standard_normal((n, m)).astype(dtype),
+                rng.standard_normal(m).astype(dtype)), {}
+    return sample
 
 
 register(Op(
     name="bias_add", inputs=("x", "b"), shape=_bias_add_shape,
     forward=bias_add_fwd_cpu, backward=bias_add_bwd_cpu,
     cuda_forward=bias_add_fwd_cuda, cuda_backward=bias_add_bwd_cuda,
-    sample=_bias_add_sample, reference=lambda x, b: (x + b,),
+    sample=_bias_add_sample(4, 3), big_sample=_bias_add_sample(37, 13),
+    reference=lambda x, b: (x + b,),
 ))

@@ -1,8 +1,18 @@
-"""Losses, each reduced to a scalar mean over the batch.
+"""Losses, each reduced to a scalar: the per-sample weighted mean over the batch.
+
+Every loss takes per-sample weights ``w`` (shape (batch,), the predictions' float dtype;
+no gradient), with Keras' meaning: ``loss = sum_i w_i loss_i / batch`` (divided by the
+batch size, not by the weights' sum), each sample's gradient multiplied by ``w_i``, a zero
+weight removing the sample. A sample's loss is its mean over the features. With every
+weight 1 the results are those of the unweighted loss to the bit: terms and gradients are
+computed as without weights, then multiplied by ``w_i``.
 
 A softmax output followed by cross entropy is one fused op (``softmax_ce`` for integer
 labels, ``softmax_ce_onehot`` for one-hot targets): it works on the logits with the
 log-sum-exp trick, so it never takes ``log(0)``, and its gradient is just ``p - t``.
+
+On CUDA a loss is one block (:func:`dlrun.ops.reduce.block_sum`); a kernel cannot raise,
+so a label outside [0, classes) makes the loss NaN there.
 """
 from __future__ import annotations
 
@@ -11,7 +21,10 @@ import math
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import CUDA_MAX_THREADS, cuda_device, cuda_kernel, jit
+from dlrun.ops.activations import softmax_row
+from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.elementwise import instantiate
+from dlrun.ops.reduce import block_sum
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -21,420 +34,405 @@ cuda = None
 EPS = 1e-7
 
 
-def _ce_shape(logits: Spec, labels: Spec) -> list:
+def _check_weights(op: str, pred: Spec, w: Spec) -> None:
+    if len(pred.shape) < 1 or w.shape != pred.shape[:1] or w.dtype != pred.dtype:
+        raise OpError(f"{op} needs sample weights of shape ({pred.shape[0] if pred.shape else 0},) "
+                      f"and dtype {pred.dtype}, one per sample; got {w.shape} {w.dtype}")
+
+
+def _weights(rng, n: int, dtype):
+    """Sample weights in [0, 2), one of them 0 (a sample that must not count)."""
+    w = rng.uniform(0.0, 2.0, n).astype(dtype)
+    w[1] = 0.0
+    return w
+
+
+# -- softmax + cross entropy, integer labels --------------------------------------------------
+def _ce_shape(logits: Spec, labels: Spec, w: Spec) -> list:
     check_float("softmax_ce", logits=logits)
     if len(logits.shape) != 2:
         raise OpError(f"softmax_ce needs logits of shape (batch, classes); got {logits.shape}")
     if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
         raise OpError(f"softmax_ce needs integer labels of shape ({logits.shape[0]},); got "
                       f"{labels.shape} {labels.dtype}")
+    _check_weights("softmax_ce", logits, w)
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
 
 
-# The CUDA losses reduce to the scalar in one block: each thread sums its share in float64,
-# as the CPU kernels do, then a tree adds the partial sums. Device helpers that call
-# ``cuda.*`` stay in the module of the kernels using them: numba 0.68's simulator swaps
-# ``cuda`` into a helper's module per call, which races when that module is another one.
-@cuda_device
-def _block_sum_device(partial):
-    """sum of `partial` over the threads of a 1-D block, by a tree (valid in thread 0)"""
-    buf = cuda.shared.array(CUDA_MAX_THREADS, np.float64)
-    t = cuda.threadIdx.x
-    buf[t] = partial
-    n = cuda.blockDim.x
-    while n > 1:  # fixed pairs, so the sum is deterministic; any n, not only powers of 2
-        cuda.syncthreads()
-        half = (n + 1) // 2
-        if t < n - half:
-            buf[t] += buf[t + half]
-        n = half
-    return buf[0]
-
-
 @jit
-def softmax_ce_fwd_cpu(logits, labels, loss, p):
-    """loss = mean_i -log softmax(logits_i)[labels_i] ; p = softmax(logits)"""
+def softmax_ce_fwd_cpu(logits, labels, w, loss, p):
+    """loss = sum_i w_i (-log softmax(logits_i)[labels_i]) / n ; p = softmax(logits)"""
     n, c = logits.shape
     total = 0.0
     for i in range(n):
         t = labels[i]
         if t < 0 or t >= c:
             raise ValueError("softmax_ce: a label is outside [0, classes)")
-        m = logits[i, 0]
-        for j in range(1, c):
-            m = max(m, logits[i, j])
-        s = 0.0
-        for j in range(c):
-            e = math.exp(logits[i, j] - m)
-            p[i, j] = e
-            s += e
-        for j in range(c):
-            p[i, j] /= s
-        total += math.log(s) + m - logits[i, t]
+        total += (softmax_row(logits, p, i) - logits[i, t]) * w[i]
     loss[()] = total / n
 
 
-@cuda_device
-def _softmax_row_device(logits, p, i):
-    """p[i] = softmax(logits[i]); returns log sum_j exp(logits[i, j])"""
-    c = logits.shape[1]
-    m = logits[i, 0]
-    for j in range(1, c):
-        if logits[i, j] > m:  # noqa: PLR1730  (max() fails to compile for CUDA, numba 0.66+)
-            m = logits[i, j]
-    s = 0.0
-    for j in range(c):
-        e = math.exp(logits[i, j] - m)
-        p[i, j] = e
-        s += e
-    for j in range(c):
-        p[i, j] /= s
-    return math.log(s) + m
-
-
 @cuda_kernel
-def _softmax_ce_fwd(logits, labels, loss, p):
-    """loss = mean_i -log softmax(logits_i)[labels_i] ; p = softmax(logits), one block"""
+def _softmax_ce_fwd(logits, labels, w, loss, p):
+    """loss = sum_i w_i (-log softmax(logits_i)[labels_i]) / n ; p = softmax(logits)"""
     n, c = logits.shape
     t = cuda.threadIdx.x
     total = 0.0
     for i in range(t, n, cuda.blockDim.x):
-        lse = _softmax_row_device(logits, p, i)
+        lse = softmax_row(logits, p, i)
         k = labels[i]
-        # a kernel cannot raise: a label outside [0, classes) makes the loss NaN
-        total += lse - logits[i, k] if 0 <= k < c else math.nan
-    total = _block_sum_device(total)
+        total += (lse - logits[i, k]) * w[i] if 0 <= k < c else math.nan
+    total = block_sum(total)
     if t == 0:
         loss[()] = total / n
 
 
-def softmax_ce_fwd_cuda(logits, labels, loss, p):
+def softmax_ce_fwd_cuda(logits, labels, w, loss, p):
     """Launch _softmax_ce_fwd (one block, a thread per row)."""
-    _softmax_ce_fwd[1, config.CUDA_BLOCK](logits, labels, loss, p)
+    _softmax_ce_fwd[1, config.CUDA_BLOCK](logits, labels, w, loss, p)
 
 
 @jit
-def softmax_ce_bwd_cpu(dy, labels, p, dlogits):
-    """dlogits = dy * (p - onehot(labels)) / n"""
+def softmax_ce_bwd_cpu(dy, labels, p, w, dlogits):
+    """dlogits = dy w_i (p - onehot(labels)) / n"""
     n, c = p.shape
     g = dy[()] / n
     for i in range(n):
+        gw = g * w[i]
         for j in range(c):
-            dlogits[i, j] = g * p[i, j]
-        dlogits[i, labels[i]] -= g
+            dlogits[i, j] = gw * p[i, j]
+        dlogits[i, labels[i]] -= gw
 
 
 @cuda_kernel
-def _softmax_ce_bwd(dy, labels, p, dlogits):
-    """dlogits = dy * (p - onehot(labels)) / n"""
+def _softmax_ce_bwd(dy, labels, p, w, dlogits):
+    """dlogits = dy w_i (p - onehot(labels)) / n"""
     n, c = p.shape
     g = dy[()] / n
     for k in range(cuda.grid(1), n * c, cuda.gridsize(1)):
         i = k // c
         j = k - i * c
-        dlogits[i, j] = g * p[i, j]
+        gw = g * w[i]
+        dlogits[i, j] = gw * p[i, j]
         if j == labels[i]:
-            dlogits[i, j] -= g
+            dlogits[i, j] -= gw
 
 
-def softmax_ce_bwd_cuda(dy, labels, p, dlogits):
+def softmax_ce_bwd_cuda(dy, labels, p, w, dlogits):
     """Launch _softmax_ce_bwd (grid-stride over the elements)."""
-    _softmax_ce_bwd[config.grid_1d(p.size)](dy, labels, p, dlogits)
+    _softmax_ce_bwd[config.grid_1d(p.size)](dy, labels, p, w, dlogits)
 
 
-def _ce_ref(logits, labels):
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    loss = -logp[np.arange(len(labels)), labels].mean()
-    return np.asarray(loss, logits.dtype), np.exp(logp)
+def _log_softmax(logits):
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-register(Op(
-    name="softmax_ce", inputs=("logits", "labels"), outputs=("loss", "p"),
-    shape=_ce_shape, saves=("labels", "p"), diff=("logits",),
-    forward=softmax_ce_fwd_cpu, backward=softmax_ce_bwd_cpu,
-    cuda_forward=softmax_ce_fwd_cuda, cuda_backward=softmax_ce_bwd_cuda,
-    sample=lambda rng, dt: ((rng.standard_normal((5, 4)).astype(dt),
-                             rng.integers(0, 4, 5).astype(np.int64)), {}),
-    reference=_ce_ref,
-))
+def _ce_ref(logits, labels, w):
+    logp = _log_softmax(logits)
+    loss = -(w * logp[np.arange(len(labels)), labels]).sum() / len(labels)
+    return np.asarray(loss, logits.dtype), np.exp(logp).astype(logits.dtype)
 
 
-# -- one-hot targets ---------------------------------------------------------------------
-def _ce1h_shape(logits: Spec, targets: Spec) -> list:
-    check_float("softmax_ce_onehot", logits=logits, targets=targets)
-    if len(logits.shape) != 2 or targets.shape != logits.shape:
-        raise OpError(f"softmax_ce_onehot needs logits and one-hot targets of one shape "
-                      f"(batch, classes); got {logits.shape} and {targets.shape}")
-    return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
-
-
-@jit
-def softmax_ce_onehot_fwd_cpu(logits, targets, loss, p):
-    """loss = mean_i -sum_j t_ij log softmax(logits_i)_j ; p = softmax(logits)"""
-    n, c = logits.shape
-    total = 0.0
-    for i in range(n):
-        m = logits[i, 0]
-        for j in range(1, c):
-            m = max(m, logits[i, j])
-        s = 0.0
-        for j in range(c):
-            e = math.exp(logits[i, j] - m)
-            p[i, j] = e
-            s += e
-        lse = math.log(s) + m
-        for j in range(c):
-            p[i, j] /= s
-            total += targets[i, j] * (lse - logits[i, j])
-    loss[()] = total / n
-
-
-@cuda_kernel
-def _softmax_ce_onehot_fwd(logits, targets, loss, p):
-    """loss = mean_i -sum_j t_ij log softmax(logits_i)_j ; p = softmax(logits), one block"""
-    n, c = logits.shape
-    t = cuda.threadIdx.x
-    total = 0.0
-    for i in range(t, n, cuda.blockDim.x):
-        lse = _softmax_row_device(logits, p, i)
-        for j in range(c):
-            total += targets[i, j] * (lse - logits[i, j])
-    total = _block_sum_device(total)
-    if t == 0:
-        loss[()] = total / n
-
-
-def softmax_ce_onehot_fwd_cuda(logits, targets, loss, p):
-    """Launch _softmax_ce_onehot_fwd (one block, a thread per row)."""
-    _softmax_ce_onehot_fwd[1, config.CUDA_BLOCK](logits, targets, loss, p)
-
-
-@jit
-def softmax_ce_onehot_bwd_cpu(dy, targets, p, dlogits):
-    """dlogits = dy * (p * sum_j t_j - t) / n   (= p - t for one-hot rows)"""
-    n, c = p.shape
-    g = dy[()] / n
-    for i in range(n):
-        st = 0.0
-        for j in range(c):
-            st += targets[i, j]
-        for j in range(c):
-            dlogits[i, j] = g * (p[i, j] * st - targets[i, j])
-
-
-@cuda_kernel
-def _softmax_ce_onehot_bwd(dy, targets, p, dlogits):
-    """dlogits = dy * (p * sum_j t_j - t) / n, a thread per row"""
-    n, c = p.shape
-    g = dy[()] / n
-    for i in range(cuda.grid(1), n, cuda.gridsize(1)):
-        st = 0.0
-        for j in range(c):
-            st += targets[i, j]
-        for j in range(c):
-            dlogits[i, j] = g * (p[i, j] * st - targets[i, j])
-
-
-def softmax_ce_onehot_bwd_cuda(dy, targets, p, dlogits):
-    """Launch _softmax_ce_onehot_bwd (grid-stride over rows)."""
-    _softmax_ce_onehot_bwd[config.grid_1d(p.shape[0])](dy, targets, p, dlogits)
-
-
-def _ce1h_ref(logits, targets):
-    z = logits - logits.max(axis=1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return np.asarray(-(targets * logp).sum(axis=1).mean(), logits.dtype), np.exp(logp)
-
-
-def _ce1h_sample(rng, dt):
-    t = np.eye(4, dtype=dt)[rng.integers(0, 4, 5)]
-    return (rng.standard_normal((5, 4)).astype(dt), t), {}
-
-
-register(Op(
-    name="softmax_ce_onehot", inputs=("logits", "targets"), outputs=("loss", "p"),
-    shape=_ce1h_shape, saves=("targets", "p"), diff=("logits",),
-    forward=softmax_ce_onehot_fwd_cpu, backward=softmax_ce_onehot_bwd_cpu,
-    cuda_forward=softmax_ce_onehot_fwd_cuda, cuda_backward=softmax_ce_onehot_bwd_cuda,
-    sample=_ce1h_sample, reference=_ce1h_ref,
-))
-
-
-# -- mean squared error ------------------------------------------------------------------
-def _pair_shape(name):
-    def shape(pred: Spec, target: Spec) -> list:
-        check_float(name, pred=pred, target=target)
-        if pred.shape != target.shape:
-            raise OpError(f"{name} needs predictions and targets of one shape; got "
-                          f"{pred.shape} and {target.shape}")
-        return [Spec((), pred.dtype)]
-    return shape
-
-
-@jit
-def mse_fwd_cpu(pred, target, loss):
-    """loss = mean (pred - target)^2"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
-    total = 0.0
-    for i in range(pf.size):
-        d = pf[i] - tf[i]
-        total += d * d
-    loss[()] = total / pf.size
-
-
-@cuda_kernel
-def _mse_fwd(pred, target, loss):
-    """loss = mean (pred - target)^2, one block"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
-    t = cuda.threadIdx.x
-    total = 0.0
-    for i in range(t, pf.size, cuda.blockDim.x):
-        d = pf[i] - tf[i]
-        total += d * d
-    total = _block_sum_device(total)
-    if t == 0:
-        loss[()] = total / pf.size
-
-
-def mse_fwd_cuda(pred, target, loss):
-    """Launch _mse_fwd (one block)."""
-    _mse_fwd[1, config.CUDA_BLOCK](pred, target, loss)
-
-
-@jit
-def mse_bwd_cpu(dy, pred, target, dpred, dtarget):
-    """dpred = 2 dy (pred - target) / N ; dtarget = -dpred"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
-    g = 2.0 * dy[()] / pf.size
-    if dpred is not None:
-        dp = dpred.reshape(-1)
-        for i in range(pf.size):
-            dp[i] = g * (pf[i] - tf[i])
-    if dtarget is not None:
-        dt = dtarget.reshape(-1)
-        for i in range(pf.size):
-            dt[i] = g * (tf[i] - pf[i])
-
-
-@cuda_kernel
-def _mse_grad(dy, a, b, da):
-    """da = 2 dy (a - b) / N  (dpred with a = pred; dtarget with a, b swapped)"""
-    af = a.reshape(-1)
-    bf = b.reshape(-1)
-    df = da.reshape(-1)
-    g = 2.0 * dy[()] / af.size
-    for i in range(cuda.grid(1), af.size, cuda.gridsize(1)):
-        df[i] = g * (af[i] - bf[i])
-
-
-def mse_bwd_cuda(dy, pred, target, dpred, dtarget):
-    """Launch _mse_grad for each gradient wanted (grid-stride)."""
-    if dpred is not None:
-        _mse_grad[config.grid_1d(pred.size)](dy, pred, target, dpred)
-    if dtarget is not None:
-        _mse_grad[config.grid_1d(pred.size)](dy, target, pred, dtarget)
-
-
-def _pair_sample(lo, hi):
+def _ce_sample(n: int, c: int, onehot: bool = False):
+    """logits (n, c), labels (one-hot if ``onehot``), weights"""
     def sample(rng, dt):
-        return (rng.uniform(lo, hi, (4, 3)).astype(dt), rng.uniform(lo, hi, (4, 3)).astype(dt)), {}
+        logits = rng.standard_normal((n, c)).astype(dt)
+        labels = rng.integers(0, c, n).astype(np.int64)
+        target = np.eye(c, dtype=dt)[labels] if onehot else labels
+        return (logits, target, _weights(rng, n, dt)), {}
     return sample
 
 
 register(Op(
-    name="mse", inputs=("pred", "target"), outputs=("loss",), shape=_pair_shape("mse"),
-    saves=("pred", "target"), forward=mse_fwd_cpu, backward=mse_bwd_cpu,
-    cuda_forward=mse_fwd_cuda, cuda_backward=mse_bwd_cuda,
-    sample=_pair_sample(-1.0, 1.0),
-    reference=lambda p, t: (np.asarray(((p - t) ** 2).mean(), p.dtype),),
+    name="softmax_ce", inputs=("logits", "labels", "w"), outputs=("loss", "p"),
+    shape=_ce_shape, saves=("labels", "p", "w"), diff=("logits",),
+    forward=softmax_ce_fwd_cpu, backward=softmax_ce_bwd_cpu,
+    cuda_forward=softmax_ce_fwd_cuda, cuda_backward=softmax_ce_bwd_cuda,
+    sample=_ce_sample(5, 4), big_sample=_ce_sample(37, 6), reference=_ce_ref,
 ))
 
 
-# -- binary cross entropy (on probabilities) ---------------------------------------------
+# -- softmax + cross entropy, one-hot targets -------------------------------------------------
+def _ce1h_shape(logits: Spec, targets: Spec, w: Spec) -> list:
+    check_float("softmax_ce_onehot", logits=logits, targets=targets)
+    if len(logits.shape) != 2 or targets.shape != logits.shape:
+        raise OpError(f"softmax_ce_onehot needs logits and one-hot targets of one shape "
+                      f"(batch, classes); got {logits.shape} and {targets.shape}")
+    _check_weights("softmax_ce_onehot", logits, w)
+    return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
+
+
+@config.formula(inline=True)
+def _onehot_row_loss(logits, targets, w, p, i, total):
+    """p[i] = softmax(logits[i]); returns total + w_i sum_j t_ij (lse_i - logits_ij), the
+    targets weighted before the product (t w_i = t exactly when w_i = 1)"""
+    lse = softmax_row(logits, p, i)
+    wi = float(w[i])
+    for j in range(logits.shape[1]):
+        total += targets[i, j] * wi * (lse - logits[i, j])
+    return total
+
+
 @jit
-def binary_ce_fwd_cpu(pred, target, loss):
-    """loss = -mean t log p + (1 - t) log(1 - p), p clipped into [EPS, 1 - EPS]"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
+def softmax_ce_onehot_fwd_cpu(logits, targets, w, loss, p):
+    """loss = sum_i w_i (-sum_j t_ij log softmax(logits_i)_j) / n ; p = softmax(logits)"""
+    n = logits.shape[0]
     total = 0.0
-    for i in range(pf.size):
-        p = min(max(pf[i], EPS), 1.0 - EPS)
-        total -= tf[i] * math.log(p) + (1.0 - tf[i]) * math.log(1.0 - p)
-    loss[()] = total / pf.size
+    for i in range(n):
+        total = _onehot_row_loss(logits, targets, w, p, i, total)
+    loss[()] = total / n
 
 
 @cuda_kernel
-def _binary_ce_fwd(pred, target, loss):
-    """loss = -mean t log p + (1 - t) log(1 - p), p clipped into [EPS, 1 - EPS], one block"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
+def _softmax_ce_onehot_fwd(logits, targets, w, loss, p):
+    """loss = sum_i w_i (-sum_j t_ij log softmax(logits_i)_j) / n ; p = softmax(logits)"""
+    n = logits.shape[0]
     t = cuda.threadIdx.x
     total = 0.0
-    for i in range(t, pf.size, cuda.blockDim.x):
-        p = float(pf[i])  # clipped without min/max: numba 0.66+ fails on them for CUDA
-        if p < EPS:
-            p = EPS
-        elif p > 1.0 - EPS:
-            p = 1.0 - EPS
-        total -= tf[i] * math.log(p) + (1.0 - tf[i]) * math.log(1.0 - p)
-    total = _block_sum_device(total)
+    for i in range(t, n, cuda.blockDim.x):
+        total = _onehot_row_loss(logits, targets, w, p, i, total)
+    total = block_sum(total)
+    if t == 0:
+        loss[()] = total / n
+
+
+def softmax_ce_onehot_fwd_cuda(logits, targets, w, loss, p):
+    """Launch _softmax_ce_onehot_fwd (one block, a thread per row)."""
+    _softmax_ce_onehot_fwd[1, config.CUDA_BLOCK](logits, targets, w, loss, p)
+
+
+@config.formula(inline=True)
+def _onehot_row_grad(dy, targets, p, w, dlogits, i):
+    """dlogits[i] = dy w_i (p_i sum_j t_ij - t_i) / n   (= p - t for one-hot rows)"""
+    n, c = p.shape
+    st = 0.0
+    for j in range(c):
+        st += targets[i, j]
+    gw = dy[()] / n * w[i]
+    for j in range(c):
+        dlogits[i, j] = gw * (p[i, j] * st - targets[i, j])
+
+
+@jit
+def softmax_ce_onehot_bwd_cpu(dy, targets, p, w, dlogits):
+    """dlogits = dy w_i (p * sum_j t_j - t) / n"""
+    for i in range(p.shape[0]):
+        _onehot_row_grad(dy, targets, p, w, dlogits, i)
+
+
+@cuda_kernel
+def _softmax_ce_onehot_bwd(dy, targets, p, w, dlogits):
+    """dlogits = dy w_i (p * sum_j t_j - t) / n, a thread per row"""
+    for i in range(cuda.grid(1), p.shape[0], cuda.gridsize(1)):
+        _onehot_row_grad(dy, targets, p, w, dlogits, i)
+
+
+def softmax_ce_onehot_bwd_cuda(dy, targets, p, w, dlogits):
+    """Launch _softmax_ce_onehot_bwd (grid-stride over rows)."""
+    _softmax_ce_onehot_bwd[config.grid_1d(p.shape[0])](dy, targets, p, w, dlogits)
+
+
+def _ce1h_ref(logits, targets, w):
+    logp = _log_softmax(logits)
+    loss = -(w * (targets * logp).sum(axis=1)).sum() / len(w)
+    return np.asarray(loss, logits.dtype), np.exp(logp).astype(logits.dtype)
+
+
+register(Op(
+    name="softmax_ce_onehot", inputs=("logits", "targets", "w"), outputs=("loss", "p"),
+    shape=_ce1h_shape, saves=("targets", "p", "w"), diff=("logits",),
+    forward=softmax_ce_onehot_fwd_cpu, backward=softmax_ce_onehot_bwd_cpu,
+    cuda_forward=softmax_ce_onehot_fwd_cuda, cuda_backward=softmax_ce_onehot_bwd_cuda,
+    sample=_ce_sample(5, 4, True), big_sample=_ce_sample(37, 6, True), reference=_ce1h_ref,
+))
+
+
+# -- losses on predictions and targets of one shape: mse, binary_ce ---------------------------
+# A sample's loss is the mean over its features: sum_k w_row(k) term_k / N over the N
+# elements, row(k) = k // (N / batch).
+def _pair_shape(name):
+    def shape(pred: Spec, target: Spec, w: Spec) -> list:
+        check_float(name, pred=pred, target=target)
+        if pred.shape != target.shape:
+            raise OpError(f"{name} needs predictions and targets of one shape; got "
+                          f"{pred.shape} and {target.shape}")
+        _check_weights(name, pred, w)
+        return [Spec((), pred.dtype)]
+    return shape
+
+
+@config.formula(inline=True)
+def _squared_error(p, t, wr):
+    """w (p - t)^2, as d (d w): d d exactly when w = 1"""
+    d = p - t
+    return d * (d * wr)
+
+
+@config.formula(inline=True)
+def _squared_error_grad(g, p, t):
+    """d/dp of (p - t)^2, times g"""
+    return 2.0 * g * (p - t)
+
+
+@config.formula
+def _cross_entropy(p, t, wr):
+    """-w (t log p + (1 - t) log(1 - p)), p clipped into [EPS, 1 - EPS] (without min/max:
+    numba 0.66+ fails on them for CUDA)"""
+    q = float(p)
+    if q < EPS:
+        q = EPS
+    elif q > 1.0 - EPS:
+        q = 1.0 - EPS
+    return -(t * math.log(q) + (1.0 - t) * math.log(1.0 - q)) * wr
+
+
+@config.formula
+def _cross_entropy_grad(g, p, t):
+    """d/dp of the cross entropy, times g: (p - t) / (p (1 - p)) inside the clip range,
+    0 outside"""
+    if p < EPS or p > 1.0 - EPS:
+        return 0.0
+    return g * (p - t) / (p * (1.0 - p))
+
+
+@config.formula
+def unweighted(w):
+    """True when every weight is 1 (no sample weights): the CPU kernels then run one flat
+    loop, which LLVM vectorizes where a loop per sample of a few values does not"""
+    for r in range(w.size):
+        if w[r] != 1:
+            return False
+    return True
+
+
+# Kernel templates, instantiated per loss with the formulas above as _term and _grad (and
+# _one, a loss's one-gradient CPU kernel). CPU loops run from 0 with an offset in the
+# index: LLVM vectorizes those, not range(start, stop).
+_term = _grad = _one = None
+
+
+def _mean_cpu_template(pred, target, w, loss):
+    """loss = sum_k _term(pred_k, target_k, w_row(k)) / N"""
+    pf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    per = pf.size // w.size if w.size else 0
+    total = 0.0
+    if unweighted(w):
+        for k in range(pf.size):
+            total += _term(pf[k], tf[k], 1.0)
+    else:
+        for r in range(w.size):
+            for j in range(per):
+                total += _term(pf[r * per + j], tf[r * per + j], w[r])
+    loss[()] = total / pf.size
+
+
+def _mean_cuda_template(pred, target, w, loss):
+    """loss = sum_k _term(pred_k, target_k, w_row(k)) / N, one block"""
+    pf = pred.reshape(-1)
+    tf = target.reshape(-1)
+    per = pf.size // w.size if w.size else 0
+    t = cuda.threadIdx.x
+    total = 0.0
+    for k in range(t, pf.size, cuda.blockDim.x):
+        total += _term(pf[k], tf[k], w[k // per])
+    total = block_sum(total)
     if t == 0:
         loss[()] = total / pf.size
 
 
-def binary_ce_fwd_cuda(pred, target, loss):
-    """Launch _binary_ce_fwd (one block)."""
-    _binary_ce_fwd[1, config.CUDA_BLOCK](pred, target, loss)
+def _grad_cpu_template(dy, a, b, w, da):
+    """da_k = _grad(dy w_row(k) / N, a_k, b_k)"""
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    df = da.reshape(-1)
+    per = af.size // w.size if w.size else 0
+    g = dy[()] / af.size
+    if unweighted(w):
+        for k in range(af.size):
+            df[k] = _grad(g, af[k], bf[k])
+    else:
+        for r in range(w.size):
+            gw = g * w[r]
+            for j in range(per):
+                df[r * per + j] = _grad(gw, af[r * per + j], bf[r * per + j])
 
 
-@jit
-def binary_ce_bwd_cpu(dy, pred, target, dpred):
-    """dpred = dy (p - t) / (p (1 - p)) / N inside the clip range, 0 outside"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
-    df = dpred.reshape(-1)
-    g = dy[()] / pf.size
-    for i in range(pf.size):
-        p = pf[i]
-        if p < EPS or p > 1.0 - EPS:
-            df[i] = 0.0
-        else:
-            df[i] = g * (p - tf[i]) / (p * (1.0 - p))
+def _grads_cpu_template(dy, pred, target, w, dpred, dtarget):
+    """dpred by _one ; dtarget by _one with pred and target swapped (each when wanted)"""
+    if dpred is not None:
+        _one(dy, pred, target, w, dpred)
+    if dtarget is not None:
+        _one(dy, target, pred, w, dtarget)
 
 
-@cuda_kernel
-def _binary_ce_bwd(dy, pred, target, dpred):
-    """dpred = dy (p - t) / (p (1 - p)) / N inside the clip range, 0 outside"""
-    pf = pred.reshape(-1)
-    tf = target.reshape(-1)
-    df = dpred.reshape(-1)
-    g = dy[()] / pf.size
-    for i in range(cuda.grid(1), pf.size, cuda.gridsize(1)):
-        p = pf[i]
-        if p < EPS or p > 1.0 - EPS:
-            df[i] = 0.0
-        else:
-            df[i] = g * (p - tf[i]) / (p * (1.0 - p))
+def _grad_cuda_template(dy, a, b, w, da):
+    """da_k = _grad(dy w_row(k) / N, a_k, b_k)  (grid-stride)"""
+    af = a.reshape(-1)
+    bf = b.reshape(-1)
+    df = da.reshape(-1)
+    per = af.size // w.size if w.size else 0
+    g = dy[()] / af.size
+    for k in range(cuda.grid(1), af.size, cuda.gridsize(1)):
+        df[k] = _grad(g * w[k // per], af[k], bf[k])
 
 
-def binary_ce_bwd_cuda(dy, pred, target, dpred):
-    """Launch _binary_ce_bwd (grid-stride)."""
-    _binary_ce_bwd[config.grid_1d(pred.size)](dy, pred, target, dpred)
+def _pair_loss(name: str, term, grad, sample, reference, diff: tuple) -> None:
+    """Register a loss of predictions and targets of one shape, from its term and its
+    gradient (with respect to the first argument; the target's by swapping them)."""
+    forward = instantiate(_mean_cpu_template, f"{name}_fwd_cpu", term, "cpu", _term=term)
+    backward = instantiate(_grad_cpu_template, f"{name}_bwd_cpu", grad, "cpu", _grad=grad)
+    if len(diff) == 2:      # the target's gradient too
+        backward = instantiate(_grads_cpu_template, f"{name}_bwd2_cpu", grad, "cpu",
+                               _one=backward)
+    mean = instantiate(_mean_cuda_template, f"{name}_fwd_cuda", term, "cuda", _term=term)
+    each = instantiate(_grad_cuda_template, f"{name}_bwd_cuda", grad, "cuda", _grad=grad)
+
+    def cuda_forward(pred, target, w, loss):
+        mean[1, config.CUDA_BLOCK](pred, target, w, loss)
+
+    def cuda_backward(dy, pred, target, w, *grads):
+        for (a, b), d in zip(((pred, target), (target, pred)), grads):
+            if d is not None:
+                each[config.grid_1d(a.size)](dy, a, b, w, d)
+
+    cuda_forward.__doc__, cuda_backward.__doc__ = term.__doc__, grad.__doc__
+    register(Op(
+        name=name, inputs=("pred", "target", "w"), outputs=("loss",), shape=_pair_shape(name),
+        saves=("pred", "target", "w"), diff=diff, forward=forward, backward=backward,
+        cuda_forward=cuda_forward, cuda_backward=cuda_backward,
+        sample=sample((4, 3)), big_sample=sample((9, 11)), reference=reference))
 
 
-def _bce_ref(p, t):
-    q = np.clip(p, EPS, 1 - EPS)
-    return (np.asarray(-(t * np.log(q) + (1 - t) * np.log(1 - q)).mean(), p.dtype),)
+def _pair_sample(lo, hi, target_lo=None):
+    def with_shape(shape):
+        def sample(rng, dt):
+            pred = rng.uniform(lo, hi, shape).astype(dt)
+            target = rng.uniform(lo if target_lo is None else target_lo, hi, shape).astype(dt)
+            return (pred, target, _weights(rng, shape[0], dt)), {}
+        return sample
+    return with_shape
 
 
-register(Op(
-    name="binary_ce", inputs=("pred", "target"), outputs=("loss",),
-    shape=_pair_shape("binary_ce"), saves=("pred", "target"), diff=("pred",),
-    forward=binary_ce_fwd_cpu, backward=binary_ce_bwd_cpu,
-    cuda_forward=binary_ce_fwd_cuda, cuda_backward=binary_ce_bwd_cuda,
-    sample=_pair_sample(0.1, 0.9), reference=_bce_ref,
-))
+def _sample_means(per_element, w):
+    """sum_i w_i mean_j per_element[i, j] / batch, in float64 (Keras' reduction)."""
+    means = per_element.reshape(len(w), -1).mean(axis=1)
+    return (w.astype(np.float64) * means).sum() / len(w)
+
+
+def _mse_ref(p, t, w):
+    d = p.astype(np.float64) - t
+    return (np.asarray(_sample_means(d * d, w), p.dtype),)
+
+
+def _bce_ref(p, t, w):
+    q = np.clip(p.astype(np.float64), EPS, 1 - EPS)
+    return (np.asarray(_sample_means(-(t * np.log(q) + (1 - t) * np.log(1 - q)), w),
+                       p.dtype),)
+
+
+_pair_loss("mse", _squared_error, _squared_error_grad, _pair_sample(-1.0, 1.0), _mse_ref,
+           diff=("pred", "target"))
+_pair_loss("binary_ce", _cross_entropy, _cross_entropy_grad, _pair_sample(0.1, 0.9, 0.0),
+           _bce_ref, diff=("pred",))

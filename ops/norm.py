@@ -45,30 +45,52 @@ def _as3(x):
     return x.reshape(x.shape[0], x.shape[1], -1)
 
 
+# -- per channel, shared by both devices (arrays seen as (batch, channels, the rest)) -------
+@config.formula
+def channel_stats(x3, c, momentum, epsilon, moving_mean, moving_var, mean, invstd):
+    """mean[c], invstd[c] = the batch's mean and 1 / sqrt(var + epsilon) over (batch, the
+    rest) of channel c; moving statistics updated: moving = momentum moving + (1 -
+    momentum) statistic, with the biased variance (as Keras)"""
+    nb, _, sp = x3.shape
+    s = 0.0
+    for n in range(nb):
+        for k in range(sp):
+            s += x3[n, c, k]
+    mu = s / (nb * sp)
+    v = 0.0
+    for n in range(nb):
+        for k in range(sp):
+            d = x3[n, c, k] - mu
+            v += d * d
+    var = v / (nb * sp)
+    mean[c] = mu
+    invstd[c] = 1.0 / math.sqrt(var + epsilon)
+    moving_mean[c] = momentum * moving_mean[c] + (1.0 - momentum) * mu
+    moving_var[c] = momentum * moving_var[c] + (1.0 - momentum) * var
+
+
+@config.formula
+def channel_sums(dy3, x3, c, mean_c, inv_c):
+    """(sum dy, sum dy * (x - mean_c) * inv_c) over channel c: dbeta and dgamma"""
+    sb = 0.0
+    sg = 0.0
+    for n in range(x3.shape[0]):
+        for k in range(x3.shape[2]):
+            sb += dy3[n, c, k]
+            sg += dy3[n, c, k] * (x3[n, c, k] - mean_c) * inv_c
+    return sb, sg
+
+
 # -- batch_norm (training) ---------------------------------------------------------------
 @jit
 def _bn_train_fwd(x3, gamma, beta, moving_mean, moving_var, momentum, epsilon, y3, mean,
                   invstd):
     """mean, var over (batch, spatial) per channel; y = gamma * (x - mean) * invstd + beta"""
     nb, ch, sp = x3.shape
-    m = nb * sp
     for c in range(ch):
-        s = 0.0
-        for n in range(nb):
-            for k in range(sp):
-                s += x3[n, c, k]
-        mu = s / m
-        v = 0.0
-        for n in range(nb):
-            for k in range(sp):
-                d = x3[n, c, k] - mu
-                v += d * d
-        var = v / m
-        inv = 1.0 / math.sqrt(var + epsilon)
-        mean[c] = mu
-        invstd[c] = inv
-        moving_mean[c] = momentum * moving_mean[c] + (1.0 - momentum) * mu
-        moving_var[c] = momentum * moving_var[c] + (1.0 - momentum) * var
+        channel_stats(x3, c, momentum, epsilon, moving_mean, moving_var, mean, invstd)
+        mu = mean[c]
+        inv = invstd[c]
         for n in range(nb):
             for k in range(sp):
                 y3[n, c, k] = gamma[c] * (x3[n, c, k] - mu) * inv + beta[c]
@@ -88,12 +110,7 @@ def _bn_train_bwd(dy3, x3, gamma, mean, invstd, dx3, dgamma, dbeta):
     nb, ch, sp = x3.shape
     m = nb * sp
     for c in range(ch):
-        sb = 0.0
-        sg = 0.0
-        for n in range(nb):
-            for k in range(sp):
-                sb += dy3[n, c, k]
-                sg += dy3[n, c, k] * (x3[n, c, k] - mean[c]) * invstd[c]
+        sb, sg = channel_sums(dy3, x3, c, mean[c], invstd[c])
         if dbeta.size:
             dbeta[c] = sb
         if dgamma.size:
@@ -121,26 +138,9 @@ def batch_norm_bwd_cpu(dy, x, gamma, mean, invstd, momentum, epsilon, dx, dgamma
 @cuda_kernel
 def _bn_stats(x, momentum, epsilon, moving_mean, moving_var, mean, invstd):
     """mean, invstd per channel; moving statistics updated (one thread per channel)"""
-    nb = x.shape[0]
-    ch = x.shape[1]
-    xf = x.reshape(-1)
-    sp = xf.size // (nb * ch)
-    for c in range(cuda.grid(1), ch, cuda.gridsize(1)):
-        s = 0.0
-        for n in range(nb):
-            for k in range(sp):
-                s += xf[(n * ch + c) * sp + k]
-        mu = s / (nb * sp)
-        v = 0.0
-        for n in range(nb):
-            for k in range(sp):
-                d = xf[(n * ch + c) * sp + k] - mu
-                v += d * d
-        var = v / (nb * sp)
-        mean[c] = mu
-        invstd[c] = 1.0 / math.sqrt(var + epsilon)
-        moving_mean[c] = momentum * moving_mean[c] + (1.0 - momentum) * mu
-        moving_var[c] = momentum * moving_var[c] + (1.0 - momentum) * var
+    x3 = x.reshape(x.shape[0], x.shape[1], x.size // (x.shape[0] * x.shape[1]))
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        channel_stats(x3, c, momentum, epsilon, moving_mean, moving_var, mean, invstd)
 
 
 @cuda_kernel
@@ -166,21 +166,10 @@ def batch_norm_fwd_cuda(x, gamma, beta, moving_mean, moving_var, momentum, epsil
 @cuda_kernel
 def _bn_param_grads(dy, x, mean, invstd, dgamma, dbeta):
     """dbeta = sum dy ; dgamma = sum dy * (x - mean) * invstd  (one thread per channel)"""
-    nb = x.shape[0]
-    ch = x.shape[1]
-    xf = x.reshape(-1)
-    dyf = dy.reshape(-1)
-    sp = xf.size // (nb * ch)
-    for c in range(cuda.grid(1), ch, cuda.gridsize(1)):
-        sb = dy.dtype.type(0)
-        sg = dy.dtype.type(0)
-        for n in range(nb):
-            for k in range(sp):
-                i = (n * ch + c) * sp + k
-                sb += dyf[i]
-                sg += dyf[i] * (xf[i] - mean[c]) * invstd[c]
-        dbeta[c] = sb
-        dgamma[c] = sg
+    shape3 = (x.shape[0], x.shape[1], x.size // (x.shape[0] * x.shape[1]))
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
+        dbeta[c], dgamma[c] = channel_sums(dy.reshape(shape3), x.reshape(shape3), c,
+                                           mean[c], invstd[c])
 
 
 @cuda_kernel
@@ -265,7 +254,7 @@ def _bn_infer_bwd(dy3, x3, gamma, moving_mean, moving_var, epsilon, dx3, dgamma,
         inv = 1.0 / math.sqrt(moving_var[c] + epsilon)
         sb = 0.0
         sg = 0.0
-        for n in range(nb):
+        for n in range(nb):     # channel_sums, with dx in the same pass
             for k in range(sp):
                 sb += dy3[n, c, k]
                 sg += dy3[n, c, k] * (x3[n, c, k] - moving_mean[c]) * inv
@@ -318,22 +307,11 @@ def _bn_infer_dx(dy, gamma, moving_var, epsilon, dx):
 @cuda_kernel
 def _bn_infer_param_grads(dy, x, moving_mean, moving_var, epsilon, dgamma, dbeta):
     """dbeta = sum dy ; dgamma = sum dy * (x - moving_mean) / sqrt(moving_var + eps)"""
-    nb = x.shape[0]
-    ch = x.shape[1]
-    xf = x.reshape(-1)
-    dyf = dy.reshape(-1)
-    sp = xf.size // (nb * ch)
-    for c in range(cuda.grid(1), ch, cuda.gridsize(1)):
+    shape3 = (x.shape[0], x.shape[1], x.size // (x.shape[0] * x.shape[1]))
+    for c in range(cuda.grid(1), x.shape[1], cuda.gridsize(1)):
         inv = 1.0 / math.sqrt(moving_var[c] + epsilon)
-        sb = dy.dtype.type(0)
-        sg = dy.dtype.type(0)
-        for n in range(nb):
-            for k in range(sp):
-                i = (n * ch + c) * sp + k
-                sb += dyf[i]
-                sg += dyf[i] * (xf[i] - moving_mean[c]) * inv
-        dgamma[c] = sg
-        dbeta[c] = sb
+        dbeta[c], dgamma[c] = channel_sums(dy.reshape(shape3), x.reshape(shape3), c,
+                                           moving_mean[c], inv)
 
 
 def batch_norm_inference_bwd_cuda(dy, x, gamma, moving_mean, moving_var, epsilon, dx,

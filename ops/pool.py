@@ -12,7 +12,8 @@ import numpy as np
 
 from dlrun.ops import config
 from dlrun.ops.config import cuda_kernel, jit
-from dlrun.ops.conv import check_window_attrs, window_geometry
+from dlrun.ops.conv import (check_window_attrs, tap_source, unravel4, window_geometry,
+                            window_span)
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -43,28 +44,74 @@ def _geometry(x, pool, strides, padding):
     return pool[0], pool[1], strides[0], strides[1], pt, pl
 
 
+# -- per window, shared by both devices ------------------------------------------------------
+@config.formula(inline=True)
+def window_max(x, n, c, r0, r1, s0, s1):
+    """(max, r * width + s of its first position) over x[n, c, r0:r1, s0:s1]"""
+    best = x[n, c, r0, s0]
+    where = r0 * x.shape[3] + s0
+    for r in range(r0, r1):
+        for s in range(s0, s1):
+            if x[n, c, r, s] > best:
+                best = x[n, c, r, s]
+                where = r * x.shape[3] + s
+    return best, where
+
+
+@config.formula(inline=True)
+def window_mean(x, n, c, r0, r1, s0, s1):
+    """mean of x[n, c, r0:r1, s0:s1]"""
+    acc = 0.0
+    for r in range(r0, r1):
+        for s in range(s0, s1):
+            acc += x[n, c, r, s]
+    return acc / ((r1 - r0) * (s1 - s0))
+
+
+@config.formula
+def pixel_grad(dy, at, is_max, n, c, r, s, ph, pw, sh, sw, pt, pl, h, wd):
+    """dx[n, c, r, s]: the sum over the windows holding pixel (r, s) of their dy, sent
+    whole to the pixel that was the window's maximum (``is_max``: ``at`` holds each
+    window's), or shared equally among the window's real pixels (``at`` unread)"""
+    acc = 0.0
+    for i in range(ph):
+        p = tap_source(r, pt, i, sh, dy.shape[2])
+        if p < 0:
+            continue
+        r0, r1 = window_span(p, sh, pt, ph, h)
+        for j in range(pw):
+            q = tap_source(s, pl, j, sw, dy.shape[3])
+            if q < 0:
+                continue
+            if is_max:
+                if at[n, c, p, q] == r * wd + s:
+                    acc += dy[n, c, p, q]
+            else:
+                s0, s1 = window_span(q, sw, pl, pw, wd)
+                acc += dy[n, c, p, q] / ((r1 - r0) * (s1 - s0))
+    return acc
+
+
+@cuda_kernel
+def _pool2d_bwd(dy, at, is_max, ph, pw, sh, sw, pt, pl, dx):
+    """dx = pixel_grad at every pixel (one thread per input element: no atomics)"""
+    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
+        n, c, r, s = unravel4(t, dx)
+        dx[n, c, r, s] = pixel_grad(dy, at, is_max, n, c, r, s, ph, pw, sh, sw, pt, pl,
+                                    dx.shape[2], dx.shape[3])
+
+
 # -- max_pool2d --------------------------------------------------------------------------
 @jit
 def max_pool2d_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y, at):
     """y = max over the window ; at = r * width + s of its first maximum"""
-    nb, ch, h, wd = x.shape
-    for n in range(nb):
-        for c in range(ch):
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
             for p in range(y.shape[2]):
-                r0 = max(p * sh - pt, 0)
-                r1 = min(p * sh - pt + ph, h)
+                r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
                 for q in range(y.shape[3]):
-                    s0 = max(q * sw - pl, 0)
-                    s1 = min(q * sw - pl + pw, wd)
-                    best = x[n, c, r0, s0]
-                    where = r0 * wd + s0
-                    for r in range(r0, r1):
-                        for s in range(s0, s1):
-                            if x[n, c, r, s] > best:
-                                best = x[n, c, r, s]
-                                where = r * wd + s
-                    y[n, c, p, q] = best
-                    at[n, c, p, q] = where
+                    s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
+                    y[n, c, p, q], at[n, c, p, q] = window_max(x, n, c, r0, r1, s0, s1)
 
 
 @jit
@@ -107,25 +154,11 @@ def max_pool2d_fwd_cpu(x, pool, strides, padding, y, at):
 @cuda_kernel
 def _max_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y, at):
     """y = max over the window ; at = r * width + s of its first maximum"""
-    h = x.shape[2]
-    wd = x.shape[3]
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        q = t % y.shape[3]
-        p = (t // y.shape[3]) % y.shape[2]
-        c = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
-        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
-        best = x[n, c, 0, 0]
-        where = -1
-        for i in range(ph):
-            r = p * sh + i - pt
-            if 0 <= r < h:
-                for j in range(pw):
-                    s = q * sw + j - pl
-                    if 0 <= s < wd and (where < 0 or x[n, c, r, s] > best):
-                        best = x[n, c, r, s]
-                        where = r * wd + s
-        y[n, c, p, q] = best
-        at[n, c, p, q] = where
+        n, c, p, q = unravel4(t, y)
+        r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
+        s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
+        y[n, c, p, q], at[n, c, p, q] = window_max(x, n, c, r0, r1, s0, s1)
 
 
 def max_pool2d_fwd_cuda(x, pool, strides, padding, y, at):
@@ -152,32 +185,10 @@ def max_pool2d_bwd_cpu(dy, at, pool, strides, padding, dx):
     max_pool2d_bwd_cpu_kernel(dy, at, dx)
 
 
-@cuda_kernel
-def _max_pool2d_bwd(dy, at, ph, pw, sh, sw, pt, pl, dx):
-    """dx[n, c, r, s] = sum of dy over the windows holding (r, s) whose maximum it was"""
-    h = dx.shape[2]
-    wd = dx.shape[3]
-    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        s = t % wd
-        r = (t // wd) % h
-        c = (t // (wd * h)) % dx.shape[1]
-        n = t // (wd * h * dx.shape[1])
-        acc = dx.dtype.type(0)
-        for i in range(ph):
-            pp = r + pt - i
-            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
-                for j in range(pw):
-                    qq = s + pl - j
-                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
-                        if at[n, c, pp // sh, qq // sw] == r * wd + s:
-                            acc += dy[n, c, pp // sh, qq // sw]
-        dx[n, c, r, s] = acc
-
-
 def max_pool2d_bwd_cuda(dy, at, pool, strides, padding, dx):
-    """Launch _max_pool2d_bwd (one thread per input element: no atomics)."""
-    _max_pool2d_bwd[config.grid_1d(dx.size)](dy, at, *_geometry(dx, pool, strides, padding),
-                                             dx)
+    """Launch _pool2d_bwd (one thread per input element: no atomics)."""
+    _pool2d_bwd[config.grid_1d(dx.size)](dy, at, True, *_geometry(dx, pool, strides, padding),
+                                         dx)
 
 
 def _windows(x, pool, strides, padding):
@@ -225,20 +236,13 @@ register(Op(
 @jit
 def avg_pool2d_fwd_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y):
     """y = mean over the real (unpadded) pixels of the window"""
-    nb, ch, h, wd = x.shape
-    for n in range(nb):
-        for c in range(ch):
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
             for p in range(y.shape[2]):
-                r0 = max(p * sh - pt, 0)
-                r1 = min(p * sh - pt + ph, h)
+                r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
                 for q in range(y.shape[3]):
-                    s0 = max(q * sw - pl, 0)
-                    s1 = min(q * sw - pl + pw, wd)
-                    acc = 0.0
-                    for r in range(r0, r1):
-                        for s in range(s0, s1):
-                            acc += x[n, c, r, s]
-                    y[n, c, p, q] = acc / ((r1 - r0) * (s1 - s0))
+                    s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
+                    y[n, c, p, q] = window_mean(x, n, c, r0, r1, s0, s1)
 
 
 def avg_pool2d_fwd_cpu(x, pool, strides, padding, y):
@@ -256,11 +260,9 @@ def avg_pool2d_bwd_kernel_cpu(dy, ph, pw, sh, sw, pt, pl, dx):
     for n in range(nb):
         for c in range(ch):
             for p in range(dy.shape[2]):
-                r0 = max(p * sh - pt, 0)
-                r1 = min(p * sh - pt + ph, h)
+                r0, r1 = window_span(p, sh, pt, ph, h)
                 for q in range(dy.shape[3]):
-                    s0 = max(q * sw - pl, 0)
-                    s1 = min(q * sw - pl + pw, wd)
+                    s0, s1 = window_span(q, sw, pl, pw, wd)
                     g = dy[n, c, p, q] / ((r1 - r0) * (s1 - s0))
                     for r in range(r0, r1):
                         for s in range(s0, s1):
@@ -275,24 +277,11 @@ def avg_pool2d_bwd_cpu(dy, pool, strides, padding, dx):
 @cuda_kernel
 def _avg_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y):
     """y = mean over the real (unpadded) pixels of the window"""
-    h = x.shape[2]
-    wd = x.shape[3]
     for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        q = t % y.shape[3]
-        p = (t // y.shape[3]) % y.shape[2]
-        c = (t // (y.shape[3] * y.shape[2])) % y.shape[1]
-        n = t // (y.shape[3] * y.shape[2] * y.shape[1])
-        acc = y.dtype.type(0)
-        count = 0
-        for i in range(ph):
-            r = p * sh + i - pt
-            if 0 <= r < h:
-                for j in range(pw):
-                    s = q * sw + j - pl
-                    if 0 <= s < wd:
-                        acc += x[n, c, r, s]
-                        count += 1
-        y[n, c, p, q] = acc / count
+        n, c, p, q = unravel4(t, y)
+        r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
+        s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
+        y[n, c, p, q] = window_mean(x, n, c, r0, r1, s0, s1)
 
 
 def avg_pool2d_fwd_cuda(x, pool, strides, padding, y):
@@ -300,42 +289,10 @@ def avg_pool2d_fwd_cuda(x, pool, strides, padding, y):
     _avg_pool2d_fwd[config.grid_1d(y.size)](x, *_geometry(x, pool, strides, padding), y)
 
 
-@cuda_kernel
-def _avg_pool2d_bwd(dy, ph, pw, sh, sw, pt, pl, dx):
-    """dx[r, s] = sum over windows holding (r, s) of dy / (pixels in that window)"""
-    h = dx.shape[2]
-    wd = dx.shape[3]
-    for t in range(cuda.grid(1), dx.size, cuda.gridsize(1)):
-        s = t % wd
-        r = (t // wd) % h
-        c = (t // (wd * h)) % dx.shape[1]
-        n = t // (wd * h * dx.shape[1])
-        acc = dx.dtype.type(0)
-        for i in range(ph):
-            pp = r + pt - i
-            if pp >= 0 and pp % sh == 0 and pp // sh < dy.shape[2]:
-                p = pp // sh
-                rows = ph
-                if p * sh - pt < 0:
-                    rows += p * sh - pt
-                if p * sh - pt + ph > h:
-                    rows -= p * sh - pt + ph - h
-                for j in range(pw):
-                    qq = s + pl - j
-                    if qq >= 0 and qq % sw == 0 and qq // sw < dy.shape[3]:
-                        q = qq // sw
-                        cols = pw
-                        if q * sw - pl < 0:
-                            cols += q * sw - pl
-                        if q * sw - pl + pw > wd:
-                            cols -= q * sw - pl + pw - wd
-                        acc += dy[n, c, p, q] / (rows * cols)
-        dx[n, c, r, s] = acc
-
-
 def avg_pool2d_bwd_cuda(dy, pool, strides, padding, dx):
-    """Launch _avg_pool2d_bwd (one thread per input element)."""
-    _avg_pool2d_bwd[config.grid_1d(dx.size)](dy, *_geometry(dx, pool, strides, padding), dx)
+    """Launch _pool2d_bwd (one thread per input element; no argmax: dy stands in, unread)."""
+    _pool2d_bwd[config.grid_1d(dx.size)](dy, dy, False, *_geometry(dx, pool, strides, padding),
+                                         dx)
 
 
 def avg_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):

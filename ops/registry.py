@@ -14,6 +14,9 @@ The first output is the op's result; further outputs are auxiliaries the backwar
 buffers: they never allocate, and never accumulate into a gradient (the engine sums
 gradients of a value used twice). An op with ``rng=True`` receives one more attribute,
 ``seed`` (an integer), after its declared ones; the engine changes it every call.
+
+Kernels that are not ops (optimizer updates, metric counts, the planner's fused kernels)
+are :class:`Twin` records, kept here too: the CUDA checks run every op and every twin.
 """
 from __future__ import annotations
 
@@ -59,6 +62,10 @@ class Op:
     rng : the forward takes a per-call ``seed`` attribute.
     sample : ``sample(rng, dtype) -> (inputs, attrs)`` small inputs for tests.
     reference : ``reference(*inputs, **attrs) -> tuple of outputs``, in plain numpy.
+    big_sample : like ``sample``, inputs that span several CUDA blocks and grid-stride
+        rounds at the parity check's block size (default: none, ``sample`` only).
+    pointwise : the :class:`dlrun.ops.elementwise.Elementwise` (scalar formulas) the op
+        was made from, if any; the planner fuses such ops with the ``bias_add`` before.
     """
 
     name: str
@@ -75,6 +82,8 @@ class Op:
     rng: bool = False
     sample: Callable | None = None
     reference: Callable | None = None
+    big_sample: Callable | None = None
+    pointwise: Any = None
 
     def __post_init__(self):
         known = set(self.inputs) | set(self.outputs)
@@ -119,40 +128,118 @@ class Op:
         raise OpError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
 
 
-_REGISTRY: dict[str, Op] = {}
+# -- twins: kernels outside the op registry ------------------------------------------------
+@dataclass(frozen=True)
+class Twin:
+    """A kernel that is not an op (an optimizer update, a metric count, a fused kernel the
+    planner substitutes), with its CUDA twin: one calling convention on both devices.
+
+    Parameters
+    ----------
+    name : registry key.
+    cpu, cuda : ``kernel(*args)``, the same arguments on both devices.
+    writes : positions in ``args`` the kernel writes (in place, or outputs).
+    sample : ``sample(rng, dtype) -> args``, NumPy arrays and scalars spanning several
+        CUDA blocks at the parity check's block size; or a list of such ``args``, one
+        per case worth checking (each branch of the kernel).
+    outputs : those of ``writes`` that are only written, never read (the checks fill them
+        with NaN first, so an element left unwritten shows).
+    no_cuda : why there is no CUDA kernel, when ``cuda`` is None.
+    of : the op it was made from (removed with it), if any.
+    """
+
+    name: str
+    cpu: Callable
+    cuda: Callable | None
+    writes: tuple
+    sample: Callable
+    outputs: tuple = ()
+    no_cuda: str = ""
+    of: str | None = None
+
+    def __post_init__(self):
+        if self.cuda is None and not self.no_cuda:
+            raise OpError(f"twin {self.name!r} has no CUDA kernel; say why in no_cuda")
+        bad = [k for k in self.outputs if k not in self.writes]
+        if bad:
+            raise OpError(f"twin {self.name!r}: outputs {bad} are not in writes {self.writes}")
+
+    def kernel(self, device: str = "cpu") -> Callable:
+        """The kernel for a device."""
+        if device == "cpu":
+            return self.cpu
+        if device == "cuda":
+            if self.cuda is None:
+                raise OpError(f"kernel {self.name!r} has no CUDA twin: {self.no_cuda}")
+            return self.cuda
+        raise OpError(f"unknown device {device!r}; expected 'cpu' or 'cuda'")
+
+
+# -- the registries ----------------------------------------------------------------------
+class _Records:
+    """Records of one class by name: the registry of ops, or of twins."""
+
+    def __init__(self, cls, kind: str):
+        self.cls, self.kind, self.by_name = cls, kind, {}
+
+    def add(self, record, replace: bool, caller: str):
+        if not isinstance(record, self.cls):
+            raise OpError(f"{caller}() takes a dlrun.ops.{self.cls.__name__}, got "
+                          f"{type(record).__name__}")
+        if record.name in self.by_name and not replace:
+            raise OpError(f"{self.kind} named {record.name!r} is already registered; "
+                          "pass replace=True to override it")
+        self.by_name[record.name] = record
+        return record
+
+    def find(self, name):
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise OpError(f"unknown {self.kind.split()[-1]} {name!r}; registered: "
+                          f"{', '.join(sorted(self.by_name))}") from None
+        except TypeError:
+            raise OpError(f"expected a name or dlrun.ops.{self.cls.__name__}, "
+                          f"got {name!r}") from None
+
+
+_OPS = _Records(Op, "an op")
+_TWINS = _Records(Twin, "a kernel")
 
 
 def register(op: Op, *, replace: bool = False) -> Op:
     """Add an op to the registry (users register their own ops the same way)."""
-    if not isinstance(op, Op):
-        raise OpError(f"register() takes a dlrun.ops.Op, got {type(op).__name__}")
-    if op.name in _REGISTRY and not replace:
-        raise OpError(f"an op named {op.name!r} is already registered; "
-                      "pass replace=True to override it")
-    _REGISTRY[op.name] = op
-    return op
+    return _OPS.add(op, replace, "register")
 
 
 def unregister(name: str) -> None:
-    """Remove a user op (mainly for tests)."""
-    _REGISTRY.pop(name, None)
+    """Remove a user op (mainly for tests), with the twins made from it."""
+    _OPS.by_name.pop(name, None)
+    for twin in [t for t in _TWINS.by_name.values() if t.of == name]:
+        del _TWINS.by_name[twin.name]
 
 
 def get(name_or_op: Any) -> Op:
     """The op record for a name (or the record itself)."""
-    if isinstance(name_or_op, Op):
-        return name_or_op
-    try:
-        return _REGISTRY[name_or_op]
-    except KeyError:
-        raise OpError(f"unknown op {name_or_op!r}; registered ops: "
-                      f"{', '.join(sorted(_REGISTRY))}") from None
-    except TypeError:
-        raise OpError(f"expected an op name or dlrun.ops.Op, got {name_or_op!r}") from None
+    return name_or_op if isinstance(name_or_op, Op) else _OPS.find(name_or_op)
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(_OPS.by_name)
+
+
+def register_twin(twin: Twin, *, replace: bool = False) -> Twin:
+    """Add a twin record; the CUDA parity and PTX checks run every one."""
+    return _TWINS.add(twin, replace, "register_twin")
+
+
+def get_twin(name: str) -> Twin:
+    """The twin record for a name."""
+    return _TWINS.find(name)
+
+
+def twin_names() -> list[str]:
+    return sorted(_TWINS.by_name)
 
 
 def same_shape(x: Spec, **_) -> list:

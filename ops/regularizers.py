@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.ops import config
-from dlrun.ops.config import CUDA_MAX_THREADS, cuda_kernel, jit
+from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.reduce import block_sum
 from dlrun.ops.registry import Op, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -31,29 +32,28 @@ def l1_l2_penalty_fwd_cpu(w, l1, l2, y):
 
 @cuda_kernel
 def _l1_l2_penalty_fwd(w, l1, l2, y):
-    """y = l1 * sum |w| + l2 * sum w^2, in one block: strided partial sums, then a tree"""
-    buf = cuda.shared.array(CUDA_MAX_THREADS, np.float64)
+    """y = l1 * sum |w| + l2 * sum w^2, in one block"""
     wf = w.reshape(-1)
     t = cuda.threadIdx.x
     total = 0.0
     for i in range(t, wf.size, cuda.blockDim.x):
         v = float(wf[i])
         total += l1 * abs(v) + l2 * v * v
-    buf[t] = total
-    n = cuda.blockDim.x
-    while n > 1:  # fixed pairs, so the sum is deterministic
-        cuda.syncthreads()
-        half = (n + 1) // 2
-        if t < n - half:
-            buf[t] += buf[t + half]
-        n = half
+    total = block_sum(total)
     if t == 0:
-        y[()] = buf[0]
+        y[()] = total
 
 
 def l1_l2_penalty_fwd_cuda(w, l1, l2, y):
     """Launch _l1_l2_penalty_fwd (one block)."""
     _l1_l2_penalty_fwd[1, config.CUDA_BLOCK](w, l1, l2, y)
+
+
+@config.formula
+def penalty_grad(v, l1, l2):
+    """d/dw (l1 |w| + l2 w^2) = l1 sign(w) + 2 l2 w"""
+    sign = 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
+    return l1 * sign + 2.0 * l2 * v
 
 
 @jit
@@ -63,9 +63,7 @@ def l1_l2_penalty_bwd_cpu(dy, w, l1, l2, dw):
     dwf = dw.reshape(-1)
     g = dy[()]
     for i in range(wf.size):
-        v = wf[i]
-        sign = 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
-        dwf[i] = g * (l1 * sign + 2.0 * l2 * v)
+        dwf[i] = g * penalty_grad(wf[i], l1, l2)
 
 
 @cuda_kernel
@@ -75,9 +73,7 @@ def _l1_l2_penalty_bwd(dy, w, l1, l2, dw):
     dwf = dw.reshape(-1)
     g = dy[()]
     for i in range(cuda.grid(1), wf.size, cuda.gridsize(1)):
-        v = wf[i]
-        sign = 1.0 if v > 0 else (-1.0 if v < 0 else 0.0)
-        dwf[i] = g * (l1 * sign + 2.0 * l2 * v)
+        dwf[i] = g * penalty_grad(wf[i], l1, l2)
 
 
 def l1_l2_penalty_bwd_cuda(dy, w, l1, l2, dw):

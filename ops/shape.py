@@ -5,6 +5,7 @@ import numpy as np
 
 from dlrun.ops import config
 from dlrun.ops.config import cuda_kernel, jit
+from dlrun.ops.elementwise import map_twin
 from dlrun.ops.registry import Op, OpError, Spec, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -21,27 +22,18 @@ def _reshape_shape(x: Spec, shape: tuple = (-1,)) -> list:
     return [Spec(out, x.dtype)]
 
 
-@jit
-def copy_cpu(x, y):
+def copy(x):
     """y.flat = x.flat"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(xf.size):
-        yf[i] = xf[i]
+    return x
 
 
-@cuda_kernel
-def _copy(x, y):
-    """y.flat = x.flat (grid-stride)"""
-    xf = x.reshape(-1)
-    yf = y.reshape(-1)
-    for i in range(cuda.grid(1), xf.size, cuda.gridsize(1)):
-        yf[i] = xf[i]
+def _copy_sample(rng, dt):
+    x = rng.standard_normal((9, 11)).astype(dt)
+    return x, np.empty_like(x)
 
 
-def copy_cuda(x, y):
-    """Launch _copy (grid-stride)."""
-    _copy[config.grid_1d(x.size)](x, y)
+COPY = map_twin("copy", copy, ("x",), ("y",), _copy_sample, outputs=("y",))
+copy_cpu, copy_cuda = COPY.cpu, COPY.cuda
 
 
 def reshape_fwd_cpu(x, shape, y):
@@ -69,6 +61,7 @@ register(Op(
     forward=reshape_fwd_cpu, backward=reshape_bwd_cpu,
     cuda_forward=reshape_fwd_cuda, cuda_backward=reshape_bwd_cuda,
     sample=lambda rng, dt: ((rng.standard_normal((2, 3, 4)).astype(dt),), {"shape": (2, -1)}),
+    big_sample=lambda rng, dt: ((rng.standard_normal((9, 11)).astype(dt),), {"shape": (-1,)}),
     reference=lambda x, shape: (x.reshape(shape),),
 ))
 
@@ -186,9 +179,15 @@ def _concat_sample(rng, dt):
             rng.standard_normal((2, 5, 4)).astype(dt)), {"axis": 1}
 
 
+def _concat_big_sample(rng, dt):
+    return (rng.standard_normal((7, 3, 5)).astype(dt),
+            rng.standard_normal((7, 2, 5)).astype(dt)), {"axis": -2}
+
+
 register(Op(
     name="concat", inputs=("a", "b"), shape=_concat_shape, attrs={"axis": -1},
     forward=concat_fwd_cpu, backward=concat_bwd_cpu,
     cuda_forward=concat_fwd_cuda, cuda_backward=concat_bwd_cuda,
-    sample=_concat_sample, reference=lambda a, b, axis: (np.concatenate([a, b], axis),),
+    sample=_concat_sample, big_sample=_concat_big_sample,
+    reference=lambda a, b, axis: (np.concatenate([a, b], axis),),
 ))

@@ -23,11 +23,16 @@ from types import SimpleNamespace
 import numpy as np
 
 from dlrun.engine.core import rewrites
+from dlrun.ops.registry import get_twin
 
-# The stand-alone kernels an optimizer update and the metric counts use, by name; every
-# device has the same names with the same arguments.
-UPDATE_KERNELS = ("sgd", "momentum", "adagrad", "rmsprop", "rmsprop_momentum", "adam",
-                  "decay", "clip", "sum_squares")
+# The kernels an optimizer update uses: ``Updates.kernels.<name>`` is the twin (a kernel
+# outside the op registry, with the same arguments on every device, see
+# dlrun.ops.registry.Twin) of that name.
+UPDATE_KERNELS = {"sgd": "sgd_update", "momentum": "sgd_momentum_update",
+                  "adagrad": "adagrad_update", "rmsprop": "rmsprop_update",
+                  "rmsprop_momentum": "rmsprop_momentum_update", "adam": "adam_update",
+                  "decay": "decay_weights", "clip": "clip_gradient",
+                  "sum_squares": "sum_squares"}
 
 
 def pack(arrays: list, empty) -> tuple[dict, list]:
@@ -57,12 +62,13 @@ class Updates:
     each kernel for the whole model). ``grads``, ``clipped`` (scratch of the same shapes)
     and ``squares`` (one float64 per gradient) serve clipping, which works per parameter;
     ``read(array)`` brings a small array back to the host. ``kernels`` holds the device's
-    update kernels by the names of :data:`UPDATE_KERNELS`.
+    update kernels by the short names of :data:`UPDATE_KERNELS`.
     """
 
     def __init__(self, backend, params: list, grads: list):
         self.params, self.grads = list(params), list(grads)
-        self.kernels = SimpleNamespace(**{k: backend.twin(k) for k in UPDATE_KERNELS})
+        self.kernels = SimpleNamespace(**{k: backend.twin(name)
+                                          for k, name in UPDATE_KERNELS.items()})
         self.clipped = [backend.empty(p.shape, p.dtype) for p in params]
         self.squares = backend.zeros((max(1, len(params)),), np.float64)
         self.read = backend.read
@@ -83,7 +89,7 @@ class CpuBackend:
         return op.kernels("cpu")
 
     def twin(self, name: str):
-        return _twin(name, "cpu")
+        return get_twin(name).kernel("cpu")
 
     def empty(self, shape, dtype):
         return np.empty(shape, dtype)
@@ -130,50 +136,3 @@ class CpuBackend:
 
     def sync_to_host(self) -> None:
         """The host always holds the values."""
-
-
-def _twin(name: str, device: str):
-    """A stand-alone kernel by name for a device."""
-    kernels = _TWINS.get(device)
-    if kernels is None:
-        kernels = _TWINS[device] = _twin_table(device)
-    return kernels[name]
-
-
-_TWINS: dict = {}
-
-
-def _twin_table(device: str) -> dict:
-    from dlrun.ops import counts, fused, updates
-    from dlrun.engine import metrics
-
-    if device == "cuda":
-        return {"sgd": updates.sgd_update_cuda, "momentum": updates.sgd_momentum_update_cuda,
-                "adagrad": updates.adagrad_update_cuda, "rmsprop": updates.rmsprop_update_cuda,
-                "rmsprop_momentum": updates.rmsprop_momentum_update_cuda,
-                "adam": updates.adam_update_cuda, "decay": updates.decay_weights_cuda,
-                "clip": updates.clip_gradient_cuda,
-                "sum_squares": lambda g, out, slot: updates.sum_squares_cuda(
-                    g, out[slot:slot + 1]),
-                "correct_sparse": counts.correct_sparse_cuda,
-                "correct_onehot": counts.correct_onehot_cuda,
-                "correct_binary": counts.correct_binary_cuda,
-                "bias_act": fused.bias_act_fwd_cuda}
-
-    def count(kernel):
-        def run(p, t, out, slot):
-            out[slot] = kernel(p, t)
-        return run
-
-    def sum_squares(g, out, slot):
-        out[slot] = updates.sum_squares_cpu(g)
-
-    return {"sgd": updates.sgd_update_cpu, "momentum": updates.sgd_momentum_update_cpu,
-            "adagrad": updates.adagrad_update_cpu, "rmsprop": updates.rmsprop_update_cpu,
-            "rmsprop_momentum": updates.rmsprop_momentum_update_cpu,
-            "adam": updates.adam_update_cpu, "decay": updates.decay_weights_cpu,
-            "clip": updates.clip_gradient_cpu, "sum_squares": sum_squares,
-            "correct_sparse": count(metrics.correct_sparse_cpu),
-            "correct_onehot": count(metrics.correct_onehot_cpu),
-            "correct_binary": count(metrics.correct_binary_cpu),
-            "bias_act": fused.bias_act_fwd_cpu}

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from dlrun.engine.core import rewrites
-from dlrun.engine.core.backend import Updates, _twin, pack
+from dlrun.engine.core.backend import Updates, pack
+from dlrun.ops.registry import get_twin
 
 
 def _to_host(view, host: np.ndarray) -> None:
@@ -166,7 +167,7 @@ class CudaBackend:
         return op.kernels("cuda")
 
     def twin(self, name: str):
-        return _twin(name, "cuda")
+        return get_twin(name).kernel("cuda")
 
     def empty(self, shape, dtype):
         return self.cuda.device_array(shape, dtype)

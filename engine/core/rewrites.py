@@ -18,10 +18,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-# activations the GPU planner fuses with the bias_add before them
-_FUSABLE = ("relu", "sigmoid", "tanh", "leaky_relu", "elu")
-
-
 def _readers(steps) -> dict:
     """id(tensor or grad slot) -> indices of the steps that read it."""
     readers = defaultdict(list)
@@ -73,16 +69,16 @@ def fuse_sgd(plan, options: dict) -> bool:
 
 
 def fuse_bias_activation(plan, options: dict) -> bool:
-    """``bias_add`` then an activation of its result -> one launch of the device's
-    ``bias_act`` kernel. The sum ``z`` is still written when anything else reads it
-    (leaky_relu's and elu's backward do, relu's does not)."""
+    """``bias_add`` then a one-input elementwise op of its result (an activation, a user's
+    formula) -> one launch of the op's fused ``bias_add+<op>`` kernel
+    (:func:`dlrun.ops.elementwise.fused_bias_forward`). The sum ``z`` is still written
+    when anything else reads it (leaky_relu's and elu's backward do, relu's does not)."""
     from dlrun.engine.core.plan import Step
-    from dlrun.ops.fused import ACTIVATIONS
+    from dlrun.ops.elementwise import fused_bias_forward
 
     steps = plan.steps
     readers = _readers(steps)
     kept = {id(t) for t in plan.keep}
-    bias_act = plan.backend.twin("bias_act")
     out, skip = [], set()
     for i, s in enumerate(steps):
         if i in skip:
@@ -91,13 +87,12 @@ def fuse_bias_activation(plan, options: dict) -> bool:
             z = s.writes[0]
             j = readers[id(z)][0]
             act = steps[j]
-            if (act.kind == "forward" and act.op.name in _FUSABLE and act.reads == [z]
-                    and act.seed_at is None):
-                alpha = act.attrs[0] if act.attrs else 0.0
+            if (act.kind == "forward" and act.op.pointwise is not None
+                    and len(act.op.inputs) == 1 and act.reads == [z] and act.seed_at is None):
                 needed = id(z) in kept or len(readers[id(z)]) > 1
                 y = act.writes[0]
-                out.append(Step(bias_act, s.op, "fused", s.reads,
-                                [ACTIVATIONS[act.op.name], float(alpha)],
+                fused = fused_bias_forward(act.op).kernel(plan.backend.name)
+                out.append(Step(fused, s.op, "fused", s.reads, act.attrs,
                                 [z if needed else y, y], label=f"bias_add+{act.op.name}"))
                 skip.add(j)
                 continue

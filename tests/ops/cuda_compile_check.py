@@ -2,8 +2,8 @@
 
 The simulator runs kernels as Python, so it accepts code that Numba's CUDA compiler
 refuses (``max(a, b)`` fails to compile for CUDA in numba 0.66+, for one). This script
-calls every op's CUDA launchers, the optimizer update launchers, the planner's fused
-kernels and the metric counts, with the ops' sample inputs
+calls every op's CUDA launchers and every twin's (optimizer updates, metric counts, the
+planner's fused kernels: whatever the registry holds), with the records' sample inputs
 (float32 and float64) as NumPy arrays, but each kernel launch compiles the kernel to PTX
 for compute capability 8.0 with those argument types instead of running it.
 
@@ -57,7 +57,7 @@ def main() -> int:
     from numba import typeof
 
     from dlrun import ops
-    from dlrun.ops import config, counts, fused, updates
+    from dlrun.ops import config
     from dlrun.ops.registry import Spec
 
     compiled, failures = set(), []
@@ -92,24 +92,13 @@ def main() -> int:
                 dy = np.zeros(outs[0].shape, outs[0].dtype)
                 grads = [np.zeros_like(named[d]) for d in op.diff]
                 op.cuda_backward(dy, *(named[s] for s in op.saves), *attrs.values(), *grads)
-    for dt in (np.float32, np.float64):
-        w = np.zeros((3, 4), dt)
-        updates.sgd_update_cuda(w, w, 0.1)
-        updates.sgd_momentum_update_cuda(w, w, w, 0.1, 0.9, True)
-        updates.adagrad_update_cuda(w, w, w, 0.1, 1e-7)
-        updates.rmsprop_update_cuda(w, w, w, 0.1, 0.9, 1e-7)
-        updates.rmsprop_momentum_update_cuda(w, w, w, w, 0.1, 0.9, 0.9, 1e-7)
-        updates.adam_update_cuda(w, w, w, w, 0.1, 0.9, 0.999, 1e-7)
-        updates.decay_weights_cuda(w, 0.99)
-        updates.sum_squares_cuda(w, np.zeros(1, np.float64))
-        updates.clip_gradient_cuda(w, 1.0, 0.5, w)
-        # what the planner fuses, and the metric counts a step makes on the device
-        for kind in fused.ACTIVATIONS.values():
-            fused.bias_act_fwd_cuda(w, w[0], kind, 0.3, w, w)
-        labels, out = np.zeros(3, np.int64), np.zeros(1, np.int64)
-        counts.correct_sparse_cuda(w, labels, out, 0)
-        counts.correct_onehot_cuda(w, w, out, 0)
-        counts.correct_binary_cuda(w, w, out, 0)
+    for name in ops.twin_names():
+        twin = ops.get_twin(name)
+        for dt in (np.float32, np.float64):
+            if twin.cuda is not None:
+                cases = twin.sample(np.random.default_rng(0), dt)
+                for args in cases if isinstance(cases, list) else [cases]:
+                    twin.cuda(*args)
     print(f"{len(compiled)} kernel specialisations compiled to PTX for cc {CC}; "
           f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
     return 1 if failures else 0

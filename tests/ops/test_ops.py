@@ -369,16 +369,17 @@ def test_softmax_ce_is_stable_for_huge_logits(dtype):
     logits = np.array([[1e4, 0.0, -1e4], [0.0, 1e4, 1e4], [-1e4, -1e4, -1e4]], dtype)
     labels = np.array([0, 2, 1], np.int64)
     op = ops.get("softmax_ce")
-    loss, p = forward(op, (logits, labels), {})
+    w = np.ones(3, dtype)
+    loss, p = forward(op, (logits, labels, w), {})
     # row 0: certain and right; row 1: two equal winners; row 2: uniform over 3
     expected = (0.0 + math.log(2) + math.log(3)) / 3
     assert np.isfinite(loss) and float(loss) == pytest.approx(expected, rel=1e-6)
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-6)
-    (g,) = backward(op, (logits, labels), (loss, p), np.ones((), dtype), {})
+    (g,) = backward(op, (logits, labels, w), (loss, p), np.ones((), dtype), {})
     assert np.isfinite(g).all()
     # wrong by a margin of 2e4: the loss is that margin, not inf
-    loss2, _ = forward(op, (logits[:1], np.array([2])), {})
+    loss2, _ = forward(op, (logits[:1], np.array([2]), w[:1]), {})
     assert float(loss2) == pytest.approx(2e4, rel=1e-6)
 
 
@@ -390,9 +391,10 @@ def test_other_ops_are_stable_at_extremes(dtype):
     p = forward(ops.get("softmax"), (x,), {})[0]
     np.testing.assert_allclose(p, [[1, 0, 0], [0, 0, 1]], atol=1e-12)
     t = np.eye(3, dtype=dtype)[[0, 1]]
-    loss, _ = forward(ops.get("softmax_ce_onehot"), (x, t), {})
+    loss, _ = forward(ops.get("softmax_ce_onehot"), (x, t, np.ones(2, dtype)), {})
     assert float(loss) == pytest.approx((0.0 + 2e4) / 2, rel=1e-6)
     # binary_ce on probabilities of exactly 0 and 1: clipped, finite
     pr = np.array([0.0, 1.0, 1.0, 0.0], dtype)
-    loss, = forward(ops.get("binary_ce"), (pr, np.array([0, 1, 0, 1], dtype)), {})
+    loss, = forward(ops.get("binary_ce"), (pr, np.array([0, 1, 0, 1], dtype), np.ones(4, dtype)),
+                    {})
     assert np.isfinite(loss) and float(loss) > 5

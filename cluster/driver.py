@@ -120,16 +120,14 @@ def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
           cluster's GPUs when there are fewer than workers.
 
     Ray must be running (``ray.init()``, :func:`dlrun.cluster.start_local_ray`, or
-    ``dlrun train``) unless ``in_process``. Returns the
-    :class:`~dlrun.engine.callbacks.History`.
+    ``dlrun train``) unless ``in_process``. Returns the History.
     """
     opts = Options.from_kwargs(options)
     opts.check(epochs, batch_size)
     _check_model_and_data(model, dataset, opts)
     resources = _resources(model, opts)
-    if validation_data is not None:
-        validation_data = (*data.check_xy(model, *validation_data), max(batch_size, 500))
-    loop = Loop(model, epochs, verbose, callbacks, validation=validation_data)
+    loop = Loop(model, epochs, verbose, callbacks,
+                validation=_validation(model, validation_data, batch_size))
     resume = loop.begin()            # BackupAndRestore may restore a checkpoint here
     initial_epoch = resume.epoch if resume is not None else 0
     start = restore_round(model, opts.checkpoint_dir, initial_epoch, echo)
@@ -157,6 +155,16 @@ def train_distributed(model, dataset, *, epochs: int = 1, batch_size: int = 100,
     finally:
         rounds.shutdown()
     return loop.end()
+
+
+def _validation(model, validation_data, batch_size: int):
+    """What the loop evaluates after every epoch: checked ``(x, y)`` or ``(x, y, sample
+    weights)``, in batches of at least 500."""
+    if validation_data is None:
+        return None
+    vx, vy = data.check_xy(model, *validation_data[:2])
+    return (vx, vy, max(batch_size, 500),
+            data.sample_weights(model, vy, len(vy), *validation_data[2:]))
 
 
 def _check_model_and_data(model, dataset, opts: Options) -> None:

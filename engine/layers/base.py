@@ -24,14 +24,26 @@ ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "ta
 
 
 def activation_op(name):
-    """Op name for an ``activation=`` string; ``None`` means linear."""
+    """Op name for an ``activation=`` string; ``None`` means linear. Besides the built-in
+    names, any registered elementwise op of one input is an activation (a user's
+    ``@dl.ops.elementwise`` formula, with its attributes' defaults)."""
     if name is None:
         return None
+    if isinstance(name, str) and name not in ACTIVATIONS:
+        from dlrun.ops import OpError, get
+
+        try:
+            op = get(name)
+        except OpError:
+            op = None
+        if op is not None and op.pointwise is not None and len(op.inputs) == 1:
+            return name
     try:
         return ACTIVATIONS[name]
     except (KeyError, TypeError):
         raise ConfigError(f"unknown activation {name!r}; expected one of "
-                          f"{sorted(ACTIVATIONS)}") from None
+                          f"{sorted(ACTIVATIONS)} or the name of an elementwise op of one "
+                          "input (dl.ops.elementwise)") from None
 
 
 def activate(x, op: str | None):

@@ -144,6 +144,28 @@ def test_user_op_trains_in_a_graph(cleanup):
     np.testing.assert_allclose(plan.grad(w), xv.T @ (sig / h.size), rtol=1e-12)
 
 
+def test_user_op_is_an_activation_of_keras_layers(cleanup):
+    """``Dense(activation="test_softplus")``: the op with its attributes' defaults, trained
+    like a built-in activation (the layer's forward and one SGD step against numpy)."""
+    define_softplus(cleanup)
+    dl.set_seed(0)
+    model = dl.Sequential([dl.layers.Dense(2, activation="test_softplus", input_shape=(3,))])
+    model.compile(optimizer=dl.optimizers.SGD(0.1), loss="mse")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    t = rng.standard_normal((4, 2)).astype(np.float32)
+    W, b = (w.astype(np.float64) for w in model.get_weights())
+    h = x @ W + b
+    y = np.log1p(np.exp(h))
+    np.testing.assert_allclose(model.predict(x), y, rtol=1e-5, atol=1e-6)
+    model.train_on_batch(x, t)
+    dh = 2 * (y - t) / t.size / (1 + np.exp(-h))
+    np.testing.assert_allclose(model.get_weights()[0], W - 0.1 * x.T @ dh, rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(dl.errors.ConfigError, match="elementwise op of one input"):
+        dl.layers.Dense(2, activation="test_softplus_missing")
+
+
 # -- what the decorator refuses -------------------------------------------------------------
 def test_a_formula_numba_cannot_compile_is_an_op_error_naming_it():
     def not_compiled(v):

@@ -19,7 +19,15 @@ def placeholder(a: np.ndarray) -> Placeholder:
     return Placeholder(Spec(a.shape, a.dtype), name="x")
 
 
+def ones(n: int) -> Placeholder:
+    """Per-sample loss weights of one (the loss ops' third input), fed by :func:`run`."""
+    return Placeholder(Spec((n,), F64), name="w")
+
+
 def run(plan: Plan, feeds: dict, seed: int = 0) -> None:
+    for t in plan.feed:
+        if t.name == "w":
+            plan.feed[t][...] = 1
     for t, v in feeds.items():
         plan.feed[t][...] = v
     plan.run(seed=seed)
@@ -37,8 +45,9 @@ def test_tensor_used_by_two_matmuls_gets_the_sum_of_both_gradients(rng):
     x = placeholder(xv)
     W, A, B = Parameter(Wv.copy(), "W"), Parameter(Av.copy(), "A"), Parameter(Bv.copy(), "B")
     h = apply("tanh", apply("matmul", x, W))
-    loss = apply("mse", apply("matmul", h, A), apply("matmul", h, B))
-    plan = Plan([x], [loss], [W, A, B], loss=loss)
+    w = ones(4)
+    loss = apply("mse", apply("matmul", h, A), apply("matmul", h, B), w)
+    plan = Plan([x, w], [loss], [W, A, B], loss=loss)
     run(plan, {x: xv})
 
     hv = np.tanh(xv @ Wv)
@@ -63,8 +72,9 @@ def test_parameter_used_twice_and_gradients_not_carried_between_runs(rng):
     # there is no add op: mse joins the two branches (both of its inputs are differentiable)
     s1 = apply("sum", apply("matmul", x, W))
     s2 = apply("mean", apply("matmul", z, W))
-    loss = apply("mse", apply("reshape", s1, shape=(1,)), apply("reshape", s2, shape=(1,)))
-    plan = Plan([x, z], [loss], [W], loss=loss)
+    w = ones(1)
+    loss = apply("mse", apply("reshape", s1, shape=(1,)), apply("reshape", s2, shape=(1,)), w)
+    plan = Plan([x, z, w], [loss], [W], loss=loss)
     expected = None
     for _ in range(3):                              # accumulation must not leak across runs
         run(plan, {x: xv, z: zv})

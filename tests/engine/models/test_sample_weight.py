@@ -134,7 +134,7 @@ def test_weighted_square_error_and_validation_weights(batch):
     np.testing.assert_allclose(model.get_weights()[0], kernel - LR * grad, rtol=1e-5,
                                atol=1e-6)
     assert hist["val_loss"][0] == pytest.approx(
-        model.evaluate(x, t, batch_size=N, sample_weight=w), rel=1e-6)
+        model.evaluate(x, t, batch_size=N, sample_weight=w)[0], rel=1e-6)
 
 
 def test_sample_weight_reaches_every_output_of_a_functional_model(batch):

@@ -36,10 +36,10 @@ UPDATE_KERNELS = {"sgd": "sgd_update", "momentum": "sgd_momentum_update",
 
 
 def pack(arrays: list, empty) -> tuple[dict, list]:
-    """Copy ``arrays`` into one contiguous buffer per dtype made by ``empty(size, dtype)``;
-    returns ({dtype string: buffer}, the views of the buffers that hold the arrays, in
-    order). One buffer per dtype lets a round move, or an optimizer update, every array
-    of a model at once."""
+    """Room for ``arrays`` in one contiguous buffer per dtype made by ``empty(size,
+    dtype)``: returns ({dtype string: buffer}, a view of the buffers shaped like each
+    array, in order); the caller fills them. One buffer per dtype lets a round move, or an
+    optimizer update, every array of a model at once."""
     sizes: dict[str, int] = {}
     for a in arrays:
         sizes[a.dtype.str] = sizes.get(a.dtype.str, 0) + a.size
@@ -48,8 +48,10 @@ def pack(arrays: list, empty) -> tuple[dict, list]:
     views = []
     for a in arrays:
         k = a.dtype.str
-        views.append(flat[k][at[k]:at[k] + max(a.size, 1)].reshape(a.shape) if a.shape
-                     else flat[k][at[k]:at[k] + 1])
+        view = flat[k][at[k]:at[k] + a.size]
+        # (a device array cannot be reshaped to 0-d: a scalar keeps one element's view)
+        views.append(view.reshape(a.shape) if a.shape or isinstance(view, np.ndarray)
+                     else view)
         at[k] += a.size
     return flat, views
 

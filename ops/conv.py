@@ -9,6 +9,9 @@ reverse (``col2im``). Chunks are sized so the columns stay in cache yet each BLA
 large; they live in per-thread workspaces reused from step to step, so a step allocates
 nothing after its first. The CUDA twins are direct convolutions,
 one thread per output element.
+
+One concern, so one module though a long one: the convolution's CPU and CUDA kernels,
+forward and backward, share their geometry and index arithmetic.
 """
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ gate arithmetic costs a fifth of what libm's would.
 The CUDA twins launch one fused kernel per step (a thread per (sample, unit), which also
 takes the step's ``h_{t-1} @ U``), with the tiled matmul of :mod:`dlrun.ops.linear` for
 the products over all steps.
+
+One concern, so one module though a long one: the two recurrent ops' CPU and CUDA time
+loops, forward and backward, share their gate layout and step structure.
 """
 from __future__ import annotations
 

@@ -86,6 +86,11 @@ class Optimizer:
                               f"dlrun.schedules.LearningRateSchedule, got {value!r}")
         self._learning_rate = _number("learning_rate", value, positive=True)
 
+    def restore_learning_rate(self, other: "Optimizer") -> None:
+        """Take ``other``'s learning rate or schedule as it is (a checkpoint's, which may
+        differ from the one this optimizer was made with: ReduceLROnPlateau lowers it)."""
+        self._learning_rate = other._learning_rate
+
     @property
     def schedule(self) -> "schedules.LearningRateSchedule | None":
         lr = self._learning_rate

@@ -98,7 +98,7 @@ def _softmax_shape(x: Spec) -> list:
     return [Spec(x.shape, x.dtype)]
 
 
-@config.formula(inline=True)
+@config.formula
 def softmax_row(x, y, i):
     """y[i] = exp(x[i] - max x[i]) / sum exp(x[i] - max x[i]) for 2-D x, y; returns the
     row's log-sum-exp, log sum_j exp(x[i, j]) (the cross-entropy losses use it too)"""
@@ -117,7 +117,7 @@ def softmax_row(x, y, i):
     return math.log(s) + m
 
 
-@config.formula(inline=True)
+@config.formula
 def softmax_row_grad(dy, y, dx, i):
     """dx[i] = y[i] * (dy[i] - sum_j dy[i, j] y[i, j]) for 2-D arrays"""
     s = 0.0

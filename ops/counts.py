@@ -47,27 +47,16 @@ def binary_hit(p, target, i):
     return 1 if (p[i] > 0.5) == (target[i] > 0.5) else 0
 
 
-@config.formula
-def rows(a):
-    """the shape a is counted in: the items are its rows (a CUDA device function may not
-    return a new view of an array, so the kernels reshape by what these return)"""
-    return a.shape
-
-
-@config.formula
-def elements(a):
-    """the shape a is counted in: the items are its elements"""
-    return (a.size,)
-
-
-# Kernel templates, instantiated per count with the formulas above as _hit and _items.
-_hit = _items = None
+# Kernel templates, instantiated per count with a formula above as _hit, and _flat true
+# when the items counted are the elements (else the rows): a constant, so Numba compiles
+# only the branch taken.
+_hit = _flat = None
 
 
 def _count_cpu(p, target, out, slot):
     """out[slot] = the number of items i with _hit(p, target, i)"""
-    pv = p.reshape(_items(p))
-    tv = target.reshape(_items(target))
+    pv = p.reshape(-1) if _flat else p
+    tv = target.reshape(-1) if _flat else target
     k = 0
     for i in range(pv.shape[0]):
         k += _hit(pv, tv, i)
@@ -76,8 +65,8 @@ def _count_cpu(p, target, out, slot):
 
 def _count_cuda(p, target, out, slot):
     """out[slot] = the number of items i with _hit(p, target, i), one block"""
-    pv = p.reshape(_items(p))
-    tv = target.reshape(_items(target))
+    pv = p.reshape(-1) if _flat else p
+    tv = target.reshape(-1) if _flat else target
     t = cuda.threadIdx.x
     k = 0
     for i in range(t, pv.shape[0], cuda.blockDim.x):
@@ -99,20 +88,20 @@ def _sample(kind: str):
     return sample
 
 
-def _count_twin(kind: str, hit, items) -> Twin:
+def _count_twin(kind: str, hit, flat: bool) -> Twin:
     """The twin ``correct_<kind>``: ``kernel(p, target, out, slot)`` on both devices."""
-    kernel = instantiate(_count_cuda, f"_correct_{kind}", hit, "cuda", _hit=hit, _items=items)
+    kernel = instantiate(_count_cuda, f"_correct_{kind}", hit, "cuda", _hit=hit, _flat=flat)
 
     def launch(p, target, out, slot):
         kernel[1, config.CUDA_BLOCK](p, target, out, slot)
 
     launch.__name__ = f"correct_{kind}_cuda"
     launch.__doc__ = f"Launch _correct_{kind} (one block); ``out`` is an int64 device array."
-    cpu = instantiate(_count_cpu, f"correct_{kind}_cpu", hit, "cpu", _hit=hit, _items=items)
+    cpu = instantiate(_count_cpu, f"correct_{kind}_cpu", hit, "cpu", _hit=hit, _flat=flat)
     return register_twin(Twin(f"correct_{kind}", cpu, launch, writes=(2,),
                               sample=_sample(kind)))
 
 
-SPARSE = _count_twin("sparse", sparse_hit, rows)
-ONEHOT = _count_twin("onehot", onehot_hit, rows)
-BINARY = _count_twin("binary", binary_hit, elements)
+SPARSE = _count_twin("sparse", sparse_hit, False)
+ONEHOT = _count_twin("onehot", onehot_hit, False)
+BINARY = _count_twin("binary", binary_hit, True)

@@ -163,7 +163,7 @@ def _ce1h_shape(logits: Spec, targets: Spec, w: Spec) -> list:
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
 
 
-@config.formula(inline=True)
+@config.formula
 def _onehot_row_loss(logits, targets, w, p, i, total):
     """p[i] = softmax(logits[i]); returns total + w_i sum_j t_ij (lse_i - logits_ij), the
     targets weighted before the product (t w_i = t exactly when w_i = 1)"""
@@ -202,7 +202,7 @@ def softmax_ce_onehot_fwd_cuda(logits, targets, w, loss, p):
     _softmax_ce_onehot_fwd[1, config.CUDA_BLOCK](logits, targets, w, loss, p)
 
 
-@config.formula(inline=True)
+@config.formula
 def _onehot_row_grad(dy, targets, p, w, dlogits, i):
     """dlogits[i] = dy w_i (p_i sum_j t_ij - t_i) / n   (= p - t for one-hot rows)"""
     n, c = p.shape

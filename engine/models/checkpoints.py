@@ -149,7 +149,7 @@ def restore_checkpoint(model, path) -> int:
                              for mine, name in zip(ours, theirs)
                              if name in saved.optimizer.state}
     model.optimizer.iterations = saved.optimizer.iterations
-    model.optimizer._learning_rate = saved.optimizer._learning_rate
+    model.optimizer.restore_learning_rate(saved.optimizer)
     model.training.seed, model.training.step = saved.training.seed, saved.training.step
     model.training.resume = _resume_point(path, meta)
     model.completed_epochs = model.training.resume.epoch

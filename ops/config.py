@@ -70,8 +70,11 @@ def formula(fn=None, *, inline: bool = False):
         return lambda f: formula(f, inline=inline)
     from numba.extending import overload
 
+    # only kernels call a formula's compiled form (Python calls fn itself): no CPython or
+    # C wrappers, whose code generation cost a first run most of each formula's compile
     @overload(fn, target="cpu", strict=False, inline="always" if inline else "never",
-              jit_options=dict(nogil=True, fastmath=FASTMATH, error_model="numpy"))
+              jit_options=dict(nogil=True, fastmath=FASTMATH, error_model="numpy",
+                               no_cpython_wrapper=True, no_cfunc_wrapper=True))
     def _on_cpu(*args):
         return fn
 

@@ -110,13 +110,19 @@ def instantiate(template: Callable, name: str, anchor: Callable, device: str, **
     return _for_device(fn, device, cacheable)
 
 
-def _launcher(kernel, lead: int, name: str, doc: str, what: str):
-    """A CUDA kernel's launcher: a grid-stride grid over argument ``lead``'s elements."""
+def _launcher(make_kernel, lead: int, name: str, doc: str, what: str):
+    """A CUDA kernel's launcher: a grid-stride grid over argument ``lead``'s elements. The
+    kernel is made by ``make_kernel()`` at the first launch: a process that never uses the
+    GPU never compiles its generated source."""
     from numba.core.errors import NumbaError
 
+    kernel = []
+
     def launch(*args):
+        if not kernel:
+            kernel.append(make_kernel())
         try:
-            kernel[config.grid_1d(args[lead].size)](*args)
+            kernel[0][config.grid_1d(args[lead].size)](*args)
         except NumbaError as e:
             raise OpError(f"Numba cannot compile {what} for CUDA: "
                           f"{str(e).strip().splitlines()[0]}") from None
@@ -131,9 +137,11 @@ def _twins(name: str, params: list, top: list, loops: list, env: dict, anchor, d
     """(CPU kernel, CUDA launcher) of one generated loop nest."""
     cpu = _compile(f"{name}_cpu", _source(f"{name}_cpu", params, top, loops, "cpu"), env,
                    anchor, "cpu", doc, cache)
-    kernel = _compile(f"_{name}_cuda", _source(f"_{name}_cuda", params, top, loops, "cuda"),
-                      env, anchor, "cuda", doc)
-    return cpu, _launcher(kernel, lead, f"{name}_cuda", doc, what)
+
+    def cuda_kernel():
+        return _compile(f"_{name}_cuda", _source(f"_{name}_cuda", params, top, loops, "cuda"),
+                        env, anchor, "cuda", doc)
+    return cpu, _launcher(cuda_kernel, lead, f"{name}_cuda", doc, what)
 
 
 def _identifier(name: str) -> str:

@@ -218,10 +218,12 @@ class Model:
         self.require_compiled()
         x, y = data.check_xy(self, x, y)
         batch_size = data.batch_size(batch_size)
-        weights = data.sample_weights(self, y, data.count(x), sample_weight, class_weight)
+        weights = data.sample_weights(self, y, data.count(x), sample_weight)
         x, y, weights, validation = self._hold_out(x, y, weights, validation_split,
                                                    validation_data)
         samples = data.count(x)
+        # class weights ('balanced' counts classes) from the samples trained on only
+        weights = data.sample_weights(self, y, samples, weights, class_weight)
         steps = math.ceil(samples / batch_size)
         loop = training.Loop(self, epochs, verbose, callbacks, {"steps": steps},
                              None if validation is None else

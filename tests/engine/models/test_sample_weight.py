@@ -166,3 +166,15 @@ def test_bad_weights_are_refused_with_what_was_given(batch, kwargs, error, match
     x, y, _ = batch
     with pytest.raises(error, match=match):
         softmax_model().fit(x, y, verbose=0, **kwargs)
+
+
+def test_balanced_weights_count_the_training_samples_only(batch):
+    from dlrun.engine.models.data import balanced_class_weight
+
+    x, y, _ = batch
+    a, b = softmax_model(), softmax_model()
+    a.fit(x, y, batch_size=9, epochs=1, shuffle=False, verbose=0, validation_split=0.25,
+          class_weight="balanced")
+    b.train_on_batch(x[:9], y[:9], class_weight=balanced_class_weight(y[:9]))
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)

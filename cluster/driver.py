@@ -170,6 +170,10 @@ def _validation(model, validation_data, batch_size: int):
 def _check_model_and_data(model, dataset, opts: Options) -> None:
     model.require_built()
     model.require_compiled()
+    if len(model.output_names) > 1 or len(model.input_names) > 1:
+        raise ConfigError(f"distributed training takes a model of one input and one output "
+                          f"(a dataset holds x and y); model {model.name!r} has inputs "
+                          f"{model.input_names} and outputs {model.output_names}")
     if isinstance(dataset, (tuple, list)) and not opts.in_process:
         raise ConfigError("workers open the dataset themselves: give its name or a path "
                           "every node can read, not (x, y) arrays (those only work with "

@@ -7,8 +7,7 @@ import pytest
 
 import dlrun as dl
 from dlrun.cluster import Worker, model_spec, train_distributed
-from dlrun.errors import ClusterError
-from dlrun.errors import ConfigError
+from dlrun.errors import ClusterError, ConfigError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")   # bitwise comparisons need one thread
@@ -75,6 +74,16 @@ def test_class_weights_on_two_workers_follow_the_numpy_reference(h):
     np.testing.assert_allclose(model.get_weights()[0], kernel, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(model.get_weights()[1], bias, rtol=1e-4, atol=1e-5)
     assert "class weights 0: 0, 1: 3, 7: 0.5" in lines
+
+
+def test_a_model_of_several_outputs_is_refused_with_what_it_has(h):
+    inp = dl.Input(shape=(1, 8, 8))
+    flat = dl.layers.Flatten()(inp)
+    model = dl.Model(inp, [dl.layers.Dense(10, activation="softmax", name="a")(flat),
+                           dl.layers.Dense(10, activation="softmax", name="b")(flat)])
+    model.compile("sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ConfigError, match=r"outputs \['a', 'b'\]"):
+        train_distributed(model, h.digits(), workers=2, in_process=True, verbose=0)
 
 
 def test_balanced_class_weight_is_counted_over_the_whole_split(h):

@@ -126,17 +126,19 @@ class Model:
 
     def program(self, mode: str, batch: int) -> program.Program:
         """The :class:`~dlrun.engine.models.program.Program` for a mode ('train', 'eval',
-        'predict') and batch size, made on first use. The backend takes charge of the
-        weights first; when they (or their trainable flags) changed since the programs
-        were made, they are made anew. An uncompiled model predicts on the CPU."""
-        if self.backend is None:
-            self.backend = device_mod.backend("cpu")
-        if self.backend.attach(self.weights_params(), self.optimizer):
-            self._programs = {}
+        'predict') and batch size, made on first use (a step's lookup does no other work).
+        Before making one, the backend takes charge of the weights; when they (or their
+        trainable flags) changed since the others were made, those are dropped. An
+        uncompiled model predicts on the CPU."""
         key = (mode, batch)
-        if key not in self._programs:
-            self._programs[key] = program.build(self, mode, batch)
-        return self._programs[key]
+        prog = self._programs.get(key)
+        if prog is None:
+            if self.backend is None:
+                self.backend = device_mod.backend("cpu")
+            if self.backend.attach(self.weights_params(), self.optimizer):
+                self._programs = {}
+            prog = self._programs[key] = program.build(self, mode, batch)
+        return prog
 
     def forget_programs(self) -> None:
         """Drop the programs made so far (after the weight arrays were replaced)."""

@@ -44,6 +44,16 @@ class Placeholder(Tensor):
     """Data fed each step (a batch of samples, labels or targets)."""
 
 
+# Bumped whenever a Parameter's trainable flag changes: a model compares it with the value
+# its programs were made at, so a step's lookup stays one comparison.
+_flag_changes = [0]
+
+
+def trainable_changes() -> int:
+    """How many times any Parameter's ``trainable`` flag has changed in this process."""
+    return _flag_changes[0]
+
+
 class Parameter(Tensor):
     """A weight array owned by a layer; the plan reads and the optimizer updates it in place."""
 
@@ -54,8 +64,18 @@ class Parameter(Tensor):
         # or None; ``host_value`` is the host array itself, read without that check.
         self.holder = None
         self.host_value = value
-        self.trainable = trainable
+        self._trainable = bool(trainable)
         self.regularizer = regularizer      # adds a penalty on this weight to the loss
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        if bool(value) != self._trainable:
+            self._trainable = bool(value)
+            _flag_changes[0] += 1
 
     @property
     def value(self) -> np.ndarray:

@@ -63,6 +63,7 @@ class Layer:
         self.built = False
         self.built_input_shape = None
         self._weights: list[Parameter] = []
+        self._fixed: set[str] = set()     # names of weights that are never trainable
         self._calls: list = []            # symbolic calls, recorded by symbolic.call_layer
 
     # -- to override -----------------------------------------------------------------------
@@ -104,6 +105,8 @@ class Layer:
         p = Parameter(value, f"{self.name}/{name}", trainable and self.trainable,
                       regularizers.get(regularizer))
         self._weights.append(p)
+        if not trainable:                 # never trained (moving statistics), frozen or not
+            self._fixed.add(p.name)
         return p
 
     def ensure_built(self, input_shape: tuple) -> None:
@@ -122,10 +125,13 @@ class Layer:
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        """Freezing a layer freezes its weights: no gradient work, no update."""
+        """Freezing a layer freezes its weights: no gradient work, no update. It takes
+        effect at the next step (``fit``, ``train_on_batch``), compiled again or not;
+        unfreezing leaves weights that are never trained (moving statistics) frozen."""
         self._trainable = bool(value)
+        fixed = getattr(self, "_fixed", ())
         for p in getattr(self, "_weights", ()):
-            p.trainable = self._trainable
+            p.trainable = self._trainable and p.name not in fixed
 
     @property
     def calls(self) -> list:

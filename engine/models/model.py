@@ -14,7 +14,7 @@ import numpy as np
 from dlrun.engine import optimizers as optimizers_mod
 from dlrun.engine.callbacks import History
 from dlrun.engine.core import device as device_mod
-from dlrun.engine.core.graph import Placeholder
+from dlrun.engine.core.graph import Placeholder, trainable_changes
 from dlrun.engine.layers import Layer
 from dlrun.engine.metrics import logs as metric_logs
 from dlrun.engine.models import data, program, training
@@ -55,6 +55,9 @@ class Model:
         self.device = None                 # 'cpu' or 'cuda', chosen by compile()
         self.backend = None                # the device's backend, made by compile()
         self._programs = {}
+        # the weights' trainable flags the programs were made with, and the count of flag
+        # changes (any model's) when they were last compared
+        self._flags, self._flags_seen = None, -1
 
     @property
     def completed_epochs(self) -> int:
@@ -132,11 +135,20 @@ class Model:
         uncompiled model predicts on the CPU."""
         key = (mode, batch)
         prog = self._programs.get(key)
+        if prog is not None and self._flags_seen == trainable_changes():
+            return prog
+        # a weight was frozen or unfrozen somewhere since: remake this model's programs
+        # only if it was one of its own (``layer.trainable = False`` after a fit)
+        self._flags_seen = trainable_changes()
+        params = self.weights_params()
+        flags = tuple(p.trainable for p in params)
+        if flags != self._flags:
+            self._programs, self._flags, prog = {}, flags, None
+        if self.backend is None:
+            self.backend = device_mod.backend("cpu")
+        if self.backend.attach(params, self.optimizer):
+            self._programs, prog = {}, None
         if prog is None:
-            if self.backend is None:
-                self.backend = device_mod.backend("cpu")
-            if self.backend.attach(self.weights_params(), self.optimizer):
-                self._programs = {}
             prog = self._programs[key] = program.build(self, mode, batch)
         return prog
 

@@ -176,6 +176,33 @@ def test_frozen_layer_is_not_updated():
     assert not np.array_equal(model.get_weights()[0], before[0])
 
 
+def test_trainable_set_after_fit_takes_effect_without_compiling():
+    """The docstring's promise: the flag freezes the layer at the next step, whether or
+    not the model is compiled again (its cached programs are remade)."""
+    x, t = make_data("sparse_categorical_crossentropy")
+    model = make_model()
+    model.fit(x, t, epochs=1, batch_size=5, verbose=0)
+    model.layers[0].trainable = False
+    before = model.get_weights()
+    model.fit(x, t, epochs=2, batch_size=5, verbose=0)
+    model.train_on_batch(x, t)
+    after = model.get_weights()
+    np.testing.assert_array_equal(after[0], before[0])
+    np.testing.assert_array_equal(after[1], before[1])
+    assert not np.allclose(after[2], before[2])
+    model.layers[0].trainable = True
+    model.train_on_batch(x, t)
+    assert not np.array_equal(model.get_weights()[0], before[0])
+
+
+def test_unfreezing_leaves_moving_statistics_untrained():
+    layer = dl.layers.BatchNormalization()
+    layer.ensure_built((4,))
+    layer.trainable = False
+    layer.trainable = True
+    assert [p.trainable for p in layer.weights] == [True, True, False, False]
+
+
 def test_seed_fixes_the_weights_of_a_model_built_after_it():
     """``set_seed(s)`` then constructing a model must fix its initial weights, however
     much else draws random numbers before the model is first used. (Keras builds a

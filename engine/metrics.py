@@ -10,39 +10,80 @@ import numpy as np
 from dlrun.errors import ConfigError
 
 
+# named accuracy -> (the kernel that counts it, what it counts per: sample or element,
+# the target kind it needs: "labels" (integer classes) or anything else (arrays))
+NAMED = {
+    "sparse_categorical_accuracy": ("correct_sparse", "sample", "labels"),
+    "categorical_accuracy": ("correct_onehot", "sample", "arrays"),
+    "binary_accuracy": ("correct_binary", "element", "arrays"),
+    "sparse_top_k_categorical_accuracy": ("correct_sparse_top5", "sample", "labels"),
+    "top_k_categorical_accuracy": ("correct_top5", "sample", "arrays"),
+}
+
+
 class Accuracy:
-    """Fraction of correct predictions; how 'correct' is decided follows the loss. Counted
-    by a small kernel on the device the step ran on (``kernel`` names it)."""
+    """Fraction of correct predictions, counted by a small kernel on the device the step
+    ran on (:meth:`kernel_for` names it).
 
-    name = "accuracy"
+    ``'accuracy'`` (or ``'acc'``) means what it means in Keras, whatever the loss: sparse
+    categorical for integer labels, binary (each element against 0.5) for one output unit
+    or binary cross entropy, else categorical (argmax of the prediction against argmax of
+    the target). Which one is settled from the output's shape when a program is made.
+    The named accuracies of :data:`NAMED` count as they say.
+    """
 
-    def __init__(self, loss: str):
-        if loss == "sparse_categorical_crossentropy":
-            self.kernel, self.per = "correct_sparse", "sample"
-        elif loss == "categorical_crossentropy":
-            self.kernel, self.per = "correct_onehot", "sample"
-        else:
-            self.kernel, self.per = "correct_binary", "element"
+    def __init__(self, name: str, loss: str, targets: str):
+        self.name, self.loss, self.targets = name, loss, targets
+        if name in NAMED:
+            need = NAMED[name][2]
+            if (targets == "labels") != (need == "labels"):
+                other = name[len("sparse_"):] if name.startswith("sparse_") else \
+                    "sparse_" + name
+                given = "integer labels" if targets == "labels" else "target arrays"
+                raise ConfigError(f"metric {name!r} does not fit loss {loss!r}, whose "
+                                  f"targets are {given}; use {other!r} or 'accuracy'")
+
+    def rule(self, pred_shape: tuple) -> tuple[str, str]:
+        """(kernel, per) for predictions of ``pred_shape`` (batch axis first)."""
+        if self.name in NAMED:
+            return NAMED[self.name][:2]
+        if self.targets == "labels":
+            return NAMED["sparse_categorical_accuracy"][:2]
+        if pred_shape[-1] == 1 or self.loss == "binary_crossentropy":
+            return NAMED["binary_accuracy"][:2]
+        return NAMED["categorical_accuracy"][:2]
+
+    def kernel_for(self, pred_shape: tuple) -> str:
+        return self.rule(pred_shape)[0]
 
     def total(self, pred_shape: tuple) -> int:
         """How many predictions a batch of this shape counts."""
-        return pred_shape[0] if self.per == "sample" else int(np.prod(pred_shape))
+        per = self.rule(pred_shape)[1]
+        return pred_shape[0] if per == "sample" else int(np.prod(pred_shape))
 
 
 class OutputLoss:
     """The (unweighted) loss of one output of a model of several: ``<output>_loss`` in
     the logs, averaged over the samples as the total loss is."""
 
-    kernel = None
-
     def __init__(self, name: str):
         self.name = name
 
+    def kernel_for(self, pred_shape: tuple) -> None:
+        return None
 
-def get(name, loss: str):
-    if name in ("accuracy", "acc"):
-        return Accuracy(loss)
-    raise ConfigError(f"unknown metric {name!r}; dlrun knows 'accuracy'")
+
+def get(name, loss: str, targets: str) -> Accuracy:
+    """The metric ``name`` (a Keras name, or one of :mod:`dlrun.metrics`' functions) of an
+    output trained with ``loss``, whose targets are ``targets`` ("labels" for integer
+    class labels)."""
+    key = getattr(name, "__name__", name)
+    if key in ("accuracy", "acc"):
+        return Accuracy("accuracy", loss, targets)
+    if key in NAMED:
+        return Accuracy(key, loss, targets)
+    raise ConfigError(f"unknown metric {name!r}; dlrun knows 'accuracy' (or 'acc') and "
+                      f"{sorted(NAMED)}")
 
 
 class Counter:
@@ -57,13 +98,14 @@ class Counter:
     def __init__(self, backend, metrics: list, outputs: list, preds: list, ys: list,
                  parts: list):
         self.metrics, self.outputs = list(metrics), list(outputs)
-        self.kernels = [backend.twin(m.kernel) if m.kernel else None for m in self.metrics]
+        names = [m.kernel_for(preds[i].shape) for m, i in zip(self.metrics, self.outputs)]
+        self.kernels = [backend.twin(k) if k else None for k in names]
         self.out = backend.zeros((max(1, len(self.metrics)),), np.int64)
         self.preds, self.ys = preds, ys
         # the loss parts that per-output loss metrics read, fetched with the loss
-        self.parts = [parts[i] for m, i in zip(self.metrics, self.outputs) if not m.kernel]
-        self.totals = [m.total(preds[i].shape) if m.kernel else None
-                       for m, i in zip(self.metrics, self.outputs)]
+        self.parts = [parts[i] for k, i in zip(names, self.outputs) if not k]
+        self.totals = [m.total(preds[i].shape) if k else None
+                       for m, k, i in zip(self.metrics, names, self.outputs)]
 
     def launch(self) -> None:
         for slot, (k, i) in enumerate(zip(self.kernels, self.outputs)):

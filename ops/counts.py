@@ -3,8 +3,11 @@
 Each kernel counts into one slot of a small int64 array, ``kernel(p, target, out, slot)``
 on both devices, so a training step on the GPU brings back a few numbers instead of the
 whole prediction matrix. Twins ``correct_sparse`` (integer labels), ``correct_onehot``
-(one-hot targets: argmax against argmax) and ``correct_binary`` (every element against
-0.5). On CUDA one block counts, by strided shares per thread and :func:`block_sum`.
+(one-hot targets: argmax against argmax), ``correct_binary`` (every element against
+0.5) and ``correct_top5`` / ``correct_sparse_top5`` (the target class among the 5 scored
+highest: Keras' ``top_k_categorical_accuracy`` at its default k, where a class tied at
+the boundary counts as in). On CUDA one block counts, by strided shares per thread and
+:func:`block_sum`.
 """
 from __future__ import annotations
 
@@ -39,6 +42,28 @@ def sparse_hit(p, labels, i):
 def onehot_hit(p, target, i):
     """1 if row i's prediction is the target's hot class"""
     return 1 if argmax_row(p, i) == argmax_row(target, i) else 0
+
+
+@config.formula
+def ranked_above(p, i, c):
+    """how many classes of row i score above class c"""
+    n = 0
+    for j in range(p.shape[1]):
+        if p[i, j] > p[i, c]:
+            n += 1
+    return n
+
+
+@config.formula
+def sparse_top5_hit(p, labels, i):
+    """1 if row i's label is among its 5 highest scores"""
+    return 1 if ranked_above(p, i, labels[i]) < 5 else 0
+
+
+@config.formula
+def onehot_top5_hit(p, target, i):
+    """1 if row i's hot class is among its 5 highest scores"""
+    return 1 if ranked_above(p, i, argmax_row(target, i)) < 5 else 0
 
 
 @config.formula
@@ -77,13 +102,14 @@ def _count_cuda(p, target, out, slot):
 
 
 def _sample(kind: str):
-    """p (37, 5) and its targets, and an int64 out of 3 slots counted into slot 1."""
+    """p (37, 8) and its targets, and an int64 out of 3 slots counted into slot 1 (8
+    classes, so that a top-5 count can miss)."""
     def sample(rng, dtype):
-        p = rng.random((37, 5)).astype(dtype)
-        if kind == "sparse":
-            target = rng.integers(0, 5, 37)
+        p = rng.random((37, 8)).astype(dtype)
+        if kind.startswith("sparse"):
+            target = rng.integers(0, 8, 37)
         else:
-            target = np.eye(5, dtype=dtype)[rng.integers(0, 5, 37)]
+            target = np.eye(8, dtype=dtype)[rng.integers(0, 8, 37)]
         return p, target, np.full(3, -1, np.int64), 1
     return sample
 
@@ -105,3 +131,5 @@ def _count_twin(kind: str, hit, flat: bool) -> Twin:
 SPARSE = _count_twin("sparse", sparse_hit, False)
 ONEHOT = _count_twin("onehot", onehot_hit, False)
 BINARY = _count_twin("binary", binary_hit, True)
+TOP5 = _count_twin("top5", onehot_top5_hit, False)
+SPARSE_TOP5 = _count_twin("sparse_top5", sparse_top5_hit, False)

@@ -59,7 +59,7 @@ def compile_loss(names: list, loss, metrics, loss_weights) -> CompiledLoss:
     for i, (n, ms) in enumerate(zip(names, _per_output_metrics(metrics, names))):
         kept.append([])
         for m in ms:
-            metric = metrics_mod.get(m, loss_names[i])
+            metric = metrics_mod.get(m, loss_names[i], losses_mod.LOSSES[loss_names[i]][1])
             kept[-1].append(metric.name)
             if multi:
                 metric.name = f"{n}_{metric.name}"

@@ -39,6 +39,7 @@ def test_the_expected_twins_are_there():
     expected = {"sgd_update", "sgd_momentum_update", "adagrad_update", "rmsprop_update",
                 "rmsprop_momentum_update", "adam_update", "decay_weights", "clip_gradient",
                 "sum_squares", "correct_sparse", "correct_onehot", "correct_binary", "copy",
+                "correct_top5", "correct_sparse_top5",
                 "bias_add+relu", "bias_add+sigmoid", "bias_add+tanh", "bias_add+leaky_relu",
                 "bias_add+elu", "matmul_bwd_sgd"}
     assert expected <= set(TWINS)
@@ -149,3 +150,17 @@ def test_metric_counts_match_numpy():
     want = [(p.argmax(1) == labels).sum(), (p.argmax(1) == onehot.argmax(1)).sum(), -1,
             ((p > 0.5) == (onehot > 0.5)).sum()]
     np.testing.assert_array_equal(out, want)
+
+
+def test_top5_counts_match_numpy():
+    """The target among the 5 highest of 9 scores; a tie at the boundary counts as in,
+    as TensorFlow's in_top_k (which Keras' top_k_categorical_accuracy calls) has it."""
+    rng = np.random.default_rng(8)
+    p = rng.integers(0, 6, (60, 9)).astype(np.float32)     # small integers: many ties
+    labels = rng.integers(0, 9, 60)
+    out = np.full(2, -1, np.int64)
+    ops.get_twin("correct_sparse_top5").kernel("cpu")(p, labels, out, 0)
+    ops.get_twin("correct_top5").kernel("cpu")(p, np.eye(9, dtype=np.float32)[labels], out, 1)
+    above = (p > p[np.arange(60), labels][:, None]).sum(1)
+    assert 0 < (above < 5).sum() < 60
+    np.testing.assert_array_equal(out, [(above < 5).sum()] * 2)

@@ -78,11 +78,13 @@ def np_sgd(ws, gs, vs, lr, momentum=0.0, nesterov=False):
 
 
 def np_accuracy(loss, out, t):
+    """Keras' 'accuracy': sparse for labels, binary for binary cross entropy or one
+    output unit, else argmax against argmax, whatever the loss."""
     if loss == "sparse_categorical_crossentropy":
         return np.mean(out.argmax(1) == t)
-    if loss == "categorical_crossentropy":
-        return np.mean(out.argmax(1) == t.argmax(1))
-    return np.mean((out > 0.5) == (t > 0.5))
+    if loss == "binary_crossentropy" or out.shape[1] == 1:
+        return np.mean((out > 0.5) == (t > 0.5))
+    return np.mean(out.argmax(1) == t.argmax(1))
 
 
 def make_data(loss, n=10, d=6, k=3, seed=0):

@@ -3,6 +3,12 @@
 >>> import dlrun as dl
 >>> model = dl.Sequential([dl.layers.Dense(10, activation="softmax", input_shape=(64,))])
 
+Keras' module paths are real modules here (``from dlrun.layers import Dense``,
+``from dlrun.models import Sequential``, ``from dlrun.optimizers import SGD``,
+``from dlrun.utils import to_categorical``, ``dlrun.losses``, ``dlrun.metrics``,
+``dlrun.callbacks``, ``dlrun.regularizers``), so lecture code written for Keras runs with
+``keras`` replaced by ``dlrun`` in its import lines.
+
 The names below are imported on first use, so ``import dlrun`` (and ``dlrun --help``)
 stays instant; Numba loads when the first model or op is touched.
 """
@@ -22,13 +28,16 @@ _EXPORTS = {
     "set_seed": ("dlrun.engine.random", "set_seed"),
     "set_threads": ("dlrun.ops.threads", "set_threads"),
     "device": ("dlrun.engine.core.device", "device"),
-    "layers": ("dlrun.engine.layers", None),
-    "optimizers": ("dlrun.engine.optimizers", None),
-    "losses": ("dlrun.engine.losses", None),
-    "callbacks": ("dlrun.engine.callbacks", None),
+    "layers": ("dlrun.layers", None),
+    "optimizers": ("dlrun.optimizers", None),
+    "losses": ("dlrun.losses", None),
+    "callbacks": ("dlrun.callbacks", None),
     "schedules": ("dlrun.engine.schedules", None),
-    "regularizers": ("dlrun.engine.regularizers", None),
+    "regularizers": ("dlrun.regularizers", None),
     "initializers": ("dlrun.engine.initializers", None),
+    "models": ("dlrun.models", None),
+    "metrics": ("dlrun.metrics", None),
+    "utils": ("dlrun.utils", None),
     "ops": ("dlrun.ops", None),
     "datasets": ("dlrun.datasets", None),
     "cluster": ("dlrun.cluster", None),

@@ -71,7 +71,7 @@ def _train(data, test, classes, epochs, seed=0, optimizer=None, loss=None, callb
     y, yt = data[1], test[1]
     if loss in ("mean_squared_error", "categorical_crossentropy"):   # one-hot targets
         y, yt = np.eye(classes, dtype=np.float32)[y], np.eye(classes, dtype=np.float32)[yt]
-    model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=0.1), loss=loss,
+    model.compile(optimizer=optimizer or dl.optimizers.SGD(learning_rate=0.1), loss=loss,
                   metrics=["accuracy"])
     hist = model.fit(data[0], y, batch_size=batch_size, epochs=epochs, verbose=0,
                      validation_data=(test[0], yt), callbacks=list(callbacks))
@@ -98,7 +98,7 @@ def mse_vs_crossentropy(epochs=5, dataset="digits"):
 
     data, test, k = _data(dataset, None)
     h = {name: _train(data, test, k, epochs, loss=name,
-                      optimizer=dl.optimizers.SGD(lr=0.05))
+                      optimizer=dl.optimizers.SGD(learning_rate=0.05))
          for name in ("mean_squared_error", "categorical_crossentropy")}
     m, c = (h[n]["val_accuracy"][-1] for n in ("mean_squared_error",
                                                 "categorical_crossentropy"))
@@ -113,8 +113,9 @@ def optimizers(epochs=5, dataset="digits"):
 
     opt = dl.optimizers
     data, test, k = _data(dataset, None)
-    make = {"sgd": lambda: opt.SGD(lr=0.01), "momentum": lambda: opt.SGD(lr=0.01, momentum=0.9),
-            "nesterov": lambda: opt.SGD(lr=0.01, momentum=0.9, nesterov=True),
+    make = {"sgd": lambda: opt.SGD(learning_rate=0.01),
+            "momentum": lambda: opt.SGD(learning_rate=0.01, momentum=0.9),
+            "nesterov": lambda: opt.SGD(learning_rate=0.01, momentum=0.9, nesterov=True),
             "adagrad": lambda: opt.Adagrad(learning_rate=0.01),
             "rmsprop": lambda: opt.RMSprop(learning_rate=0.001),
             "adam": lambda: opt.Adam(learning_rate=0.001)}

@@ -9,6 +9,7 @@ gradient), then each variable takes its ``update_step``. The learning rate may b
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Optimizer:
 
     def __init__(self, learning_rate=0.01, lr=None, *, weight_decay=None, clipnorm=None,
                  clipvalue=None, global_clipnorm=None):
+        if lr is not None:
+            warnings.warn(f"{type(self).__name__}(lr=...) is the Keras 1 spelling; use "
+                          "learning_rate=", DeprecationWarning, stacklevel=3)
         self.learning_rate = lr if lr is not None else learning_rate
         self.weight_decay = _number("weight_decay", weight_decay, optional=True)
         self.clipnorm = _number("clipnorm", clipnorm, positive=True, optional=True)

@@ -8,8 +8,8 @@ layer's class name to its class, which ``load_model`` reads through
 from dlrun.engine.layers.activations import ELU, PReLU, LeakyReLU, Maxout, Softmax
 from dlrun.engine.layers.augment import RandomRotation, RandomTranslation, RandomZoom
 from dlrun.engine.layers.base import ACTIVATIONS, KernelLayer, Layer, activation_op
-from dlrun.engine.layers.conv import (AveragePooling2D, Conv2D, GlobalAveragePooling2D,
-                                      MaxPooling2D)
+from dlrun.engine.layers.conv import (AveragePooling2D, Conv2D, Convolution2D,
+                                      GlobalAveragePooling2D, MaxPooling2D)
 from dlrun.engine.layers.core import Activation, Dense, Dropout, Flatten, Highway, Reshape
 from dlrun.engine.layers.merge import Add, Concatenate
 from dlrun.engine.layers.normalization import BatchNormalization
@@ -44,4 +44,5 @@ def layer_from_config(class_name: str, config: dict) -> Layer:
 
 
 __all__ = ["ACTIVATIONS", "BUILT_IN", "LAYERS", "Layer", "KernelLayer", "activation_op",
-           "layer_from_config", "register_layer", "Input"] + [c.__name__ for c in BUILT_IN]
+           "layer_from_config", "register_layer", "Input", "Convolution2D"] + \
+    [c.__name__ for c in BUILT_IN]

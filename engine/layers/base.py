@@ -10,6 +10,7 @@ is what a saved model and a Ray worker receive.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import numpy as np
 
@@ -51,13 +52,56 @@ def activate(x, op: str | None):
     return apply(op, x) if op else x
 
 
+# Keras 1 argument names -> today's (Keras 2's), for the layers that took them
+KERAS1_NAMES = {"output_dim": "units", "init": "kernel_initializer",
+                "W_regularizer": "kernel_regularizer", "b_regularizer": "bias_regularizer",
+                "bias": "use_bias", "nb_filter": "filters", "border_mode": "padding",
+                "subsample": "strides", "p": "rate"}
+
+
+def keras1(layer: str, kw: dict, *names: str) -> dict:
+    """``kw`` with the Keras 1 spellings ``names`` (keys of :data:`KERAS1_NAMES`) renamed
+    to today's, each with a DeprecationWarning; giving both spellings is refused."""
+    for old in names:
+        if old not in kw:
+            continue
+        new = KERAS1_NAMES[old]
+        if new in kw:
+            raise ConfigError(f"{layer} got both {old}= (the Keras 1 spelling) and {new}=; "
+                              f"give {new}= only")
+        warnings.warn(f"{layer}({old}=...) is the Keras 1 spelling; use {new}=",
+                      DeprecationWarning, stacklevel=3)
+        kw[new] = kw.pop(old)
+    return kw
+
+
+def deprecated_dim_ordering(layer: str, kw: dict) -> None:
+    """Keras 1's ``dim_ordering``: 'th' is dlrun's channels-first layout; 'tf' is refused."""
+    if "dim_ordering" not in kw:
+        return
+    value = kw.pop("dim_ordering")
+    if value not in ("th", "default"):
+        raise ConfigError(f"{layer}(dim_ordering={value!r}): dlrun's images are channels "
+                          "first (batch, channels, height, width), Keras 1's 'th'; reshape "
+                          "or transpose the data to that layout")
+    warnings.warn(f"{layer}(dim_ordering=...) is Keras 1's; dlrun's images are always "
+                  "channels first", DeprecationWarning, stacklevel=3)
+
+
 class Layer:
-    """Base class: a named collection of weights and a ``call`` that traces the forward."""
+    """Base class: a named collection of weights and a ``call`` that traces the forward.
+
+    ``input_dim=n`` (Keras 2's shorthand) means ``input_shape=(n,)``."""
 
     def __init__(self, name: str | None = None, trainable: bool = True,
-                 input_shape: tuple | None = None, dtype="float32"):
+                 input_shape: tuple | None = None, dtype="float32", input_dim=None):
         self.name = name or f"{_snake(type(self).__name__)}_{next(_counts)}"
         self.trainable = trainable
+        if input_dim is not None:
+            if input_shape is not None:
+                raise ConfigError(f"give {type(self).__name__} input_shape= or input_dim=, "
+                                  f"not both (got {input_shape!r} and {input_dim!r})")
+            input_shape = (positive_int(input_dim, f"{type(self).__name__} input_dim"),)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.dtype = np.dtype(dtype)
         self.built = False

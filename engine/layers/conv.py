@@ -4,10 +4,13 @@ Images are NCHW: a layer's input shape (without the batch axis) is (channels, he
 width)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import KernelLayer, Layer, activate, positive_int, require_images
+from dlrun.engine.layers.base import (KernelLayer, Layer, activate, deprecated_dim_ordering,
+                                     keras1, positive_int, require_images)
 from dlrun.errors import ConfigError, ShapeError
 from dlrun.ops.conv import window_geometry
 
@@ -42,10 +45,22 @@ def _window_output(layer, input_shape, window, strides, padding) -> tuple[int, i
 
 class Conv2D(KernelLayer):
     """2-D convolution of NCHW images: ``y = activation(conv(x, W) + b)``; weights
-    ``W (filters, channels, kh, kw)`` then ``b (filters,)``."""
+    ``W (filters, channels, kh, kw)`` then ``b (filters,)``.
 
-    def __init__(self, filters: int, kernel_size, strides=1, padding: str = "valid",
-                 activation=None, **kw):
+    Keras 1's spellings are taken, with a DeprecationWarning: ``Conv2D(32, 3, 3)`` (the
+    kernel's rows and columns as two integers, as Keras 2 still read them),
+    ``nb_filter``, ``nb_row``/``nb_col``, ``border_mode``, ``subsample``, ``init``,
+    ``W_regularizer``, ``b_regularizer``, ``bias``, ``dim_ordering='th'``."""
+
+    def __init__(self, filters: int | None = None, kernel_size=None, *positional,
+                 strides=1, padding: str = "valid", activation=None, **kw):
+        kw = keras1("Conv2D", kw, "nb_filter", "border_mode", "subsample", "init",
+                    "W_regularizer", "b_regularizer", "bias")
+        deprecated_dim_ordering("Conv2D", kw)
+        filters = kw.pop("filters", filters)
+        padding, strides = kw.pop("padding", padding), kw.pop("strides", strides)
+        kernel_size, strides, padding = _conv_arguments(kernel_size, positional, strides,
+                                                        padding, kw)
         super().__init__(activation=activation, **kw)
         self.filters = positive_int(filters, "Conv2D filters")
         self.kernel_size = _pair(kernel_size, "Conv2D kernel_size")
@@ -80,10 +95,46 @@ class Conv2D(KernelLayer):
             "strides": list(self.strides), "padding": self.padding}
 
 
+def _conv_arguments(kernel_size, positional: tuple, strides, padding, kw: dict):
+    """(kernel_size, strides, padding) from Conv2D's arguments: Keras 2's positional
+    ``strides, padding`` after the kernel size, or Keras 1's kernel rows and columns
+    (``Conv2D(32, 3, 3)``, as Keras 2 still read it, or ``nb_row=``/``nb_col=``)."""
+    rows, cols = kw.pop("nb_row", None), kw.pop("nb_col", None)
+    if isinstance(kernel_size, (int, np.integer)) and len(positional) == 1 \
+            and isinstance(positional[0], (int, np.integer)):
+        rows, cols, kernel_size, positional = kernel_size, positional[0], None, ()
+    if len(positional) > 2:
+        raise ConfigError(f"Conv2D takes at most 4 positional arguments (filters, "
+                          f"kernel_size, strides, padding), got {2 + len(positional)}")
+    if positional:
+        strides, padding = (positional + (padding,))[:2]
+    if rows is None and cols is None:
+        return kernel_size, strides, padding
+    if kernel_size is not None:
+        raise ConfigError("Conv2D got kernel_size and Keras 1's nb_row/nb_col; give "
+                          "kernel_size=(rows, cols) only")
+    warnings.warn("Conv2D(filters, nb_row, nb_col) is the Keras 1 spelling; use "
+                  "Conv2D(filters, (rows, cols))", DeprecationWarning, stacklevel=4)
+    return (rows, cols), strides, padding
+
+
+def Convolution2D(nb_filter: int, nb_row: int, nb_col: int, **kw) -> Conv2D:
+    """Keras 1's ``Convolution2D(nb_filter, nb_row, nb_col, border_mode=, subsample=)``:
+    a :class:`Conv2D` (deprecated; saved models hold the Conv2D)."""
+    warnings.warn("Convolution2D(nb_filter, nb_row, nb_col) is Keras 1's; use "
+                  "Conv2D(filters, (rows, cols))", DeprecationWarning, stacklevel=2)
+    with warnings.catch_warnings():        # one warning for the call, not one per name
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return Conv2D(nb_filter, (nb_row, nb_col), **kw)
+
+
 class _Pooling2D(Layer):
     op = ""
 
     def __init__(self, pool_size=2, strides=None, padding: str = "valid", **kw):
+        kw = keras1(type(self).__name__, kw, "border_mode")
+        deprecated_dim_ordering(type(self).__name__, kw)
+        padding = kw.pop("padding", padding)
         super().__init__(**kw)
         self.pool_size = _pair(pool_size, f"{type(self).__name__} pool_size")
         self.strides = self.pool_size if strides is None else \

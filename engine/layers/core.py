@@ -5,15 +5,27 @@ import numpy as np
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import (KernelLayer, Layer, activate, activation_op,
+from dlrun.engine.layers.base import (KernelLayer, Layer, activate, activation_op, keras1,
                                      positive_int, require_features)
 from dlrun.errors import ConfigError, ShapeError
 
 
 class Dense(KernelLayer):
-    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``."""
+    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``.
 
-    def __init__(self, units: int, activation=None, **kw):
+    Keras 1's spellings are taken, with a DeprecationWarning: ``output_dim`` (units),
+    ``init`` (kernel_initializer), ``W_regularizer``, ``b_regularizer``, ``bias``."""
+
+    def __init__(self, units: int | None = None, activation=None, **kw):
+        kw = keras1("Dense", kw, "output_dim", "init", "W_regularizer", "b_regularizer",
+                    "bias")
+        if "units" in kw:
+            if units is not None:
+                raise ConfigError(f"Dense got units twice ({units!r} and output_dim="
+                                  f"{kw['units']!r}); give units only")
+            units = kw.pop("units")
+        if units is None:
+            raise ConfigError("Dense needs the number of units: Dense(units, ...)")
         super().__init__(activation=activation, **kw)
         self.units = positive_int(units, "Dense units")
 
@@ -104,7 +116,13 @@ class Dropout(Layer):
     """Zeroes a fraction ``rate`` of its inputs while training (scaling the rest by
     ``1 / (1 - rate)``); the identity at inference."""
 
-    def __init__(self, rate: float, **kw):
+    def __init__(self, rate: float | None = None, **kw):
+        kw = keras1("Dropout", kw, "p")
+        if "rate" in kw:
+            if rate is not None:
+                raise ConfigError(f"Dropout got its rate twice ({rate!r} and p="
+                                  f"{kw['rate']!r}); give rate only")
+            rate = kw.pop("rate")
         super().__init__(**kw)
         try:
             value = float(rate)

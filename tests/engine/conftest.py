@@ -27,7 +27,7 @@ def make_model():
         dl.set_seed(seed)
         model = dl.Sequential([dl.layers.Dense(4, activation="tanh", input_shape=(3,)),
                                dl.layers.Dense(2, activation="softmax")])
-        model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=lr),
+        model.compile(optimizer=optimizer or dl.optimizers.SGD(learning_rate=lr),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
     return make

@@ -41,7 +41,8 @@ def test_sgd_with_penalty_matches_numpy(kernel, bias, l1, l2, bl2):
                             kernel_regularizer=kernel, bias_regularizer=bias,
                             bias_initializer="ones")
     model = dl.Sequential([layer])
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.5), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.5),
+                  loss="sparse_categorical_crossentropy")
     W, b = (w.astype(np.float64) for w in model.get_weights())
     for _ in range(4):
         got = model.train_on_batch(x, y)

@@ -256,7 +256,7 @@ def test_user_op_in_a_model_layer(register):
 
     dl.set_seed(0)
     model = dl.Sequential([dl.layers.Dense(2, input_shape=(3,)), Square()])
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.1), loss="mse")
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.1), loss="mse")
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 3)).astype(np.float32)
     t = rng.standard_normal((4, 2)).astype(np.float32)

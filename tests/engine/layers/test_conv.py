@@ -190,7 +190,7 @@ def test_small_cnn_trains_saves_and_loads(tmp_path):
         L.Conv2D(4, 3, padding="same", activation="relu", input_shape=(1, 8, 8)),
         L.BatchNormalization(), L.MaxPooling2D(2), L.Conv2D(4, 3, strides=2),
         L.AveragePooling2D(1), L.Flatten(), L.Dense(2, activation="softmax")])
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.05, momentum=0.9),
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.05, momentum=0.9),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     h = model.fit(x, y, batch_size=8, epochs=15, verbose=0).history
     assert h["loss"][-1] < 0.5 * h["loss"][0]

@@ -67,7 +67,8 @@ def test_frozen_batch_norm_keeps_all_its_weights_during_fit():
     model = dl.Sequential([L.Conv2D(3, 3, input_shape=(2, 4, 4)), bn, L.Flatten(),
                            L.Dense(2, activation="softmax")])
     bn.trainable = False
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.1), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.1),
+                  loss="sparse_categorical_crossentropy")
     before = bn.get_weights()
     conv_before = model.layers[0].get_weights()[0]
     model.fit(x, y, batch_size=8, epochs=2, verbose=0)

@@ -17,7 +17,7 @@ def test_cnn_reaches_reference_accuracy():
     x, y = ds.split("train")
     xt, yt = ds.split("test")
     model = zoo.cnn(x.shape[1:], 10)
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.01, momentum=0.9),
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.01, momentum=0.9),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     acc = model.fit(x, y, batch_size=128, epochs=10, validation_data=(xt, yt),
                     verbose=0).history["val_accuracy"]

@@ -20,7 +20,7 @@ def _base(x, y):
     dl.set_seed(0)
     base = dl.Sequential([dl.layers.Dense(32, activation="relu", input_shape=(64,)),
                           dl.layers.Dense(10, activation="softmax")])
-    base.compile(dl.optimizers.SGD(lr=0.1, momentum=0.9),
+    base.compile(dl.optimizers.SGD(learning_rate=0.1, momentum=0.9),
                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     base.fit(x, y, batch_size=50, epochs=3, verbose=0)
     return base
@@ -37,7 +37,7 @@ def test_saved_layers_reused_frozen_under_a_new_head(tmp_path, digits):
     # a new task on the same inputs: is the digit even? (2 classes)
     head = dl.layers.Dense(2, activation="softmax")
     model = dl.Sequential([trunk, head])
-    model.compile(dl.optimizers.SGD(lr=0.1, momentum=0.9),
+    model.compile(dl.optimizers.SGD(learning_rate=0.1, momentum=0.9),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     even = (y % 2).astype(np.int64)
     before = model.evaluate(x, even, return_dict=True)

@@ -158,7 +158,8 @@ def test_single_input_output_model_behaves_as_sequential():
     fun.set_weights(seq.get_weights())
     hists = []
     for m in (seq, fun):
-        m.compile(dl.optimizers.SGD(lr=0.1, momentum=0.9), "sparse_categorical_crossentropy",
+        m.compile(dl.optimizers.SGD(learning_rate=0.1, momentum=0.9),
+                  "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
         hists.append(m.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0,
                            validation_split=0.25).history)
@@ -203,7 +204,7 @@ def np_two_heads(ws, x, y1, y2, weights):
 def test_multi_output_loss_is_the_weighted_sum_and_trains_as_such(loss_weights):
     x, y1, y2 = two_head_data()
     model = two_head_model()
-    model.compile(dl.optimizers.SGD(lr=0.1), metrics=["accuracy"],
+    model.compile(dl.optimizers.SGD(learning_rate=0.1), metrics=["accuracy"],
                   loss={"digit": "sparse_categorical_crossentropy",
                         "parity": "binary_crossentropy"}, loss_weights=loss_weights)
     w = {None: (1.0, 1.0), 0: (1.0, 0.5), 1: (0.3, 2.0)}[
@@ -248,7 +249,7 @@ def test_several_inputs_and_a_shared_layer_match_numpy():
     model = dl.Model([a, b], L.Add()([shared(a), shared(b)]))
     assert [layer.name for layer in model.layers] == ["a", "b", "shared", model.layers[3].name]
     assert len(model.get_weights()) == 2
-    model.compile(dl.optimizers.SGD(lr=0.1), loss="mse")
+    model.compile(dl.optimizers.SGD(learning_rate=0.1), loss="mse")
     rng = np.random.default_rng(0)
     xa, xb = (rng.standard_normal((6, 4)).astype(np.float32) for _ in range(2))
     t = rng.standard_normal((6, 3)).astype(np.float32)

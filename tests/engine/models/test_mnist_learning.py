@@ -17,7 +17,7 @@ def _train(activation, lr, momentum, epochs=20):
     x, y = ds.split("train")
     xt, yt = ds.split("test")
     model = zoo.mlp(x.shape[1:], 10, activation=activation)
-    model.compile(optimizer=dl.optimizers.SGD(lr=lr, momentum=momentum),
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=lr, momentum=momentum),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     hist = model.fit(x, y, batch_size=100, epochs=epochs, validation_data=(xt, yt), verbose=0)
     return hist.history["val_accuracy"]

@@ -111,7 +111,7 @@ def make_model(loss="sparse_categorical_crossentropy", optimizer=None, metrics=N
         dl.layers.Dense(hidden, activation="relu", input_shape=(d,)),
         dl.layers.Dense(k, activation=SETUPS[loss][0]),
     ])
-    model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=0.1), loss=loss,
+    model.compile(optimizer=optimizer or dl.optimizers.SGD(learning_rate=0.1), loss=loss,
                   metrics=metrics)
     model.build((d,))                     # draw the weights now, while the seed is fresh
     return model
@@ -162,7 +162,7 @@ def test_frozen_layer_is_not_updated():
     x, t = make_data("sparse_categorical_crossentropy")
     model = make_model()
     model.layers[0].trainable = False
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.1, momentum=0.5),
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.1, momentum=0.5),
                   loss="sparse_categorical_crossentropy")
     before = model.get_weights()
     for _ in range(3):
@@ -224,7 +224,7 @@ def test_fit_without_shuffle_matches_numpy_minibatches():
     """10 samples in batches of 4: two full batches and a last one of 2, for 2 epochs."""
     loss = "sparse_categorical_crossentropy"
     x, t = make_data(loss)
-    model = make_model(loss, dl.optimizers.SGD(lr=0.2, momentum=0.9), ["accuracy"])
+    model = make_model(loss, dl.optimizers.SGD(learning_rate=0.2, momentum=0.9), ["accuracy"])
     ws = f64(model.get_weights())
     vs = [np.zeros_like(w) for w in ws]
     ref_loss, ref_acc = [], []
@@ -350,7 +350,7 @@ def test_predict_matches_numpy_and_softmax_rows_sum_to_one():
 def test_partial_last_batch_counts_by_its_size():
     """Epoch loss = sample-weighted mean of batch losses; 7 samples in batches of 3."""
     x, t = make_data("sparse_categorical_crossentropy", n=7)
-    model = make_model(optimizer=dl.optimizers.SGD(lr=1e-9))   # weights barely move
+    model = make_model(optimizer=dl.optimizers.SGD(learning_rate=1e-9))   # weights barely move
     ws = f64(model.get_weights())
     hist = model.fit(x, t, batch_size=3, epochs=1, verbose=0)
     _, _, out = np_forward(ws, x.astype(np.float64), "softmax")
@@ -382,7 +382,7 @@ def test_learns_a_separable_problem():
     dl.set_seed(0)
     model = dl.Sequential([dl.layers.Dense(16, activation="relu", input_shape=(2,)),
                            dl.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=dl.optimizers.SGD(lr=0.1, momentum=0.9),
+    model.compile(optimizer=dl.optimizers.SGD(learning_rate=0.1, momentum=0.9),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     hist = model.fit(x, labels, batch_size=16, epochs=15, verbose=0)
     assert hist.history["loss"][-1] < hist.history["loss"][0] / 3
@@ -399,7 +399,8 @@ def test_dropout_in_a_model_trains_with_fresh_masks_and_predicts_without():
         m = dl.Sequential([dl.layers.Dense(20, activation="relu", input_shape=(6,)),
                            dl.layers.Dropout(0.5),
                            dl.layers.Dense(3, activation="softmax")])
-        m.compile(optimizer=dl.optimizers.SGD(lr=1e-12), loss="sparse_categorical_crossentropy")
+        m.compile(optimizer=dl.optimizers.SGD(learning_rate=1e-12),
+                  loss="sparse_categorical_crossentropy")
         m.build((6,))
         return m
 
@@ -515,7 +516,7 @@ def test_bad_targets_and_settings():
     with pytest.raises(ConfigError, match="momentum.*1.5"):
         dl.optimizers.SGD(momentum=1.5)
     with pytest.raises(ConfigError, match="learning_rate.*-1"):
-        dl.optimizers.SGD(lr=-1)
+        dl.optimizers.SGD(learning_rate=-1)
 
 
 def test_weights_before_build():

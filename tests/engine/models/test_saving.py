@@ -19,7 +19,7 @@ def make_model(seed=0, optimizer=None, rate=0.0):
     model = dl.Sequential([dl.layers.Dense(5, activation="relu", input_shape=(6,)),
                            dl.layers.Dropout(rate),
                            dl.layers.Dense(3, activation="softmax")])
-    model.compile(optimizer=optimizer or dl.optimizers.SGD(lr=0.1, momentum=0.9,
+    model.compile(optimizer=optimizer or dl.optimizers.SGD(learning_rate=0.1, momentum=0.9,
                                                            nesterov=True),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.build((6,))                     # draw the weights now, while the seed is fresh

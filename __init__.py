@@ -25,6 +25,7 @@ _EXPORTS = {
     "Input": ("dlrun.engine.layers", "Input"),
     "load_model": ("dlrun.engine.models.saving", "load_model"),
     "load_checkpoint": ("dlrun.engine.models.checkpoints", "load_checkpoint"),
+    "gradients": ("dlrun.engine.models.gradients", "gradients"),
     "set_seed": ("dlrun.engine.random", "set_seed"),
     "set_threads": ("dlrun.ops.threads", "set_threads"),
     "device": ("dlrun.engine.core.device", "device"),

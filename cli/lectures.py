@@ -7,13 +7,15 @@ conclusion (which the test suite asserts). A program, not library code: run it a
     python -m dlrun.cli.lectures all --out runs/lectures     # every one; exit 1 if any fails
 
 With ``--out`` each demonstration also draws its training-loss and test-accuracy curves
-(``NAME-loss.png``, ``NAME-accuracy.png``).
+(``NAME-loss.png``, ``NAME-accuracy.png``), and the gradient demonstrations their pictures
+(``saliency-maps.png``, ``deep-dream-dreams.png``).
 
 Every run is seeded, so a result is the same on every machine with the same BLAS.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,7 @@ class Result:
     histories: dict = field(default_factory=dict)   # label -> {metric: [per epoch]}
     holds: bool = False
     evidence: str = ""
+    pictures: dict = field(default_factory=dict)    # file suffix -> draw(path)
 
 
 def _data(dataset: str, train_samples: int | None):
@@ -196,9 +199,71 @@ def early_stopping(epochs=40, dataset="digits"):
                   f"{(stop.best_epoch or 0) + 1}")
 
 
+@functools.lru_cache(maxsize=2)
+def _trained_cnn(dataset: str, samples: int, epochs: int, seed: int = 0):
+    """(the small CNN of :func:`dlrun.cli.saliency.small_cnn` trained on ``samples``
+    training images, its probe of the same layers, its history, the test split). Kept:
+    the saliency and Deep Dream demonstrations look at the same trained network."""
+    import dlrun as dl
+    from dlrun.cli.saliency import small_cnn
+
+    data, test, k = _data(dataset, samples)
+    dl.set_seed(seed)
+    model, probe = small_cnn(data[0].shape[1:], k)
+    model.compile(optimizer=dl.optimizers.Adam(learning_rate=0.003),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(*data, batch_size=32, epochs=epochs, verbose=0, validation_data=test)
+    return model, probe, hist.history, test
+
+
+def saliency(epochs=3, dataset="mnist-5k", samples=2000, images=8):
+    """Saliency maps: a trained CNN's class score is most sensitive to the digit's pixels."""
+    from dlrun.cli import saliency as sal
+
+    model, _, hist, (xt, yt) = _trained_cnn(dataset, samples, epochs)
+    x, labels = xt[:images], yt[:images]
+    maps = sal.saliency_maps(model, x, labels)
+    ratio = sal.inside_outside(maps, x)
+    guess = model.predict(x).argmax(axis=1)
+    titles = [f"{c} (says {g})" for c, g in zip(labels, guess)]
+    return Result("saliency", "the gradient of the true class's score is larger on the "
+                  "digit's pixels than on the background, in every image", {"cnn": hist},
+                  bool(np.all(ratio > 1)),
+                  "mean saliency on the digit over the background: " +
+                  " ".join(f"{r:.1f}" for r in ratio),
+                  {"maps": functools.partial(sal.draw_saliency, images=x, maps=maps,
+                                             titles=titles)})
+
+
+def deep_dream(epochs=3, dataset="mnist-5k", samples=2000, steps=100, layer="conv2"):
+    """Deep Dream: gradient ascent on the input turns noise into what a layer or class wants."""
+    from dlrun.cli import saliency as sal
+
+    model, probe, hist, (xt, _) = _trained_cnn(dataset, samples, epochs)
+    noise = np.random.default_rng(0).normal(0.5, 0.1, (1, *xt.shape[1:]))
+    noise = np.clip(noise, 0, 1).astype(np.float32)
+    dreams = {"noise (start)": noise, f"{layer} mean": sal.dream(model, noise, layer,
+                                                                steps=steps)}
+    for c in range(model.output_shape[-1]):
+        dreams[f"class {c}"] = sal.dream(model, noise, "logits", unit=c, steps=steps)
+    feats = {name: probe.predict(img)[0].mean() for name, img in dreams.items()}
+    digits = probe.predict(xt[:200])[0].mean(axis=(1, 2, 3))
+    says = [int(model.predict(dreams[f"class {c}"]).argmax()) for c in range(len(dreams) - 2)]
+    return Result("deep-dream", f"ascent from noise raises {layer}'s mean activation above "
+                  "its value on every real digit, and makes images the CNN takes for each "
+                  "class", {"cnn": hist},
+                  bool(feats[f"{layer} mean"] > digits.max()) and says == list(range(len(says))),
+                  f"{layer} mean: noise {feats['noise (start)']:.2f}, dreamed "
+                  f"{feats[f'{layer} mean']:.2f}, test digits at most {digits.max():.2f}; "
+                  f"class dreams taken for {says}",
+                  {"dreams": functools.partial(sal.draw_pictures, pictures=dreams,
+                                               title=f"Deep Dream from noise: {layer}'s "
+                                               "mean, then each class score")})
+
+
 EXPERIMENTS = {f.__name__.replace("_", "-"): f for f in
                (sigmoid_vs_relu, mse_vs_crossentropy, optimizers, dropout, l2, augmentation,
-                early_stopping)}
+                early_stopping, saliency, deep_dream)}
 
 
 def run(name: str, epochs: int | None = None, out=None, echo=print) -> Result:
@@ -229,6 +294,8 @@ def run(name: str, epochs: int | None = None, out=None, echo=print) -> Result:
             line_plot(out / f"{result.name}-{metric.removeprefix('val_')}.png",
                       {label: hist[metric] for label, hist in result.histories.items()},
                       title=f"{result.name}: {what}")
+        for suffix, draw in result.pictures.items():
+            draw(out / f"{result.name}-{suffix}.png")
     return result
 
 

@@ -64,15 +64,22 @@ class Plan:
     outputs : tensors the caller reads after a run (``plan.value(t)``, ``plan.fetch``).
     params : every parameter of the model; the trainable ones that the loss depends on
         get a gradient (``plan.grad(p)``).
-    loss : scalar tensor to differentiate; the seed gradient is ``plan.loss_scale``.
+    loss : tensor to differentiate. A scalar's seed gradient is 1 (``set_loss_scale``
+        changes it); any other tensor's is fed by the caller into ``plan.seed`` (a host
+        array shaped like it), so a run computes the gradient of ``sum(seed * loss)``: the
+        vector-Jacobian product, e.g. of one output unit or of a layer's mean.
     backend : where it runs (:mod:`~dlrun.engine.core.backend`); the CPU by default.
     options : what the device's rewrites may use: ``{"sgd_lr": placeholder}`` lets the CPU
         fuse a plain SGD update into the weight gradients' products, reading the learning
         rate from that placeholder (fed by the caller only when ``plan.fused`` is true).
+    wrt : the tensors to differentiate with respect to, placeholders or parameters
+        (trainable or not); by default the trainable parameters. Each that the loss
+        depends on gets a gradient (``plan.grad(t)``).
     """
 
     def __init__(self, placeholders: list, outputs: list, params: list = (),
-                 loss: Tensor | None = None, backend=None, options: dict | None = None):
+                 loss: Tensor | None = None, backend=None, options: dict | None = None,
+                 wrt: list | None = None):
         if backend is None:
             from dlrun.engine.core.backend import CpuBackend
 
@@ -82,6 +89,10 @@ class Plan:
         keep = list(outputs) + ([loss] if loss is not None else [])
         self.nodes = topological_order(keep)
         self.params = list(params)
+        self._wrt_given = wrt is not None
+        self.wrt = list(wrt) if self._wrt_given else \
+            [p for p in self.params if isinstance(p, Parameter) and p.trainable]
+        self.seed = None                     # the caller's seed gradient (non-scalar loss)
         self.steps = [self._forward_step(n) for n in self.nodes]
         self.grads: dict[int, Grad] = {}
         self.loss_grad = None
@@ -135,13 +146,13 @@ class Plan:
                               [slot[y.id]] + [named[s] for s in node.op.saves],
                               node.attrs.values(), grads))
             steps += adds
-        self.grads = {p.id: slot[p.id] for p in self.params if p.id in slot}
+        self.grads = {t.id: slot[t.id] for t in self.wrt if t.id in slot}
         return steps
 
     def _grad_tensors(self, loss: Tensor) -> set:
-        """Ids of tensors that need a gradient: downstream of a trainable parameter and
-        upstream of the loss."""
-        down = {p.id for p in self.params if isinstance(p, Parameter) and p.trainable}
+        """Ids of tensors that need a gradient: downstream of a tensor of ``wrt`` (by
+        default the trainable parameters) and upstream of the loss."""
+        down = {t.id for t in self.wrt}
         for node in self.nodes:
             if any(t.id in down for t in _diff_inputs(node)):
                 down.add(node.outputs[0].id)
@@ -151,8 +162,11 @@ class Plan:
                 up.update(t.id for t in node.inputs)
         live = down & up
         if loss.id not in live:
-            raise ConfigError("the loss does not depend on any trainable weight "
-                              "(is every layer frozen?)")
+            if not self._wrt_given:
+                raise ConfigError("the loss does not depend on any trainable weight "
+                                  "(is every layer frozen?)")
+            raise ConfigError(f"{loss!r} does not depend, through differentiable ops, on "
+                              f"any of {self.wrt}")
         return live
 
     # -- buffers ---------------------------------------------------------------------------
@@ -167,8 +181,13 @@ class Plan:
             if host is not buf:                 # the device reads a copy of the host's
                 self.uploads.append((host, buf))
         bufs.update({id(p): be.param(p) for p in self.params})
-        if self.loss_grad is not None:
-            bufs[id(self.loss_grad)] = be.constant(1.0, self.loss_grad.dtype)
+        seed = self.loss_grad
+        if seed is not None and seed.shape:     # the caller's vector, fed like the batch
+            self.seed, bufs[id(seed)] = be.feed(seed.shape, seed.dtype)
+            if self.seed is not bufs[id(seed)]:
+                self.uploads.append((self.seed, bufs[id(seed)]))
+        elif seed is not None:
+            bufs[id(seed)] = be.constant(1.0, seed.dtype)
         layout = be.grad_buffers([p for p in self.params if p.id in self.grads])
         self.flat_grads = layout.pop("flat", None)
         bufs.update({id(self.grads[pid]): view for pid, view in layout.items()})
@@ -238,9 +257,10 @@ class Plan:
         return self.backend.fetch([self._bufs[id(t)] if isinstance(t, Tensor) else t
                                    for t in tensors])
 
-    def grad(self, p: Parameter):
-        """The gradient buffer of a trainable parameter after a training run."""
-        return self._bufs[id(self.grads[p.id])]
+    def grad(self, t: Tensor):
+        """The gradient buffer of a tensor of ``wrt`` (by default a trainable parameter)
+        after a run."""
+        return self._bufs[id(self.grads[t.id])]
 
     def set_loss_scale(self, scale: float) -> None:
         self.backend.fill(self._bufs[id(self.loss_grad)], scale)

@@ -127,12 +127,13 @@ class Model:
     def weights_params(self) -> list:
         return [p for layer in self.layers for p in layer.weights]
 
-    def program(self, mode: str, batch: int) -> program.Program:
+    def program(self, mode, batch: int, build=None) -> program.Program:
         """The :class:`~dlrun.engine.models.program.Program` for a mode ('train', 'eval',
         'predict') and batch size, made on first use (a step's lookup does no other work).
         Before making one, the backend takes charge of the weights; when they (or their
         trainable flags) changed since the others were made, those are dropped. An
-        uncompiled model predicts on the CPU."""
+        uncompiled model predicts on the CPU. Other programs (``dl.gradients``'s) are
+        kept here too, under a mode of their own, made by ``build(model, batch)``."""
         key = (mode, batch)
         prog = self._programs.get(key)
         if prog is not None and self._flags_seen == trainable_changes():
@@ -149,7 +150,8 @@ class Model:
         if self.backend.attach(params, self.optimizer):
             self._programs, prog = {}, None
         if prog is None:
-            prog = self._programs[key] = program.build(self, mode, batch)
+            prog = self._programs[key] = (build(self, batch) if build is not None
+                                          else program.build(self, mode, batch))
         return prog
 
     def forget_programs(self) -> None:

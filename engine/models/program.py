@@ -61,16 +61,7 @@ def build(model, mode: str, batch: int) -> Program:
     xs, outs = model._graph(batch, training=(mode == "train"))
     if mode == "predict":
         return Program(mode, Plan(xs, outs, params, backend=backend), xs, outs)
-    c = model.compiled_loss
-    ys, parts, preds = [], [], []
-    weights = losses_mod.weights_placeholder(outs[0])
-    for out, name in zip(outs, c.loss_names):
-        y = losses_mod.target_placeholder(name, out)
-        part, pred = losses_mod.loss_node(name, out, y, weights)
-        ys.append(y)
-        parts.append(part)
-        preds.append(pred)
-    loss = _add_penalties(_weighted_sum(parts, c.loss_weights), params)
+    ys, weights, loss, parts, preds = loss_graph(model, outs, params)
     keep = [loss, *preds] + (parts if len(outs) > 1 else [])
     lr, updates = None, None
     if mode == "train":
@@ -85,11 +76,28 @@ def build(model, mode: str, batch: int) -> Program:
     else:
         plan = Plan(xs + ys + [weights], keep, params, backend=backend)
     plan.feed[weights][...] = 1
-    counter = Counter(backend, model.metrics, c.metric_outputs,
+    counter = Counter(backend, model.metrics, model.compiled_loss.metric_outputs,
                       [plan.value(t) for t in preds], [plan.value(t) for t in ys],
                       [plan.value(t) for t in parts])
     return Program(mode, plan, xs, outs, ys, weights, True, loss, parts, preds, lr, updates,
                    counter)
+
+
+def loss_graph(model, outs: list, params: list) -> tuple:
+    """(target placeholders, the per-sample weights' placeholder, the loss, the loss of
+    each output, what the metrics read per output) of a compiled model whose traced
+    outputs are ``outs``: ``sum_i loss_weights[i] * loss_i`` plus the weights' penalties."""
+    c = model.compiled_loss
+    ys, parts, preds = [], [], []
+    weights = losses_mod.weights_placeholder(outs[0])
+    for out, name in zip(outs, c.loss_names):
+        y = losses_mod.target_placeholder(name, out)
+        part, pred = losses_mod.loss_node(name, out, y, weights)
+        ys.append(y)
+        parts.append(part)
+        preds.append(pred)
+    loss = _add_penalties(_weighted_sum(parts, c.loss_weights), params)
+    return ys, weights, loss, parts, preds
 
 
 def _add_penalties(loss, params):

@@ -59,3 +59,40 @@ def test_listing_and_unknown_name(capsys):
     assert all(name in out for name in experiments.EXPERIMENTS)
     with pytest.raises(ConfigError, match="'bogus'"):
         experiments.run("bogus")
+
+
+def png_pixels(path) -> np.ndarray:
+    """A PNG that matplotlib wrote, decoded by Pillow, as gray levels."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def test_gradient_pictures_with_tiny_settings(tmp_path):
+    """The saliency and Deep Dream demonstrations on a CNN trained one epoch on 300
+    images: the true class's saliency sits on the digit, the ascent raises the score it
+    climbs and stays in the data's range, and the pictures decode."""
+    from dlrun.cli import saliency as sal
+
+    result = experiments.saliency(epochs=1, samples=300, images=4)
+    assert result.holds, result.evidence
+    model, probe, _, (xt, yt) = experiments._trained_cnn("mnist-5k", 300, 1)
+    ratio = sal.inside_outside(sal.saliency_maps(model, xt[:4], yt[:4]), xt[:4])
+    # against maps that ignore the image: noise scores about 1 on the same measure
+    noise = np.random.default_rng(0).uniform(size=(4, 28, 28))
+    assert abs(sal.inside_outside(noise, xt[:4]).mean() - 1) < 0.1
+    assert ratio.min() > 1.5, ratio
+    start = np.full((1, 1, 28, 28), 0.5, np.float32)
+    dreamed = sal.dream(model, start, "logits", unit=3, steps=30)
+    assert dreamed.min() >= 0 and dreamed.max() <= 1
+    scores = [probe.predict(img)[1][0] for img in (start, dreamed)]     # the logits
+    rise = scores[1] - scores[0]
+    assert rise[3] > 0.5 and rise[3] > 2 * np.delete(rise, 3).max(), scores
+    dream = experiments.deep_dream(epochs=1, samples=300, steps=15)
+    for res, suffix in ((result, "maps"), (dream, "dreams")):
+        res.pictures[suffix](tmp_path / f"{suffix}.png")
+        pixels = png_pixels(tmp_path / f"{suffix}.png")
+        assert pixels.shape[0] > 200 and pixels.std() > 20       # drawn, not blank
+    experiments.run("saliency", out=tmp_path, echo=lambda line: None)
+    assert png_pixels(tmp_path / "saliency-maps.png").shape[1] > 600

@@ -272,8 +272,32 @@ def case_sample_weight(problems, facts):
           gpu.evaluate(x, y, sample_weight=w), problems)
 
 
+def case_gradients(problems, facts):
+    """dl.gradients on cuda: the loss's (sample weights, an L2 penalty) with respect to the
+    inputs and to every weight, an output unit's, a conv layer's mean, as on the CPU."""
+    x, y = data((5,), n=6, seed=5)
+    w = np.linspace(0, 2, 6).astype(np.float32)
+    cpu, gpu = twins(mlp, lambda: dl.optimizers.SGD(0.1))
+    asks = [dict(y=y, sample_weight=w), dict(y=y, wrt="weights"), dict(output=2)]
+    for kw in asks:
+        a, b = dl.gradients(cpu, x, **kw), dl.gradients(gpu, x, **kw)
+        a, b = (a, b) if isinstance(a, list) else ([a], [b])
+        for i, (ga, gb) in enumerate(zip(a, b)):
+            close(f"gradients {sorted(kw)} {i}", ga, gb, problems)
+    xc = data((1, 6, 6), n=2)[0]
+
+    def build():
+        return dl.Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(1, 6, 6),
+                                       name="conv"), L.Flatten(),
+                              L.Dense(3, activation="softmax")])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.SGD(0.1))
+    close("gradients of a layer's mean", dl.gradients(cpu, xc, layer="conv"),
+          dl.gradients(gpu, xc, layer="conv"), problems)
+
+
 CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches,
-         case_recurrent, case_functional, case_sample_weight]
+         case_recurrent, case_functional, case_sample_weight, case_gradients]
 
 
 def main() -> int:

@@ -208,6 +208,49 @@ def test_unfed_source_tensor_is_an_error():
         Plan([], [apply("tanh", x)], [])
 
 
+# -- gradients with respect to chosen tensors ---------------------------------------------
+def test_wrt_a_placeholder_and_a_frozen_parameter(rng):
+    """wrt=[x, W1]: the input and a frozen weight get gradients; the trainable W2, not
+    asked for, gets none. loss = mean(tanh(x W1) W2)."""
+    xv = rng.standard_normal((4, 3))
+    x = placeholder(xv)
+    W1 = Parameter(rng.standard_normal((3, 3)), "W1", trainable=False)
+    W2 = Parameter(rng.standard_normal((3, 2)), "W2")
+    loss = apply("mean", apply("matmul", apply("tanh", apply("matmul", x, W1)), W2))
+    plan = Plan([x], [loss], [W1, W2], loss=loss, wrt=[x, W1])
+    assert set(plan.grads) == {x.id, W1.id}
+    run(plan, {x: xv})
+    h = np.tanh(xv @ W1.value)
+    dz = np.full((4, 2), 1 / 8) @ W2.value.T * (1 - h ** 2)
+    np.testing.assert_allclose(plan.grad(x), dz @ W1.value.T, rtol=1e-12)
+    np.testing.assert_allclose(plan.grad(W1), xv.T @ dz, rtol=1e-12)
+
+
+def test_non_scalar_loss_takes_the_callers_seed(rng):
+    """loss = tanh(x W) (not a scalar): a run differentiates sum(seed * loss), the seed fed
+    into plan.seed; a second seed on the same plan gives that seed's gradient."""
+    xv, Wv = rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
+    x, W = placeholder(xv), Parameter(Wv.copy(), "W")
+    out = apply("tanh", apply("matmul", x, W))
+    plan = Plan([x], [out], [W], loss=out, wrt=[x, W])
+    assert plan.seed.shape == (5, 4)
+    h = np.tanh(xv @ Wv)
+    for seed in (rng.standard_normal((5, 4)), np.eye(4)[[2] * 5]):
+        plan.seed[...] = seed
+        run(plan, {x: xv})
+        dz = seed * (1 - h ** 2)
+        np.testing.assert_allclose(plan.grad(x), dz @ Wv.T, rtol=1e-12)
+        np.testing.assert_allclose(plan.grad(W), xv.T @ dz, rtol=1e-12)
+
+
+def test_wrt_unreached_is_an_error_naming_the_tensor(rng):
+    x, z = placeholder(rng.standard_normal((2, 3))), placeholder(rng.standard_normal((2, 3)))
+    z.name = "unused"
+    loss = apply("mean", apply("tanh", x))
+    with pytest.raises(ConfigError, match="unused"):
+        Plan([x, z], [loss], [], loss=loss, wrt=[z])
+
+
 # -- rng ops -------------------------------------------------------------------------------
 def test_dropout_seed_changes_per_run_and_repeats_per_seed():
     xv = np.ones((20, 30))

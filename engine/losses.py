@@ -105,7 +105,7 @@ def metric_targets(y, pred):
     """The targets buffer ``y`` of a batch as the metrics read it beside the predictions
     buffer ``pred``: a view with one row per row of ``pred`` (per step, for a loss per
     step)."""
-    if y.shape[0] == pred.shape[0]:
+    if tuple(y.shape) in (tuple(pred.shape), tuple(pred.shape[:1])):
         return y
     return y.reshape((pred.shape[0], *y.shape[2:]))
 

@@ -62,6 +62,19 @@ def test_loss_and_accuracy_per_step_match_numpy(kind, loss):
     assert unweighted == pytest.approx(per_step_loss(p, labels, np.ones(B)), rel=1e-5)
 
 
+def test_sequences_of_one_step():
+    """(batch, 1, classes): per step still, labels (samples, 1)."""
+    dl.set_seed(2)
+    x, labels, weights = data(2)
+    x, labels = x[:, :1], labels[:, :1]
+    model = dl.Sequential([L.Dense(K, activation="softmax", input_shape=(1, F))])
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    p = probabilities(x, *model.get_weights())
+    logs = model.evaluate(x, labels, sample_weight=weights, return_dict=True)
+    assert logs["loss"] == pytest.approx(per_step_loss(p, labels, weights), rel=1e-5)
+    assert logs["accuracy"] == pytest.approx(np.mean(p.argmax(-1) == labels))
+
+
 def test_one_sgd_step_against_numpy():
     """dL/dW = sum_{i,t} w_i x_it^T (p_it - onehot(y_it)) / (batch * time)"""
     dl.set_seed(1)

@@ -62,6 +62,11 @@ def orthogonal(shape, dtype=np.float32, rng=None, gain=1.0):
     return (gain * q).reshape(shape).astype(dtype)
 
 
+def uniform(shape, dtype=np.float32, rng=None):
+    """U(-0.05, 0.05), Keras' ``'uniform'`` (RandomUniform's defaults; Embedding's)"""
+    return (rng or generator()).uniform(-0.05, 0.05, size=shape).astype(dtype)
+
+
 def zeros(shape, dtype=np.float32, rng=None):
     return np.zeros(shape, dtype)
 
@@ -81,7 +86,7 @@ def _truncated(shape, std, dtype, rng):
 
 
 INITIALIZERS = {f.__name__: f for f in (glorot_uniform, glorot_normal, he_normal, he_uniform,
-                                        orthogonal, zeros, ones)}
+                                        orthogonal, uniform, zeros, ones)}
 
 
 def get(name_or_fn):

@@ -59,7 +59,7 @@ class Accuracy:
     def total(self, pred_shape: tuple) -> int:
         """How many predictions a batch of this shape counts."""
         per = self.rule(pred_shape)[1]
-        return pred_shape[0] if per == "sample" else int(np.prod(pred_shape))
+        return int(np.prod(pred_shape[:-1] if per == "sample" else pred_shape))
 
 
 class OutputLoss:
@@ -101,16 +101,20 @@ class Counter:
         names = [m.kernel_for(preds[i].shape) for m, i in zip(self.metrics, self.outputs)]
         self.kernels = [backend.twin(k) if k else None for k in names]
         self.out = backend.zeros((max(1, len(self.metrics)),), np.int64)
-        self.preds, self.ys = preds, ys
+        # what each count reads: a row-wise count of outputs with more axes (a sequence's
+        # steps) reads them as rows of the last axis
+        self.args = [(_rows(preds[i]), _rows(ys[i]) if ys[i].ndim > 1 else ys[i])
+                     if k and m.rule(preds[i].shape)[1] == "sample" else (preds[i], ys[i])
+                     for m, k, i in zip(self.metrics, names, self.outputs)]
         # the loss parts that per-output loss metrics read, fetched with the loss
         self.parts = [parts[i] for k, i in zip(names, self.outputs) if not k]
         self.totals = [m.total(preds[i].shape) if k else None
                        for m, k, i in zip(self.metrics, names, self.outputs)]
 
     def launch(self) -> None:
-        for slot, (k, i) in enumerate(zip(self.kernels, self.outputs)):
+        for slot, (k, (p, y)) in enumerate(zip(self.kernels, self.args)):
             if k is not None:
-                k(self.preds[i], self.ys[i], self.out, slot)
+                k(p, y, self.out, slot)
 
     def counts(self, out, parts, samples: int) -> list:
         """[numerator, denominator] per metric from the fetched ``out`` and ``parts``."""
@@ -121,6 +125,11 @@ class Counter:
             else:
                 result.append((float(next(parts)) * samples, samples))
         return result
+
+
+def _rows(a):
+    """``a`` as a matrix of rows of its last axis (itself when it is one already)."""
+    return a if a.ndim <= 2 else a.reshape((-1, a.shape[-1]))
 
 
 def logs(metrics: list, loss: float, counts: list) -> dict:

@@ -1,4 +1,4 @@
 """Keras' ``keras.layers.recurrent``: the same classes as :mod:`dlrun.layers`."""
-from dlrun.engine.layers.recurrent import LSTM, SimpleRNN
+from dlrun.engine.layers.recurrent import GRU, LSTM, SimpleRNN
 
-__all__ = ["LSTM", "SimpleRNN"]
+__all__ = ["GRU", "LSTM", "SimpleRNN"]

@@ -125,13 +125,27 @@ def _transposed(u, tag: str):
     return u_t
 
 
-def _backward_split(tag, steps, x, w, h, dz, dx, dw, du, db):
+def _backward_split(tag, steps, x, w, h, dz, dx, dw, du, db, dz_rec=None):
     """``steps(s, e)`` (the backward time loop of rows s:e, writing dz[s:e]) on parts of
     the batch in parallel, each followed by the products over its own rows: dX of those
     rows, and dW, dU, db as partials summed after the join (the part of row 0 writes
-    into the outputs themselves, so one part is one call as before)."""
+    into the outputs themselves, so one part is one call as before).
+
+    ``dz_rec`` is for the GRU, whose recurrent products get gradients of their own (the
+    reset gate multiplies one of them): dU and db's second row come from ``dz_rec``, dW,
+    dX and db's first row from ``dz``."""
     dx_, dw_, du_, db_ = _grads_or_empty(x, dx, dw, du, db)
     partials = []
+
+    def products(s, e, pdw, pdu, pdb):
+        xs, hs, dxs = x[s:e], h[s:e], dx_[s:e] if dx_.size else dx_
+        if dz_rec is None:
+            _products_bwd(xs, w, hs, dz[s:e], dxs, pdw, pdu, pdb)
+            return
+        b_in, b_rec = (pdb[0], pdb[1]) if pdb.size else (pdb, pdb)
+        _products_bwd(xs, w, hs, dz[s:e], dxs, pdw, _or_empty(None, 2, x), b_in)
+        _products_bwd(xs, w, hs, dz_rec[s:e], _or_empty(None, 3, x), _or_empty(None, 2, x),
+                      pdu, b_rec)
 
     def part(s, e):
         steps(s, e)
@@ -144,8 +158,7 @@ def _backward_split(tag, steps, x, w, h, dz, dx, dw, du, db):
             pdw, pdu, pdb = (buf[sizes[i]:sizes[i + 1]].reshape(a.shape)
                              for i, a in enumerate((dw_, du_, db_)))
             partials.append((s, pdw, pdu, pdb))
-        _products_bwd(x[s:e], w, h[s:e], dz[s:e], dx_[s:e] if dx_.size else dx_,
-                      pdw, pdu, pdb)
+        products(s, e, pdw, pdu, pdb)
 
     split_run(part, x.shape[0], MIN_PER_PART)
     for _, pdw, pdu, pdb in sorted(partials, key=lambda p: p[0]):

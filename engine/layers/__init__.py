@@ -11,16 +11,18 @@ from dlrun.engine.layers.base import ACTIVATIONS, KernelLayer, Layer, activation
 from dlrun.engine.layers.conv import (AveragePooling2D, Conv2D, Convolution2D,
                                       GlobalAveragePooling2D, MaxPooling2D)
 from dlrun.engine.layers.core import Activation, Dense, Dropout, Flatten, Highway, Reshape
+from dlrun.engine.layers.embedding import Embedding
 from dlrun.engine.layers.merge import Add, Concatenate
 from dlrun.engine.layers.normalization import BatchNormalization
-from dlrun.engine.layers.recurrent import LSTM, SimpleRNN
+from dlrun.engine.layers.recurrent import GRU, LSTM, SimpleRNN
 from dlrun.engine.layers.symbolic import Input, InputLayer
+from dlrun.engine.layers.wrappers import TimeDistributed
 from dlrun.errors import ConfigError
 
 BUILT_IN = (Dense, Highway, Activation, Dropout, Flatten, Reshape,
             Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
             BatchNormalization, LeakyReLU, ELU, PReLU, Softmax, Maxout,
-            SimpleRNN, LSTM, Add, Concatenate,
+            SimpleRNN, LSTM, GRU, Embedding, TimeDistributed, Add, Concatenate,
             RandomTranslation, RandomRotation, RandomZoom, InputLayer)
 
 # class name -> layer class, for load_model

@@ -91,7 +91,14 @@ def deprecated_dim_ordering(layer: str, kw: dict) -> None:
 class Layer:
     """Base class: a named collection of weights and a ``call`` that traces the forward.
 
-    ``input_dim=n`` (Keras 2's shorthand) means ``input_shape=(n,)``."""
+    ``input_dim=n`` (Keras 2's shorthand) means ``input_shape=(n,)``.
+
+    ``input_dtype`` is what a model feeds the layer when it reads a model input directly
+    (float32; integer indices for an Embedding), and :meth:`check_data` refuses input
+    samples it cannot take then, on the host, before any kernel runs.
+    """
+
+    input_dtype = np.dtype(np.float32)
 
     def __init__(self, name: str | None = None, trainable: bool = True,
                  input_shape: tuple | None = None, dtype="float32", input_dim=None):
@@ -119,6 +126,11 @@ class Layer:
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:
         return tuple(input_shape)
+
+    def check_data(self, x: np.ndarray) -> None:
+        """Raise a DataError for model input samples ``x`` that this layer, reading them
+        directly, cannot take (``x`` is float32, or int64 for an integer ``input_dtype``:
+        values are checked before they are narrowed)."""
 
     def get_config(self) -> dict:
         cfg = {"name": self.name, "trainable": self.trainable}
@@ -219,11 +231,14 @@ def positive_int(value, what: str) -> int:
     return int(value)
 
 
-def require_features(layer: Layer, input_shape: tuple) -> None:
-    """Refuse inputs other than (batch, features), as layers of one weight matrix need."""
-    if len(input_shape) != 1:
+def require_features(layer: Layer, input_shape: tuple, sequences: bool = False) -> None:
+    """Refuse inputs other than (batch, features), as layers of one weight matrix need;
+    with ``sequences``, (batch, time, features) too (the layer acts on the last axis)."""
+    if len(input_shape) != 1 and not (sequences and len(input_shape) == 2):
+        expected = "(batch, features) or (batch, time, features)" if sequences else \
+            "(batch, features)"
         raise ShapeError(f"{type(layer).__name__} layer {layer.name!r} expects inputs of "
-                         f"shape (batch, features), got (batch, "
+                         f"shape {expected}, got (batch, "
                          f"{', '.join(map(str, input_shape))}); put a Flatten layer before it")
 
 

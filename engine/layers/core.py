@@ -11,7 +11,9 @@ from dlrun.errors import ConfigError, ShapeError
 
 
 class Dense(KernelLayer):
-    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``.
+    """``y = activation(x @ W + b)``; weights ``W (in, units)`` then ``b (units,)``. On
+    sequences (batch, time, features) it acts on the last axis, every step with the same
+    weights, as Keras 2's Dense does: (batch, time, units).
 
     Keras 1's spellings are taken, with a DeprecationWarning: ``output_dim`` (units),
     ``init`` (kernel_initializer), ``W_regularizer``, ``b_regularizer``, ``bias``."""
@@ -30,17 +32,22 @@ class Dense(KernelLayer):
         self.units = positive_int(units, "Dense units")
 
     def build(self, input_shape):
-        require_features(self, input_shape)
-        self.add_kernel_and_bias((input_shape[0], self.units), (self.units,))
+        require_features(self, input_shape, sequences=True)
+        self.add_kernel_and_bias((input_shape[-1], self.units), (self.units,))
 
     def call(self, x, training):
-        y = apply("matmul", x, self.kernel)
+        # a sequence's steps as rows of one matrix, and back after the activation (the
+        # planner fuses it with the bias; a softmax there is per step, and the losses find
+        # it under the reshape)
+        rows = apply("reshape", x, shape=(-1, x.shape[-1])) if len(x.shape) == 3 else x
+        y = apply("matmul", rows, self.kernel)
         if self.use_bias:
             y = apply("bias_add", y, self.bias)
-        return activate(y, self.activation_op)
+        y = activate(y, self.activation_op)
+        return apply("reshape", y, shape=(*x.shape[:2], self.units)) if rows is not x else y
 
     def compute_output_shape(self, input_shape):
-        return (self.units,)
+        return (*input_shape[:-1], self.units)
 
     def get_config(self):
         return super().get_config() | {"units": self.units}

@@ -1,9 +1,10 @@
-"""Recurrent layers: SimpleRNN and LSTM, trained by backpropagation through time.
+"""Recurrent layers: SimpleRNN, LSTM and GRU, trained by backpropagation through time.
 
 Inputs are sequences (batch, time, features); the initial state is zero. Weights are laid
 out as in Keras, so they move to and from it unchanged: ``kernel (features, units)``,
 ``recurrent_kernel (units, units)``, ``bias (units,)``, each four times as wide for the
-LSTM, whose gates are in the order i, f, c, o."""
+LSTM, whose gates are in the order i, f, c, o, and three times for the GRU (z, r, h; its
+bias ``(2, 3 units)``, the input bias then the recurrent one)."""
 from __future__ import annotations
 
 from dlrun.engine import initializers, regularizers
@@ -13,7 +14,7 @@ from dlrun.errors import ConfigError, ShapeError
 
 
 class _Recurrent(Layer):
-    """What SimpleRNN and LSTM share: units, initialisers and regularisers, the three
+    """What SimpleRNN, LSTM and GRU share: units, initialisers and regularisers, the three
     weights, the output (every step's state, or the last one's) and their config."""
 
     gates = 1
@@ -41,7 +42,10 @@ class _Recurrent(Layer):
         self.recurrent_kernel = self.add_weight("recurrent_kernel", (self.units, width),
                                                 self.recurrent_initializer,
                                                 regularizer=self.recurrent_regularizer)
-        self.bias = self.add_weight("bias", (width,), self.bias_initializer)
+        self.bias = self.add_weight("bias", self.bias_shape(), self.bias_initializer)
+
+    def bias_shape(self) -> tuple:
+        return (self.gates * self.units,)
 
     def sequence(self, x):
         """The symbolic (batch, time, units) states of every step."""
@@ -113,3 +117,43 @@ class LSTM(_Recurrent):
 
     def get_config(self):
         return super().get_config() | {"unit_forget_bias": self.unit_forget_bias}
+
+
+class GRU(_Recurrent):
+    """Gated recurrent unit, as Keras 2 with ``reset_after=True`` (and cuDNN, PyTorch):
+    ``x_t @ W + b[0]`` and ``h_{t-1} @ U + b[1]`` are split into the gates z (update), r
+    (reset) and h (candidate), in that order along the last axis;
+    ``z = sigmoid(x_z + u_z)``, ``r = sigmoid(x_r + u_r)``,
+    ``hh = tanh(x_h + r * u_h)``, ``h_t = z * h_{t-1} + (1 - z) * hh``, ``h_{-1} = 0``.
+    Weights ``W (features, 3 units)``, ``U (units, 3 units)``, ``b (2, 3 units)`` (the
+    input bias, then the recurrent one). ``activation`` and ``recurrent_activation`` are
+    Keras' defaults, the only ones the compiled time loop has; ``reset_after=False`` (r
+    applied before the recurrent product, Keras 2's older default) is not available."""
+
+    gates = 3
+
+    def __init__(self, units: int, activation: str = "tanh",
+                 recurrent_activation: str = "sigmoid", return_sequences: bool = False,
+                 reset_after: bool = True, **kw):
+        super().__init__(units, return_sequences, **kw)
+        if activation != "tanh" or recurrent_activation != "sigmoid":
+            raise ConfigError(f"GRU computes activation='tanh' and recurrent_activation="
+                              f"'sigmoid' only; got {activation!r} and "
+                              f"{recurrent_activation!r}")
+        if reset_after is not True:
+            raise ConfigError(f"GRU computes reset_after=True only (the reset gate applied "
+                              f"after the recurrent product, as cuDNN and PyTorch do); got "
+                              f"reset_after={reset_after!r}")
+        self.activation, self.recurrent_activation = activation, recurrent_activation
+        self.reset_after = True
+
+    def bias_shape(self) -> tuple:
+        return (2, self.gates * self.units)
+
+    def sequence(self, x):
+        return apply("gru", x, self.kernel, self.recurrent_kernel, self.bias)
+
+    def get_config(self):
+        return super().get_config() | {"activation": self.activation,
+                                       "recurrent_activation": self.recurrent_activation,
+                                       "reset_after": self.reset_after}

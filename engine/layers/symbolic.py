@@ -73,9 +73,12 @@ class InputLayer(Layer):
 
 def Input(shape, name: str | None = None, dtype="float32") -> SymbolicTensor:  # noqa: N802
     """A model input: samples of ``shape`` (without the batch axis), e.g.
-    ``dl.Input(shape=(784,))``; call layers on it, then ``dl.Model(inputs, outputs)``."""
-    if np.dtype(dtype) != np.float32:
-        raise ConfigError(f"dlrun feeds model inputs as float32; got dtype={dtype!r}")
+    ``dl.Input(shape=(784,))``; call layers on it, then ``dl.Model(inputs, outputs)``.
+    The model feeds an input as the layers reading it take it: float32, or int32 indices
+    to an Embedding (``dtype='int32'``, as Keras code writes it there, is accepted)."""
+    if np.dtype(dtype) != np.float32 and np.dtype(dtype).kind not in "iu":
+        raise ConfigError(f"dl.Input takes dtype 'float32', or an integer dtype for the "
+                          f"indices an Embedding reads; got dtype={dtype!r}")
     return InputLayer(shape, name=name, dtype=dtype).output
 
 
@@ -94,8 +97,11 @@ def call_layer(layer: Layer, inputs) -> SymbolicTensor:
         raise ConfigError("an InputLayer cannot be called; use dl.Input(shape=...)")
     shapes = [t.sample_shape for t in tensors]
     layer.ensure_built(shapes if as_list else shapes[0])
-    # a trace on a batch of one runs the ops' shape rules, so a bad shape shows here
-    xs = [Placeholder(Spec((1, *s), np.float32)) for s in shapes]
+    # a trace on a batch of one runs the ops' shape rules, so a bad shape shows here; a
+    # layer reading a model input gets what it takes (int32 indices for an Embedding)
+    xs = [Placeholder(Spec((1, *t.sample_shape), layer.input_dtype
+                           if isinstance(t.call.layer, InputLayer) else np.float32))
+          for t in tensors]
     out = layer.call(xs if as_list else xs[0], training=False)
     call = Call(layer, tensors, as_list, len(layer.calls))
     call.output = SymbolicTensor(out.shape[1:], call)

@@ -27,7 +27,8 @@ def check_x(model, x):
 
 
 def check_input(model, x, shape=None, name=None) -> np.ndarray:
-    """One input's samples as a float32 array; the model is built from their shape if it
+    """One input's samples as a float32 array (int32 indices for an input an Embedding
+    reads), checked by the layers that read it; the model is built from their shape if it
     has none yet."""
     x = np.asarray(x)
     if x.dtype.kind not in "fiub":
@@ -48,7 +49,25 @@ def check_input(model, x, shape=None, name=None) -> np.ndarray:
                          f"{x.shape}")
     if len(x) == 0:
         raise DataError("no input samples given (x has length 0)")
-    return np.ascontiguousarray(x, np.float32)
+    k = 0 if name is None else model.input_names.index(name)
+    dtype = model.input_dtypes()[k]
+    x = np.ascontiguousarray(x, np.float32) if dtype.kind == "f" else indices(x, name)
+    for layer in model.input_readers()[k]:
+        layer.check_data(x)
+    return x if dtype.kind == "f" else np.ascontiguousarray(x, dtype)
+
+
+def indices(x: np.ndarray, name=None) -> np.ndarray:
+    """Input samples that must be whole numbers (an Embedding's indices), as int64."""
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x) | (x != np.round(x))
+        if bad.any():
+            where = np.unravel_index(np.flatnonzero(bad)[0], x.shape)
+            position = ", ".join(str(int(i)) for i in where[1:])
+            raise DataError(f"input {name or 'x'!r} holds indices (it feeds an Embedding), "
+                            f"which must be whole numbers; got {x[where].item()!r} at sample "
+                            f"{where[0]}, position {position}")
+    return x.astype(np.int64)
 
 
 def check_xy(model, x, y):
@@ -186,6 +205,10 @@ def sample_weights(model, y, samples: int, sample_weight=None, class_weight=None
     if class_weight is not None and model._multi_output:
         raise ConfigError("class_weight is for models of one output; give sample_weight "
                           "for a model of several")
+    if class_weight is not None and losses_mod.per_step(model.loss, model.output_shape):
+        raise ConfigError("class_weight weighs a sample by its class, and targets per step "
+                          "have a class per step; give sample_weight (one weight per "
+                          "sequence) instead")
     out = None
     if sample_weight is not None:
         out = np.asarray(sample_weight, np.float32)

@@ -72,6 +72,10 @@ class Functional(Model):
     def input_names(self) -> list:
         return list(self._input_names)
 
+    def input_readers(self) -> list:
+        return [[c.layer for c in self._calls if any(t is inp for t in c.inputs)]
+                for inp in self.inputs]
+
     @property
     def output_names(self) -> list:
         return list(self._output_names)

@@ -117,10 +117,29 @@ class Model:
             raise ConfigError(f"model {self.name!r} has no weights yet: give the first layer "
                               "input_shape=..., call model.build(shape), or fit it first")
 
+    def input_readers(self) -> list:
+        """Per input, the layers that read it directly: they decide what it is fed as
+        (:meth:`input_dtypes`) and check its samples (``Layer.check_data``)."""
+        return [self.layers[:1]]
+
+    def input_dtypes(self) -> list:
+        """Per input, the dtype it is fed as: what the layers reading it take (float32;
+        int32 indices for an Embedding)."""
+        out = []
+        for name, readers in zip(self.input_names, self.input_readers()):
+            kinds = {layer.input_dtype for layer in readers} or {np.dtype(np.float32)}
+            if len(kinds) > 1:
+                raise ConfigError(f"input {name!r} of model {self.name!r} is read by layers "
+                                  f"that take different dtypes ({sorted(map(str, kinds))}); "
+                                  "give each its own dl.Input")
+            out.append(kinds.pop())
+        return out
+
     def _graph(self, batch: int, training: bool):
         """(input placeholders, output tensors), as lists, for batches of ``batch``."""
         shapes = self.input_shape if self._multi_input else [self.input_shape]
-        xs = [Placeholder(Spec((batch, *s), np.float32), name="x") for s in shapes]
+        xs = [Placeholder(Spec((batch, *s), dtype), name="x")
+              for s, dtype in zip(shapes, self.input_dtypes())]
         out = self.trace(xs if self._multi_input else xs[0], training)
         return xs, (list(out) if self._multi_output else [out])
 

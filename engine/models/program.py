@@ -77,7 +77,9 @@ def build(model, mode: str, batch: int) -> Program:
         plan = Plan(xs + ys + [weights], keep, params, backend=backend)
     plan.feed[weights][...] = 1
     counter = Counter(backend, model.metrics, model.compiled_loss.metric_outputs,
-                      [plan.value(t) for t in preds], [plan.value(t) for t in ys],
+                      [plan.value(t) for t in preds],
+                      [losses_mod.metric_targets(plan.value(t), plan.value(p))
+                       for t, p in zip(ys, preds)],
                       [plan.value(t) for t in parts])
     return Program(mode, plan, xs, outs, ys, weights, True, loss, parts, preds, lr, updates,
                    counter)

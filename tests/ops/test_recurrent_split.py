@@ -1,4 +1,4 @@
-"""The recurrent ops' CPU kernels split the batch between threads (``blas.split_run``):
+"""The recurrent ops' CPU kernels (gru's too) split the batch between threads (``blas.split_run``):
 the split results must agree with one call over the whole batch (``blas._threads`` = 1),
 forward and backward, every gradient wanted or only some, uneven parts included."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlrun.ops import blas
+from dlrun.ops import blas, gru
 from dlrun.ops import recurrent as rec
 
 TOL = {np.dtype(np.float32): dict(rtol=1e-5, atol=1e-5),
@@ -46,7 +46,20 @@ def rnn_run(activation):
     return run
 
 
-CASES = {"lstm": (4, lstm_run), "rnn-tanh": (1, rnn_run("tanh")),
+def gru_run(x, w, u, b, dy, want_dx):
+    b = np.stack([b, -b])                  # (2, 3 units): input bias, recurrent bias
+    nb, nt, _ = x.shape
+    n = u.shape[0]
+    h, uh = (np.full((nb, nt, n), np.nan, x.dtype) for _ in range(2))
+    g = np.full((nb, nt, 3 * n), np.nan, x.dtype)
+    gru.gru_fwd_cpu(x, w, u, b, h, g, uh)
+    dx = np.full_like(x, np.nan) if want_dx else None
+    dw, du, db = (np.full_like(a, np.nan) for a in (w, u, b))
+    gru.gru_bwd_cpu(dy, x, w, u, h, g, uh, dx, dw, du, db)
+    return [a for a in (h, g, uh, dx, dw, du, db) if a is not None]
+
+
+CASES = {"lstm": (4, lstm_run), "gru": (3, gru_run), "rnn-tanh": (1, rnn_run("tanh")),
          "rnn-relu": (1, rnn_run("relu"))}
 
 
@@ -60,6 +73,7 @@ def counted_parts(monkeypatch):
         return parts[-1]
 
     monkeypatch.setattr(rec, "split_run", counting)
+    monkeypatch.setattr(gru, "split_run", counting)
     return parts
 
 

@@ -215,6 +215,25 @@ def case_recurrent(problems, facts):
     fit_both(cpu, gpu, x, y, problems, batch_size=8, epochs=1)
 
 
+def case_sequences(problems, facts):
+    """Tagging: int32 indices through an Embedding (the scatter-add's atomics), a GRU
+    returning sequences and a per-step softmax (TimeDistributed and Dense on sequences),
+    cross entropy and accuracy per step, sample weights per sequence."""
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 6, (16, 4)), rng.integers(0, 3, (16, 4))
+    w = rng.uniform(0, 2, 16).astype(np.float32)
+
+    def build():
+        return dl.Sequential([L.Embedding(6, 3, input_shape=(4,)),
+                              L.GRU(4, return_sequences=True),
+                              L.TimeDistributed(L.Dense(4, activation="tanh")),
+                              L.Dense(3, activation="softmax")])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.Adam(0.01))
+    fit_both(cpu, gpu, x, y, problems, batch_size=8, epochs=1, sample_weight=w)
+    close("per-step evaluate", cpu.evaluate(x, y), gpu.evaluate(x, y), problems)
+
+
 def case_functional(problems, facts):
     """A functional model: a residual Add, a Concatenate, a Highway layer and two outputs
     weighted by loss_weights."""
@@ -297,7 +316,8 @@ def case_gradients(problems, facts):
 
 
 CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches,
-         case_recurrent, case_functional, case_sample_weight, case_gradients]
+         case_recurrent, case_sequences, case_functional, case_sample_weight,
+         case_gradients]
 
 
 def main() -> int:

@@ -17,6 +17,9 @@ spirit of Chainer's ``testing/function_link.py``: it
    trainable weight against central finite differences: along one random direction through
    all of them, and element by element (a random sample of them in large arrays).
 
+With ``indices=n`` the inputs are int32 indices in [0, n) (an Embedding's): fed through an
+integer ``dl.Input``, given to the reference as they are, and without a gradient.
+
 It returns the float32 layer, for checks of a case's own.
 """
 from __future__ import annotations
@@ -39,7 +42,7 @@ MAX_ELEMENTS = 48       # elements of one array checked one by one (a random sam
 
 def check_layer(cls, input_shape, reference, /, *, batch: int = 3, training: bool = True,
                 weights: dict | None = None, rtol: float = 1e-5, atol: float = 1e-5,
-                seed: int = 0, **layer_kwargs):
+                seed: int = 0, indices: int | None = None, **layer_kwargs):
     """The layer case described in the module docstring.
 
     Parameters
@@ -53,6 +56,7 @@ def check_layer(cls, input_shape, reference, /, *, batch: int = 3, training: boo
         has no gradient, as the augmentation layers).
     weights : ``{weight name: (low, high)}`` to draw a weight from other than (-1, 1).
     rtol, atol : tolerances of the float32 forward against the reference.
+    indices : integer inputs in [0, indices) instead of normal floats (see above).
     **layer_kwargs : the layer's arguments.
     """
     assert LAYERS.get(cls.__name__) is cls, f"{cls.__name__} is not in the layer registry"
@@ -60,11 +64,12 @@ def check_layer(cls, input_shape, reference, /, *, batch: int = 3, training: boo
     multi = isinstance(input_shape, list)
     shapes = [tuple(s) for s in input_shape] if multi else [tuple(input_shape)]
     # float32-representable inputs, so the reference sees exactly what the layer sees
-    xs = [rng.standard_normal((batch, *s)).astype(np.float32) for s in shapes]
+    xs = [rng.standard_normal((batch, *s)).astype(np.float32) if indices is None else
+          rng.integers(0, indices, (batch, *s)).astype(np.int32) for s in shapes]
     sample_shapes = shapes if multi else shapes[0]
 
     layer = cls(**layer_kwargs)
-    model = _one_layer_model(layer, shapes, multi)
+    model = _one_layer_model(layer, shapes, multi, xs[0].dtype)
     values = _random_weights(layer, rng, weights or {})
     layer.set_weights(values)
     y = model.predict(xs if multi else xs[0])
@@ -72,7 +77,7 @@ def check_layer(cls, input_shape, reference, /, *, batch: int = 3, training: boo
     assert y.shape == (batch, *layer.compute_output_shape(sample_shapes)), \
         f"{cls.__name__}: output {y.shape}, compute_output_shape says " \
         f"{layer.compute_output_shape(sample_shapes)}"
-    x64 = [x.astype(np.float64) for x in xs]
+    x64 = [x.astype(np.float64) if indices is None else x for x in xs]
     want = reference(x64 if multi else x64[0], *(v.astype(np.float64) for v in values))
     np.testing.assert_allclose(y, want, rtol=rtol, atol=atol,
                                err_msg=f"{cls.__name__} against its reference")
@@ -82,10 +87,10 @@ def check_layer(cls, input_shape, reference, /, *, batch: int = 3, training: boo
     return layer
 
 
-def _one_layer_model(layer, shapes: list, multi: bool):
+def _one_layer_model(layer, shapes: list, multi: bool, dtype=np.float32):
     if isinstance(layer, InputLayer):          # the source of a model, not callable
         return dl.Model(layer.output, layer.output)
-    ins = [dl.Input(shape=s) for s in shapes]
+    ins = [dl.Input(shape=s, dtype=dtype) for s in shapes]
     return dl.Model(ins if multi else ins[0], layer(ins if multi else ins[0]))
 
 
@@ -104,7 +109,7 @@ def _check_config_round_trip(layer, shapes: list, multi: bool, xs: list, y) -> N
     assert saved == cfg, f"{type(layer).__name__}.get_config() does not survive JSON"
     again = type(layer).from_config(saved)
     assert type(again) is type(layer) and again.get_config() == cfg
-    model = _one_layer_model(again, shapes, multi)
+    model = _one_layer_model(again, shapes, multi, xs[0].dtype)
     again.set_weights(layer.get_weights())
     np.testing.assert_array_equal(model.predict(xs if multi else xs[0]), y,
                                   err_msg=f"{type(layer).__name__} rebuilt from its config")
@@ -116,15 +121,20 @@ def _check_gradients(cls, layer_kwargs, sample_shapes, multi, x64, values, train
     layer = cls(**layer_kwargs, dtype="float64")
     layer.ensure_built(sample_shapes)
     layer.set_weights(values)
-    # the inputs as parameters, so the plan computes their gradients too
-    xp = [Parameter(x.copy(), f"input{i}") for i, x in enumerate(x64)]
+    # the inputs as parameters, so the plan computes their gradients too (indices: fed)
+    xp = [Parameter(x.copy(), f"input{i}") if x.dtype.kind == "f" else
+          Placeholder(Spec(x.shape, x.dtype), name=f"input{i}") for i, x in enumerate(x64)]
     y = layer.call(xp if multi else xp[0], training)
     assert y.dtype == np.float64, f"{cls.__name__}(dtype='float64') gives {y.dtype}"
     c = Placeholder(Spec((int(np.prod(y.shape)), 1), np.float64), name="c")
     loss = apply("sum", apply("matmul", apply("reshape", y, shape=(1, -1)), c))
+    fed = [t for t in xp if not isinstance(t, Parameter)]
+    xp = [t for t in xp if isinstance(t, Parameter)]
     checked = xp + [p for p in layer.weights if p.trainable]
-    plan = Plan([c], [y], xp + layer.weights, loss=loss)
+    plan = Plan([c, *fed], [y], xp + layer.weights, loss=loss)
     plan.feed[c][...] = rng.standard_normal(c.shape)
+    for t in fed:
+        plan.feed[t][...] = x64[int(t.name[len("input"):])]
 
     def f() -> float:
         plan.run(seed=0)                       # the same dropout mask every time

@@ -1,6 +1,7 @@
-"""engine/layers/core.py: Dense (every activation), Highway, Activation, Dropout, Flatten and
-Reshape through the harness against numpy references written here; Dense's weight layout
-and initialisation, Dropout in training, and the errors users cause."""
+"""engine/layers/core.py: Dense (every activation; on sequences too), Highway, Activation,
+Dropout, Flatten and Reshape through the harness against numpy references written here;
+Dense's weight layout and initialisation, Dropout in training, and the errors users
+cause."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,6 +23,20 @@ def test_every_activation_name_has_a_reference(naive):
 def test_dense(check_layer, naive, activation):
     act = naive.ACTIVATIONS[activation]
     check_layer(L.Dense, (5,), lambda x, w, b: act(x @ w + b), units=4, activation=activation)
+
+
+@pytest.mark.parametrize("activation", [None, "softmax"], ids=str)
+def test_dense_on_sequences(check_layer, naive, activation):
+    """(batch, time, features) -> (batch, time, units): the same weights at every step,
+    the activation (a softmax too) per step, as Keras 2."""
+    act = naive.ACTIVATIONS[activation]
+
+    def per_step(x, w, b):
+        return np.stack([act(x[:, t] @ w + b) for t in range(x.shape[1])], axis=1)
+
+    layer = check_layer(L.Dense, (3, 5), per_step, units=4, activation=activation)
+    assert layer.compute_output_shape((3, 5)) == (3, 4)
+    assert [p.shape for p in layer.weights] == [(5, 4), (4,)]
 
 
 def test_dense_without_bias_frozen_and_other_arguments(check_layer):
@@ -151,11 +166,12 @@ def test_unknown_initializer():
         L.Dense(3, kernel_initializer="glorot_uniformm")
 
 
-def test_dense_on_3d_input_suggests_flatten():
-    # raised where the model is built: at construction or at first use
-    for layers in ([L.Dense(3, input_shape=(2, 5))], [L.Dense(3)]):
-        with pytest.raises(ShapeError, match=r"\(batch, 2, 5\).*Flatten"):
-            dl.Sequential(layers).predict(np.zeros((4, 2, 5), np.float32))
+def test_dense_on_images_suggests_flatten():
+    # raised where the model is built: at construction or at first use; sequences
+    # (batch, time, features) are taken (the last axis), images are not
+    for layers in ([L.Dense(3, input_shape=(1, 2, 5))], [L.Dense(3)]):
+        with pytest.raises(ShapeError, match=r"\(batch, 1, 2, 5\).*Flatten"):
+            dl.Sequential(layers).predict(np.zeros((4, 1, 2, 5), np.float32))
 
 
 def test_highway_errors():

@@ -1,4 +1,4 @@
-"""engine/layers/recurrent.py: SimpleRNN and LSTM through the harness against numpy
+"""engine/layers/recurrent.py: SimpleRNN, LSTM and GRU through the harness against numpy
 references written here (one sample and one step at a time), Keras's weight layout, gate
 order and initial weights, the errors, saving a stacked model, the zoo's lstm model, and a
 small LSTM that learns."""
@@ -48,6 +48,21 @@ def lstm_ref(x, kernel, recurrent, bias):
     return out
 
 
+def gru_ref(x, kernel, recurrent, bias):
+    """Keras 2's GRU (reset_after): gates z, r, h; bias rows (input, recurrent)."""
+    n = recurrent.shape[0]
+    out = np.zeros(x.shape[:2] + (n,))
+    for s in range(x.shape[0]):
+        h = np.zeros(n)
+        for t in range(x.shape[1]):
+            xz, xr, xh = np.split(x[s, t].astype(np.float64) @ kernel + bias[0], 3)
+            uz, ur, uh = np.split(h @ recurrent + bias[1], 3)
+            z, r = sigmoid(xz + uz), sigmoid(xr + ur)
+            h = z * h + (1 - z) * np.tanh(xh + r * uh)
+            out[s, t] = h
+    return out
+
+
 def outputs(return_sequences):
     """The layer's output from every step's states: all of them, or the last."""
     return (lambda h: h) if return_sequences else (lambda h: h[:, -1])
@@ -67,6 +82,20 @@ def test_lstm(check_layer, return_sequences):
     out = outputs(return_sequences)
     check_layer(L.LSTM, (4, 3), lambda x, *w: out(lstm_ref(x, *w)), units=2,
                 return_sequences=return_sequences)
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+def test_gru(check_layer, return_sequences):
+    out = outputs(return_sequences)
+    check_layer(L.GRU, (4, 3), lambda x, *w: out(gru_ref(x, *w)), units=2,
+                return_sequences=return_sequences)
+
+
+def test_gru_one_step_and_other_arguments(check_layer):
+    check_layer(L.GRU, (1, 2), lambda x, *w: gru_ref(x, *w)[:, -1], units=3)  # no recurrence
+    check_layer(L.GRU, (3, 2), lambda x, *w: gru_ref(x, *w), units=3, batch=1,
+                return_sequences=True, activation="tanh", recurrent_activation="sigmoid",
+                reset_after=True, kernel_regularizer=dl.regularizers.l2(0.01))
 
 
 def test_lstm_one_step_one_sample_and_other_arguments(check_layer):
@@ -97,6 +126,25 @@ def test_lstm_weights_in_keras_layout_and_gate_order(run_layer):
     np.testing.assert_allclose(y[0], np.stack([o * np.tanh(c)] * 2, axis=1), **TOL)
 
 
+def test_gru_weights_in_keras_layout_and_gate_order(run_layer):
+    """W, U, b of shapes (in, 3u), (u, 3u), (2, 3u), gates z, r, h: with W = U = 0 each
+    gate is a constant (the reset gate scaling the recurrent bias of h), and the state
+    follows h_t = z h_{t-1} + (1 - z) hh in closed form."""
+    layer = L.GRU(2, return_sequences=True)
+    layer.ensure_built((4, 3))
+    kernel, recurrent, bias = layer.get_weights()
+    assert (kernel.shape, recurrent.shape, bias.shape) == ((3, 6), (2, 6), (2, 6))
+    zz, zr, zh, uh = 0.4, -0.8, 0.3, 0.9
+    b = np.zeros((2, 6), np.float32)
+    b[0] = np.repeat(np.float32([zz, zr, zh]), 2)
+    b[1, 4:] = uh
+    layer.set_weights([np.zeros_like(kernel), np.zeros_like(recurrent), b])
+    y = run_layer(layer, sequences(1, 4, 3))
+    z, hh = sigmoid(zz), np.tanh(zh + sigmoid(zr) * uh)
+    h = (1 - z ** np.arange(1, 5)) * hh
+    np.testing.assert_allclose(y[0], np.stack([h] * 2, axis=1), **TOL)
+
+
 def test_initial_weights_as_keras_makes_them():
     dl.set_seed(0)
     layer = L.LSTM(8)
@@ -118,6 +166,10 @@ def test_errors_name_the_problem(run_layer):
         L.SimpleRNN(3, activation="sigmoid")
     with pytest.raises(ConfigError, match="initializer"):
         L.LSTM(3, recurrent_initializer="nope")
+    with pytest.raises(ConfigError, match="recurrent_activation='sigmoid' only.*'hard_sig"):
+        L.GRU(3, recurrent_activation="hard_sigmoid")
+    with pytest.raises(ConfigError, match="reset_after=True only.*got reset_after=False"):
+        L.GRU(3, reset_after=False)
 
 
 # -- in models ---------------------------------------------------------------------------------

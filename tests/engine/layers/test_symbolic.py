@@ -48,4 +48,4 @@ def test_errors_name_the_problem():
     with pytest.raises(ConfigError, match="InputLayer cannot be called"):
         InputLayer((3,))(dl.Input(shape=(3,)))
     with pytest.raises(ShapeError, match="Flatten"):                 # from the layer's build
-        L.Dense(3)(dl.Input(shape=(2, 3)))
+        L.Dense(3)(dl.Input(shape=(1, 2, 3)))          # images; sequences are taken

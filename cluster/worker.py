@@ -232,6 +232,7 @@ class Worker:
                               f"{mode!r}")
         batches = self._batches(state["epoch"], state["position"])
         model.training.step = int(state["step"])
+        model.training.epoch = int(state["epoch"])      # what annealed dropout follows
         opt.iterations = int(state["iterations"])
         self._set_optimizer_state(weights, mode)
         tally, steps, done = Tally(model.metrics), 0, False

@@ -1,4 +1,8 @@
 """Keras' ``keras.layers.pooling``: the same classes as :mod:`dlrun.layers`."""
-from dlrun.engine.layers.conv import AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D
+from dlrun.engine.layers.conv import (AdaptiveAveragePooling2D, AdaptiveMaxPooling2D,
+                                      AveragePooling2D, GlobalAveragePooling2D, MaxPooling2D,
+                                      SpatialPyramidPooling2D, StochasticPooling2D)
 
-__all__ = ["AveragePooling2D", "GlobalAveragePooling2D", "MaxPooling2D"]
+__all__ = ["AdaptiveAveragePooling2D", "AdaptiveMaxPooling2D", "AveragePooling2D",
+           "GlobalAveragePooling2D", "MaxPooling2D", "SpatialPyramidPooling2D",
+           "StochasticPooling2D"]

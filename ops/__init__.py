@@ -11,6 +11,7 @@ from dlrun.ops.elementwise import Elementwise, elementwise, fused_bias_forward
 from dlrun.ops import activations, dropout, linear, losses, reduce, shape  # noqa: F401
 from dlrun.ops import arith, augment, regularizers  # noqa: F401
 from dlrun.ops import conv, norm, pool  # noqa: F401
+from dlrun.ops import adaptive_pool, stochastic_pool  # noqa: F401
 from dlrun.ops import gru, recurrent, sequence  # noqa: F401
 from dlrun.ops import counts, updates  # noqa: F401
 from dlrun.ops.gradcheck import GradcheckError, gradcheck

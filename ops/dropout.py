@@ -1,8 +1,11 @@
-"""Inverted dropout with a counter-based random mask.
+"""Ops with a counter-based random draw per element: inverted dropout (its rate an
+attribute, or an input read at run time for a scheduled rate) and the randomized leaky
+ReLU.
 
-The mask comes from a hash of (seed, element index), so it is the same on every device
+The draw comes from a hash of (seed, element index), so it is the same on every device
 and thread count, needs no generator state, and the engine makes it new each step by
-passing a new seed.
+passing a new seed. What the forward drew (a mask, a slope) is an auxiliary output, which
+the backward multiplies the incoming gradient by.
 """
 from __future__ import annotations
 
@@ -75,4 +78,92 @@ register(Op(
     sample=lambda rng, dt: ((rng.standard_normal((6, 5)).astype(dt),), {"rate": 0.3}),
     big_sample=lambda rng, dt: ((rng.standard_normal((9, 11)).astype(dt),), {"rate": 0.4}),
     reference=_dropout_ref,
+))
+
+
+# -- dropout with its rate read at run time ----------------------------------------------------
+# The rate is a (1,) input, fed before each step (an annealed rate changes every epoch):
+# the same kernels then serve every rate, and no plan is made again when it changes.
+def _scheduled_dropout_shape(x: Spec, rate: Spec) -> list:
+    check_float("scheduled_dropout", x=x, rate=rate)
+    if rate.shape != (1,):
+        raise OpError(f"scheduled_dropout takes its rate as an array of shape (1,); got "
+                      f"{rate.shape}")
+    return [Spec(x.shape, x.dtype), Spec(x.shape, x.dtype)]
+
+
+def times_saved(dy, saved):
+    """dx = dy * saved (the mask or slope the forward drew)"""
+    return dy * saved
+
+
+scheduled_dropout_fwd_cpu, scheduled_dropout_fwd_cuda = map_kernels(
+    "scheduled_dropout_fwd", dropout, arrays=("x", "rate"), writes=("y", "mask"),
+    outputs=("y", "mask"), broadcast=("rate",), index="i")
+times_saved_cpu, times_saved_cuda = map_kernels(
+    "times_saved", times_saved, arrays=("dy", "saved"), writes=("dx",), outputs=("dx",))
+
+
+def _scheduled_sample(shape, rate):
+    def sample(rng, dt):
+        return (rng.standard_normal(shape).astype(dt), np.array([rate], dt)), {}
+    return sample
+
+
+register(Op(
+    name="scheduled_dropout", inputs=("x", "rate"), outputs=("y", "mask"),
+    shape=_scheduled_dropout_shape, saves=("mask",), diff=("x",), rng=True,
+    forward=scheduled_dropout_fwd_cpu, backward=times_saved_cpu,
+    cuda_forward=scheduled_dropout_fwd_cuda, cuda_backward=times_saved_cuda,
+    sample=_scheduled_sample((6, 5), 0.3), big_sample=_scheduled_sample((9, 11), 0.6),
+    reference=lambda x, rate, seed: _dropout_ref(x, float(rate[0]), seed),
+))
+
+
+# -- randomized leaky ReLU (Xu et al. 2015) ------------------------------------------------------
+def _rrelu_shape(x: Spec, lower: float = 0.125, upper: float = 1 / 3, seed: int = 0) -> list:
+    check_float("rrelu", x=x)
+    if not 0.0 <= lower <= upper:
+        raise OpError(f"rrelu needs 0 <= lower <= upper; got lower={lower}, upper={upper}")
+    return [Spec(x.shape, x.dtype), Spec(x.shape, x.dtype)]
+
+
+def rrelu(x, lower, upper, seed, i):
+    """a = 1 if x > 0 else lower + (upper - lower) u_i ; y = a x"""
+    a = 1.0 if x > 0 else lower + (upper - lower) * uniform_hash(seed, i)
+    return x * a, a
+
+
+def rrelu_grad(dy, slope, lower, upper):
+    """dx = dy * slope (the one drawn for the element)"""
+    return dy * slope
+
+
+rrelu_fwd_cpu, rrelu_fwd_cuda = map_kernels(
+    "rrelu_fwd", rrelu, arrays=("x",), writes=("y", "slope"), outputs=("y", "slope"),
+    index="i")
+rrelu_bwd_cpu, rrelu_bwd_cuda = map_kernels(
+    "rrelu_bwd", rrelu_grad, arrays=("dy", "slope"), writes=("dx",), outputs=("dx",))
+
+
+def _rrelu_ref(x, lower, upper, seed):
+    u = uniform_hash_np(seed, x.size).reshape(x.shape)
+    slope = np.where(x > 0, 1.0, lower + (upper - lower) * u)
+    return (x * slope).astype(x.dtype), slope.astype(x.dtype)
+
+
+def _rrelu_sample(shape):
+    def sample(rng, dt):
+        x = rng.uniform(-2.0, 2.0, shape).astype(dt)
+        x[np.abs(x) < 0.05] += 0.1               # away from the kink
+        return (x,), {"lower": 0.1, "upper": 0.4}
+    return sample
+
+
+register(Op(
+    name="rrelu", inputs=("x",), outputs=("y", "slope"), shape=_rrelu_shape,
+    saves=("slope",), attrs={"lower": 0.125, "upper": 1 / 3}, rng=True,
+    forward=rrelu_fwd_cpu, backward=rrelu_bwd_cpu,
+    cuda_forward=rrelu_fwd_cuda, cuda_backward=rrelu_bwd_cuda,
+    sample=_rrelu_sample((6, 5)), big_sample=_rrelu_sample((9, 11)), reference=_rrelu_ref,
 ))

@@ -20,7 +20,9 @@ from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 cuda = None
 
 
-def _pool_shape(name):
+def pool_shape(name: str, positions: bool = False):
+    """The shape rule of a windowed pooling op: the pooled images, and with ``positions`` an
+    int64 array like them (where each window's value came from)."""
     def shape(x: Spec, pool=(2, 2), strides=(2, 2), padding="valid") -> list:
         check_float(name, x=x)
         if len(x.shape) != 4:
@@ -33,11 +35,11 @@ def _pool_shape(name):
             raise OpError(f"{name}: a {pool[0]}x{pool[1]} window does not fit images of "
                           f"{x.shape[2]}x{x.shape[3]} with padding 'valid'")
         out = [Spec(x.shape[:2] + (oh, ow), x.dtype)]
-        return out + ([Spec(out[0].shape, np.int64)] if name == "max_pool2d" else [])
+        return out + ([Spec(out[0].shape, np.int64)] if positions else [])
     return shape
 
 
-def _geometry(x, pool, strides, padding):
+def pool_geometry(x, pool, strides, padding):
     """(ph, pw, sh, sw, pt, pl) for the kernels."""
     _, pt = window_geometry(x.shape[2], pool[0], strides[0], padding)
     _, pl = window_geometry(x.shape[3], pool[1], strides[1], padding)
@@ -142,7 +144,7 @@ def max_pool2x2_kernel_cpu(x, sh, sw, y, at):
 
 def max_pool2d_fwd_cpu(x, pool, strides, padding, y, at):
     """y = max over each window ; at = flat position (in its image) of the first maximum"""
-    ph, pw, sh, sw, pt, pl = _geometry(x, pool, strides, padding)
+    ph, pw, sh, sw, pt, pl = pool_geometry(x, pool, strides, padding)
     inside = (pt == pl == 0 and (y.shape[2] - 1) * sh + ph <= x.shape[2]
               and (y.shape[3] - 1) * sw + pw <= x.shape[3])
     if (ph, pw) == (2, 2) and inside:
@@ -163,7 +165,7 @@ def _max_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y, at):
 
 def max_pool2d_fwd_cuda(x, pool, strides, padding, y, at):
     """Launch _max_pool2d_fwd (grid-stride over the outputs)."""
-    _max_pool2d_fwd[config.grid_1d(y.size)](x, *_geometry(x, pool, strides, padding), y, at)
+    _max_pool2d_fwd[config.grid_1d(y.size)](x, *pool_geometry(x, pool, strides, padding), y, at)
 
 
 @jit
@@ -187,11 +189,11 @@ def max_pool2d_bwd_cpu(dy, at, pool, strides, padding, dx):
 
 def max_pool2d_bwd_cuda(dy, at, pool, strides, padding, dx):
     """Launch _pool2d_bwd (one thread per input element: no atomics)."""
-    _pool2d_bwd[config.grid_1d(dx.size)](dy, at, True, *_geometry(dx, pool, strides, padding),
+    _pool2d_bwd[config.grid_1d(dx.size)](dy, at, True, *pool_geometry(dx, pool, strides, padding),
                                          dx)
 
 
-def _windows(x, pool, strides, padding):
+def pool_windows(x, pool, strides, padding):
     """(output rows, output cols, rows of window (p, q), cols of window (p, q)) in numpy."""
     oh, pt = window_geometry(x.shape[2], pool[0], strides[0], padding)
     ow, pl = window_geometry(x.shape[3], pool[1], strides[1], padding)
@@ -205,7 +207,7 @@ def _windows(x, pool, strides, padding):
 
 def max_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
     out = at = None
-    for oh, ow, p, q, rows, cols in _windows(x, pool, strides, padding):
+    for oh, ow, p, q, rows, cols in pool_windows(x, pool, strides, padding):
         if out is None:
             out = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
             at = np.zeros(out.shape, np.int64)
@@ -217,18 +219,19 @@ def max_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
     return out, at
 
 
-def _pool_sample(rng, dtype):
+def pool_sample(rng, dtype):
     # overlapping windows (3 wide, stride 2) and padding; distinct values, so no ties
     x = rng.permutation(2 * 3 * 5 * 6).reshape(2, 3, 5, 6).astype(dtype) / 10.0
     return (x,), {"pool": (3, 2), "strides": (2, 2), "padding": "same"}
 
 
 register(Op(
-    name="max_pool2d", inputs=("x",), outputs=("y", "at"), shape=_pool_shape("max_pool2d"),
-    saves=("at",), attrs={"pool": (2, 2), "strides": (2, 2), "padding": "valid"},
+    name="max_pool2d", inputs=("x",), outputs=("y", "at"),
+    shape=pool_shape("max_pool2d", positions=True), saves=("at",),
+    attrs={"pool": (2, 2), "strides": (2, 2), "padding": "valid"},
     forward=max_pool2d_fwd_cpu, backward=max_pool2d_bwd_cpu,
     cuda_forward=max_pool2d_fwd_cuda, cuda_backward=max_pool2d_bwd_cuda,
-    sample=_pool_sample, reference=max_pool2d_reference,
+    sample=pool_sample, reference=max_pool2d_reference,
 ))
 
 
@@ -247,7 +250,7 @@ def avg_pool2d_fwd_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y):
 
 def avg_pool2d_fwd_cpu(x, pool, strides, padding, y):
     """y = mean over each window's real pixels"""
-    avg_pool2d_fwd_kernel_cpu(x, *_geometry(x, pool, strides, padding), y)
+    avg_pool2d_fwd_kernel_cpu(x, *pool_geometry(x, pool, strides, padding), y)
 
 
 @jit
@@ -271,7 +274,7 @@ def avg_pool2d_bwd_kernel_cpu(dy, ph, pw, sh, sw, pt, pl, dx):
 
 def avg_pool2d_bwd_cpu(dy, pool, strides, padding, dx):
     """dx = each window's dy shared equally among its real pixels"""
-    avg_pool2d_bwd_kernel_cpu(dy, *_geometry(dx, pool, strides, padding), dx)
+    avg_pool2d_bwd_kernel_cpu(dy, *pool_geometry(dx, pool, strides, padding), dx)
 
 
 @cuda_kernel
@@ -286,18 +289,18 @@ def _avg_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y):
 
 def avg_pool2d_fwd_cuda(x, pool, strides, padding, y):
     """Launch _avg_pool2d_fwd (grid-stride over the outputs)."""
-    _avg_pool2d_fwd[config.grid_1d(y.size)](x, *_geometry(x, pool, strides, padding), y)
+    _avg_pool2d_fwd[config.grid_1d(y.size)](x, *pool_geometry(x, pool, strides, padding), y)
 
 
 def avg_pool2d_bwd_cuda(dy, pool, strides, padding, dx):
     """Launch _pool2d_bwd (one thread per input element; no argmax: dy stands in, unread)."""
-    _pool2d_bwd[config.grid_1d(dx.size)](dy, dy, False, *_geometry(dx, pool, strides, padding),
+    _pool2d_bwd[config.grid_1d(dx.size)](dy, dy, False, *pool_geometry(dx, pool, strides, padding),
                                          dx)
 
 
 def avg_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
     out = None
-    for oh, ow, p, q, rows, cols in _windows(x, pool, strides, padding):
+    for oh, ow, p, q, rows, cols in pool_windows(x, pool, strides, padding):
         if out is None:
             out = np.zeros(x.shape[:2] + (oh, ow), x.dtype)
         out[:, :, p, q] = x[:, :, rows, cols].mean(axis=(2, 3))
@@ -305,11 +308,11 @@ def avg_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid"):
 
 
 register(Op(
-    name="avg_pool2d", inputs=("x",), shape=_pool_shape("avg_pool2d"),
+    name="avg_pool2d", inputs=("x",), shape=pool_shape("avg_pool2d"),
     attrs={"pool": (2, 2), "strides": (2, 2), "padding": "valid"},
     forward=avg_pool2d_fwd_cpu, backward=avg_pool2d_bwd_cpu,
     cuda_forward=avg_pool2d_fwd_cuda, cuda_backward=avg_pool2d_bwd_cuda,
-    sample=_pool_sample, reference=avg_pool2d_reference,
+    sample=pool_sample, reference=avg_pool2d_reference,
 ))
 
 

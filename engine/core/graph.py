@@ -54,6 +54,16 @@ def trainable_changes() -> int:
     return _flag_changes[0]
 
 
+class StateFeed(Placeholder):
+    """A placeholder the model fills itself before every run, with ``source(state)`` of its
+    :class:`~dlrun.engine.models.training.TrainingState` (an annealed dropout rate, from the
+    epoch): a value that changes between steps without a new plan."""
+
+    def __init__(self, spec: Spec, source, name: str = ""):
+        super().__init__(spec, name=name)
+        self.source = source
+
+
 class Parameter(Tensor):
     """A weight array owned by a layer; the plan reads and the optimizer updates it in place."""
 
@@ -140,3 +150,13 @@ def topological_order(outputs: list) -> list:
             if t.node is not None and t.node.id not in done:
                 stack.append((t.node, False))
     return order
+
+
+def state_feeds(outputs: list) -> list:
+    """The :class:`StateFeed` inputs of the graph computing ``outputs``, each once."""
+    found = {}
+    for node in topological_order(outputs):
+        for t in node.inputs:
+            if isinstance(t, StateFeed):
+                found.setdefault(t.id, t)
+    return list(found.values())

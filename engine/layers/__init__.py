@@ -5,12 +5,15 @@ families share). This package is the layer registry: :data:`LAYERS` maps every b
 layer's class name to its class, which ``load_model`` reads through
 :func:`layer_from_config`; a user's layer class joins it through :func:`register_layer`.
 """
-from dlrun.engine.layers.activations import ELU, PReLU, LeakyReLU, Maxout, Softmax
+from dlrun.engine.layers.activations import ELU, PReLU, LeakyReLU, Maxout, RReLU, Softmax
 from dlrun.engine.layers.augment import RandomRotation, RandomTranslation, RandomZoom
 from dlrun.engine.layers.base import ACTIVATIONS, KernelLayer, Layer, activation_op
-from dlrun.engine.layers.conv import (AveragePooling2D, Conv2D, Convolution2D,
-                                      GlobalAveragePooling2D, MaxPooling2D)
-from dlrun.engine.layers.core import Activation, Dense, Dropout, Flatten, Highway, Reshape
+from dlrun.engine.layers.conv import (AdaptiveAveragePooling2D, AdaptiveMaxPooling2D,
+                                      AveragePooling2D, Conv2D, Convolution2D,
+                                      GlobalAveragePooling2D, MaxPooling2D,
+                                      SpatialPyramidPooling2D, StochasticPooling2D)
+from dlrun.engine.layers.core import (Activation, AnnealedDropout, Dense, DropConnect, Dropout,
+                                      Flatten, Highway, Reshape)
 from dlrun.engine.layers.embedding import Embedding
 from dlrun.engine.layers.merge import Add, Concatenate
 from dlrun.engine.layers.normalization import BatchNormalization
@@ -23,7 +26,10 @@ BUILT_IN = (Dense, Highway, Activation, Dropout, Flatten, Reshape,
             Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
             BatchNormalization, LeakyReLU, ELU, PReLU, Softmax, Maxout,
             SimpleRNN, LSTM, GRU, Embedding, TimeDistributed, Add, Concatenate,
-            RandomTranslation, RandomRotation, RandomZoom, InputLayer)
+            RandomTranslation, RandomRotation, RandomZoom, InputLayer,
+            # the lectures' last layers (issue 13, part 6)
+            RReLU, StochasticPooling2D, AdaptiveMaxPooling2D, AdaptiveAveragePooling2D,
+            SpatialPyramidPooling2D, DropConnect, AnnealedDropout)
 
 # class name -> layer class, for load_model
 LAYERS: dict[str, type] = {cls.__name__: cls for cls in BUILT_IN}

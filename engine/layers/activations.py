@@ -1,10 +1,11 @@
-"""The lectures' activation zoo as layers: LeakyReLU, ELU, PReLU (a learned slope), Softmax
-and Maxout (a learned piecewise-linear unit)."""
+"""The lectures' activation zoo as layers: LeakyReLU, ELU, PReLU (a learned slope), RReLU
+(a random slope), Softmax and Maxout (a learned piecewise-linear unit)."""
 from __future__ import annotations
 
 from dlrun.engine import initializers, regularizers
 from dlrun.engine.core.graph import apply
 from dlrun.engine.layers.base import Layer, positive_int, require_features
+from dlrun.errors import ConfigError
 
 
 class _WithAlpha(Layer):
@@ -59,6 +60,31 @@ class PReLU(Layer):
     def get_config(self):
         return super().get_config() | {
             "alpha_initializer": initializers.serialize(self.alpha_initializer)}
+
+
+class RReLU(Layer):
+    """Randomized leaky ReLU (Xu et al. 2015): ``y = x if x > 0 else a * x``. While
+    training, ``a`` is drawn uniformly from ``[lower, upper]`` for every element at every
+    step (the gradient uses the drawn slope); at inference it is the fixed mean slope
+    ``(lower + upper) / 2``. The defaults are the paper's (and PyTorch's) 1/8 and 1/3."""
+
+    def __init__(self, lower: float = 1 / 8, upper: float = 1 / 3, **kw):
+        super().__init__(**kw)
+        try:
+            self.lower, self.upper = float(lower), float(upper)
+        except (TypeError, ValueError):
+            self.lower = self.upper = float("nan")
+        if not 0.0 <= self.lower <= self.upper:
+            raise ConfigError(f"RReLU needs numbers 0 <= lower <= upper, got lower={lower!r}, "
+                              f"upper={upper!r}")
+
+    def call(self, x, training):
+        if training:
+            return apply("rrelu", x, lower=self.lower, upper=self.upper)
+        return apply("leaky_relu", x, alpha=(self.lower + self.upper) / 2)
+
+    def get_config(self):
+        return super().get_config() | {"lower": self.lower, "upper": self.upper}
 
 
 class Softmax(Layer):

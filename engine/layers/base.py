@@ -20,6 +20,24 @@ from dlrun.errors import ConfigError, ShapeError
 
 _counts = itertools.count()
 
+
+class _ForwardOnly:
+    """The type of :data:`FORWARD_ONLY`."""
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return "FORWARD_ONLY"
+
+
+# What ``call`` receives as ``training`` in ``predict(x, training=True)`` (Monte-Carlo
+# dropout): training behaviour (dropout and the other random layers draw, batch
+# normalisation uses the batch's statistics, as Keras' ``model(x, training=True)``), but a
+# forward pass only, so a layer must leave its state as it is (BatchNormalization keeps its
+# moving statistics). It is true, so a layer that only asks ``if training`` needs no change.
+FORWARD_ONLY = _ForwardOnly()
+
 ACTIVATIONS = {"linear": None, "relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
                "softmax": "softmax", "leaky_relu": "leaky_relu", "elu": "elu"}
 
@@ -122,6 +140,8 @@ class Layer:
         """Create the weights for inputs of ``input_shape`` (no batch axis)."""
 
     def call(self, x, training: bool):
+        """Trace the forward of symbolic ``x``; ``training`` is True, False, or
+        :data:`FORWARD_ONLY` (true: training behaviour, changing no state)."""
         raise NotImplementedError
 
     def compute_output_shape(self, input_shape: tuple) -> tuple:

@@ -1,4 +1,5 @@
-"""Layers for images: Conv2D and pooling.
+"""Layers for images: Conv2D and pooling (max, average, global average, stochastic,
+adaptive, spatial pyramid).
 
 Images are NCHW: a layer's input shape (without the batch axis) is (channels, height,
 width)."""
@@ -177,3 +178,88 @@ class GlobalAveragePooling2D(Layer):
     def compute_output_shape(self, input_shape):
         require_images(self, input_shape)
         return (input_shape[0],)
+
+
+class StochasticPooling2D(_Pooling2D):
+    """Stochastic pooling (Zeiler & Fergus 2013), for non-negative inputs (after a ReLU).
+    While training, each window gives one of its elements, drawn with probability
+    proportional to its value (a fresh draw every step; a window of zeros gives 0), and the
+    gradient goes to that element; at inference, the probability-weighted average
+    ``sum a_i^2 / sum a_i``. A negative element counts as 0 (never drawn, weight 0).
+    Windows as MaxPooling2D's."""
+
+    def call(self, x, training):
+        op = "stochastic_pool2d" if training else "stochastic_pool2d_inference"
+        return apply(op, x, pool=self.pool_size, strides=self.strides, padding=self.padding)
+
+
+class _AdaptivePooling2D(Layer):
+    op = ""
+
+    def __init__(self, output_size, **kw):
+        super().__init__(**kw)
+        self.output_size = _pair(output_size, f"{type(self).__name__} output_size")
+
+    def call(self, x, training):
+        return apply(self.op, x, size=self.output_size)
+
+    def compute_output_shape(self, input_shape):
+        require_images(self, input_shape)
+        return (input_shape[0], *self.output_size)
+
+    def get_config(self):
+        return super().get_config() | {"output_size": list(self.output_size)}
+
+
+class AdaptiveMaxPooling2D(_AdaptivePooling2D):
+    """Images of any size to ``output_size`` (an int or (height, width)): the maximum of
+    each bin, output row ``p`` covering input rows ``floor(p H / out_h)`` to ``ceil((p + 1)
+    H / out_h)`` (exclusive), as PyTorch's adaptive pooling (columns likewise)."""
+
+    op = "adaptive_max_pool2d"
+
+
+class AdaptiveAveragePooling2D(_AdaptivePooling2D):
+    """Images of any size to ``output_size``: the mean of each bin (bins as
+    AdaptiveMaxPooling2D's)."""
+
+    op = "adaptive_avg_pool2d"
+
+
+class SpatialPyramidPooling2D(Layer):
+    """Spatial pyramid pooling (He et al. 2014): for each level ``l`` of ``levels``, the
+    images pooled adaptively to ``l x l`` bins (``mode`` 'max' or 'avg'), flattened per
+    sample in (channels, l, l) order, the levels concatenated in the order given:
+    ``(batch, channels * sum(l * l))`` whatever the images' height and width, so a Dense
+    can follow convolutions of images of any size (a model's input shape is still fixed
+    when it is built; another size needs another model sharing the weights)."""
+
+    def __init__(self, levels=(1, 2, 4), mode: str = "max", **kw):
+        super().__init__(**kw)
+        try:
+            self.levels = tuple(positive_int(v, "SpatialPyramidPooling2D level")
+                                for v in levels)
+        except TypeError:
+            raise ConfigError(f"SpatialPyramidPooling2D levels must be positive integers, "
+                              f"got {levels!r}") from None
+        if not self.levels:
+            raise ConfigError("SpatialPyramidPooling2D needs at least one level, got ()")
+        if mode not in ("max", "avg"):
+            raise ConfigError(f"SpatialPyramidPooling2D mode must be 'max' or 'avg', got "
+                              f"{mode!r}")
+        self.mode = mode
+
+    def call(self, x, training):
+        op = "adaptive_max_pool2d" if self.mode == "max" else "adaptive_avg_pool2d"
+        out = None
+        for level in self.levels:
+            y = apply("reshape", apply(op, x, size=(level, level)), shape=(x.shape[0], -1))
+            out = y if out is None else apply("concat", out, y, axis=1)
+        return out
+
+    def compute_output_shape(self, input_shape):
+        require_images(self, input_shape)
+        return (input_shape[0] * sum(v * v for v in self.levels),)
+
+    def get_config(self):
+        return super().get_config() | {"levels": list(self.levels), "mode": self.mode}

@@ -1,13 +1,15 @@
-"""The plain layers: Dense, Highway, Activation, Dropout, Flatten and Reshape."""
+"""The plain layers: Dense, DropConnect, Highway, Activation, Dropout, AnnealedDropout,
+Flatten and Reshape."""
 from __future__ import annotations
 
 import numpy as np
 
 from dlrun.engine import initializers, regularizers
-from dlrun.engine.core.graph import apply
+from dlrun.engine.core.graph import StateFeed, apply
 from dlrun.engine.layers.base import (KernelLayer, Layer, activate, activation_op, keras1,
                                      positive_int, require_features)
 from dlrun.errors import ConfigError, ShapeError
+from dlrun.ops import Spec
 
 
 class Dense(KernelLayer):
@@ -51,6 +53,46 @@ class Dense(KernelLayer):
 
     def get_config(self):
         return super().get_config() | {"units": self.units}
+
+
+def _rate(value, what: str) -> float:
+    """A dropout rate: a number in [0, 1), or a ConfigError naming ``what``."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number in [0, 1), got {value!r}") from None
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{what} must be in [0, 1), got {value!r}")
+    return rate
+
+
+class DropConnect(Dense):
+    """A Dense layer whose weights, not activations, are dropped while training (Wan et
+    al. 2013): every step draws one mask over the kernel ``W (in, units)``, shared by all
+    the samples of the batch, keeps each entry with probability ``1 - rate`` and scales
+    the kept ones by ``1 / (1 - rate)``; at inference the layer is the plain Dense with
+    ``W``. That is the inverted convention of Dropout, which most frameworks implement;
+    the paper instead trains with an unscaled mask and, at inference, approximates each
+    unit's expected output by moment matching (a Gaussian, sampled). The bias is not
+    dropped. Weights as Dense's."""
+
+    def __init__(self, units: int, rate: float = 0.5, activation=None, **kw):
+        super().__init__(units, activation=activation, **kw)
+        self.rate = _rate(rate, "DropConnect rate")
+
+    def call(self, x, training):
+        if not training or self.rate == 0.0:
+            return super().call(x, training)
+        # Dense.call reads self.kernel: for this trace it reads the masked kernel instead
+        kernel = self.kernel
+        self.kernel = apply("dropout", kernel, rate=self.rate)
+        try:
+            return super().call(x, training)
+        finally:
+            self.kernel = kernel
+
+    def get_config(self):
+        return super().get_config() | {"rate": self.rate}
 
 
 class Highway(Layer):
@@ -131,13 +173,7 @@ class Dropout(Layer):
                                   f"{kw['rate']!r}); give rate only")
             rate = kw.pop("rate")
         super().__init__(**kw)
-        try:
-            value = float(rate)
-        except (TypeError, ValueError):
-            raise ConfigError(f"Dropout rate must be a number in [0, 1), got {rate!r}") from None
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"Dropout rate must be in [0, 1), got {rate!r}")
-        self.rate = value
+        self.rate = _rate(rate, "Dropout rate")
 
     def call(self, x, training):
         if not training or self.rate == 0.0:
@@ -146,6 +182,41 @@ class Dropout(Layer):
 
     def get_config(self):
         return super().get_config() | {"rate": self.rate}
+
+
+class AnnealedDropout(Layer):
+    """Dropout whose rate is annealed (Rennie et al. 2014): ``initial_rate`` in epoch 0,
+    changing linearly to ``final_rate`` at epoch ``epochs`` and staying there after:
+    ``rate(e) = initial_rate + (final_rate - initial_rate) * min(e, epochs) / epochs``,
+    ``e`` being the epoch ``fit`` trains (its index as callbacks see it, from
+    ``initial_epoch``). Inverted, as Dropout; the identity at inference.
+
+    The rate is an input of the training program, fed before every step from the model's
+    training state, not a constant traced into it: changing it makes no new plan.
+    ``predict(x, training=True)`` drops at the rate of the model's current epoch (saved
+    with the model)."""
+
+    def __init__(self, initial_rate: float, final_rate: float = 0.0, *, epochs: int, **kw):
+        super().__init__(**kw)
+        self.initial_rate = _rate(initial_rate, "AnnealedDropout initial_rate")
+        self.final_rate = _rate(final_rate, "AnnealedDropout final_rate")
+        self.epochs = positive_int(epochs, "AnnealedDropout epochs")
+
+    def rate_at(self, epoch: int) -> float:
+        """The dropout rate while epoch ``epoch`` (from 0) trains."""
+        done = min(max(int(epoch), 0), self.epochs) / self.epochs
+        return self.initial_rate + (self.final_rate - self.initial_rate) * done
+
+    def call(self, x, training):
+        if not training:
+            return x
+        rate = StateFeed(Spec((1,), np.float64), lambda state: self.rate_at(state.epoch),
+                         name=f"{self.name}/rate")
+        return apply("scheduled_dropout", x, rate)
+
+    def get_config(self):
+        return super().get_config() | {"initial_rate": self.initial_rate,
+                                       "final_rate": self.final_rate, "epochs": self.epochs}
 
 
 class Flatten(Layer):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dlrun.engine.core.graph import apply
-from dlrun.engine.layers.base import Layer
+from dlrun.engine.layers.base import FORWARD_ONLY, Layer
 from dlrun.errors import ConfigError, ShapeError
 
 
@@ -12,7 +12,10 @@ class BatchNormalization(Layer):
     shift by ``beta``. Weights: gamma, beta, moving_mean, moving_variance (the last two
     never trained: the training forward updates them, ``moving = momentum * moving +
     (1 - momentum) * batch statistic``). A frozen layer (``trainable=False``) runs in
-    inference mode, as in Keras."""
+    inference mode, as in Keras. In ``predict(x, training=True)`` it normalises by the
+    batch statistics, as Keras' ``model(x, training=True)`` does, but leaves the moving
+    statistics as they are (it runs with momentum 1: ``moving = 1 * moving + 0 *
+    statistic``, exactly ``moving``)."""
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kw):
         super().__init__(**kw)
@@ -42,7 +45,8 @@ class BatchNormalization(Layer):
     def call(self, x, training):
         state = (self.gamma, self.beta, self.moving_mean, self.moving_variance)
         if training and self.trainable:
-            return apply("batch_norm", x, *state, momentum=self.momentum, epsilon=self.epsilon)
+            momentum = 1.0 if training is FORWARD_ONLY else self.momentum
+            return apply("batch_norm", x, *state, momentum=momentum, epsilon=self.epsilon)
         return apply("batch_norm_inference", x, *state, epsilon=self.epsilon)
 
     def get_config(self):

@@ -338,20 +338,27 @@ class Model:
             print(" - ".join(f"{k}: {v:.4f}" for k, v in logs.items()))
         return logs if return_dict else _result(logs)
 
-    def predict(self, x, batch_size: int | None = None, verbose=0):
-        """The model's outputs for ``x``, in inference mode (a list of arrays for a model
-        of several outputs)."""
+    def predict(self, x, batch_size: int | None = None, verbose=0, training: bool = False):
+        """The model's outputs for ``x`` (a list of arrays for a model of several outputs),
+        in inference mode; or with ``training=True`` in training behaviour, as Keras'
+        ``model(x, training=True)``: dropout and the other random layers draw fresh masks
+        at every call (Monte-Carlo dropout: the mean of many calls estimates the ensemble's
+        prediction) and batch normalisation uses each batch's statistics; no weight and no
+        moving statistic changes."""
         xs = data.check_x(self, x)
         xs = xs if self._multi_input else [xs]
         batch_size = data.batch_size(batch_size)
+        mode = "predict_train" if training else "predict"
+        seed = new_seed() if training else 0      # dl.set_seed makes the draws repeatable
         n = len(xs[0])
         outs = None
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
-            prog = self.program("predict", stop - start)
+            prog = self.program(mode, stop - start)
             for src, t in zip(xs, prog.xs):
                 np.copyto(prog.plan.feed[t], src[start:stop])
-            prog.plan.run()
+            prog.feed_state(self.training)
+            prog.plan.run(seed=seed + start)
             ys = prog.plan.fetch(*prog.outs)
             if outs is None:
                 outs = [np.empty((n, *y.shape[1:]), y.dtype) for y in ys]

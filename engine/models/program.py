@@ -1,5 +1,9 @@
-"""What a model runs for one mode (``train``, ``eval``, ``predict``) and batch size: a plan
-and the tensors that feed and read it, made once and kept by the model.
+"""What a model runs for one mode (``train``, ``eval``, ``predict``, ``predict_train``) and
+batch size: a plan and the tensors that feed and read it, made once and kept by the model.
+
+``predict_train`` is ``predict(x, training=True)``'s (Monte-Carlo dropout): the forward
+traced in training behaviour but as :data:`~dlrun.engine.layers.base.FORWARD_ONLY`, so
+that nothing a training forward would update changes (see that constant).
 
 A :class:`Program` is built from the model's graph: the traced outputs, a loss per output
 (weighted and summed, plus the weights' penalties), the plan on the model's backend (with
@@ -14,8 +18,9 @@ import numpy as np
 
 from dlrun.engine import losses as losses_mod
 from dlrun.engine import optimizers
-from dlrun.engine.core.graph import Placeholder, apply
+from dlrun.engine.core.graph import Placeholder, apply, state_feeds
 from dlrun.engine.core.plan import Plan
+from dlrun.engine.layers.base import FORWARD_ONLY
 from dlrun.engine.metrics import Counter
 from dlrun.ops import Spec
 
@@ -30,7 +35,9 @@ class Program:
     outputs, ``loss`` the trained scalar, ``parts`` the loss of each output and ``preds``
     what the metrics read per output. ``lr`` is the placeholder of the learning
     rate when plain SGD is fused into the plan (fed before each step); ``updates`` what
-    the optimizer updates (train); ``counter`` the metric counts (train, eval).
+    the optimizer updates (train); ``counter`` the metric counts (train, eval); ``feeds``
+    the placeholders the model fills from its training state before each run
+    (:meth:`feed_state`).
     """
 
     mode: str
@@ -46,6 +53,17 @@ class Program:
     lr: Placeholder | None = None
     updates: object = None
     counter: Counter | None = None
+    feeds: list = field(default_factory=list)
+
+    def feed_state(self, state) -> None:
+        """Fill the :class:`~dlrun.engine.core.graph.StateFeed` placeholders from the
+        model's training state (call before every run)."""
+        for t in self.feeds:
+            self.plan.feed[t][...] = t.source(state)
+
+
+# the ``training`` argument the layers' ``call`` receives in each mode
+TRAINING = {"train": True, "eval": False, "predict": False, "predict_train": FORWARD_ONLY}
 
 
 def plain_sgd(optimizer) -> bool:
@@ -58,23 +76,25 @@ def plain_sgd(optimizer) -> bool:
 def build(model, mode: str, batch: int) -> Program:
     """The program of ``model`` (built, compiled) for ``mode`` and batches of ``batch``."""
     backend, params = model.backend, model.weights_params()
-    xs, outs = model._graph(batch, training=(mode == "train"))
-    if mode == "predict":
-        return Program(mode, Plan(xs, outs, params, backend=backend), xs, outs)
+    xs, outs = model._graph(batch, training=TRAINING[mode])
+    feeds = state_feeds(outs)
+    if mode in ("predict", "predict_train"):
+        return Program(mode, Plan(xs + feeds, outs, params, backend=backend), xs, outs,
+                       feeds=feeds)
     ys, weights, loss, parts, preds = loss_graph(model, outs, params)
     keep = [loss, *preds] + (parts if len(outs) > 1 else [])
     lr, updates = None, None
     if mode == "train":
         sgd_lr = Placeholder(Spec((1,), np.float64), name="lr") \
             if plain_sgd(model.optimizer) else None
-        plan = Plan(xs + ys + [weights], keep, params, loss=loss, backend=backend,
+        plan = Plan(xs + ys + [weights] + feeds, keep, params, loss=loss, backend=backend,
                     options={"sgd_lr": sgd_lr})
         trained = [p for p in params if p.id in plan.grads]
         model.optimizer.build(trained)
         updates = backend.updates(plan, trained)
         lr = sgd_lr if "fuse_sgd" in plan.fused else None
     else:
-        plan = Plan(xs + ys + [weights], keep, params, backend=backend)
+        plan = Plan(xs + ys + [weights] + feeds, keep, params, backend=backend)
     plan.feed[weights][...] = 1
     counter = Counter(backend, model.metrics, model.compiled_loss.metric_outputs,
                       [plan.value(t) for t in preds],
@@ -82,7 +102,7 @@ def build(model, mode: str, batch: int) -> Program:
                        for t, p in zip(ys, preds)],
                       [plan.value(t) for t in parts])
     return Program(mode, plan, xs, outs, ys, weights, True, loss, parts, preds, lr, updates,
-                   counter)
+                   counter, feeds)
 
 
 def loss_graph(model, outs: list, params: list) -> tuple:

@@ -43,7 +43,8 @@ def save_model(model, path, extra=None) -> Path:
         "format": FORMAT, "format_version": VERSION, "dlrun_version": __version__,
         "class_name": type(model).__name__, "config": model.get_config(),
         "weights": [p.name for p in params],
-        "training": {"seed": model.training.seed, "step": model.training.step},
+        "training": {"seed": model.training.seed, "step": model.training.step,
+                     "epoch": model.training.epoch},
         "compile": None if model.loss is None else model.compile_config() | {
             "optimizer": {"class_name": type(model.optimizer).__name__,
                           "config": model.optimizer.get_config(),
@@ -127,6 +128,7 @@ def load_model(path, compile: bool = True):
         t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
         model.training.seed = int(t.get("seed", model.training.seed))
         model.training.step = int(t.get("step", 0))
+        model.training.epoch = int(t.get("epoch", 0))     # an annealed rate's epoch
     except DlrunError as e:
         raise ModelFileError(f"{path}: the saved model cannot be rebuilt: {e}") from None
     except (KeyError, TypeError, ValueError) as e:

@@ -33,13 +33,16 @@ class ResumePoint:
 @dataclass
 class TrainingState:
     """Where a model's training stands. ``seed`` and ``step`` (batches trained so far)
-    give every dropout and augmentation draw; ``completed_epochs`` counts whole epochs;
+    give every dropout and augmentation draw; ``epoch`` is the epoch being trained (fit's
+    epoch index, as callbacks see it; what an annealed dropout rate follows);
+    ``completed_epochs`` counts whole epochs;
     ``shuffle_rng`` is the generator of ``fit``'s epoch orders (its state goes into
     checkpoints); ``resume``, set when a checkpoint is restored, is taken by the next
     training run."""
 
     seed: int
     step: int = 0
+    epoch: int = 0
     completed_epochs: int = 0
     shuffle_rng: np.random.Generator | None = None
     resume: ResumePoint | None = field(default=None, repr=False)
@@ -80,6 +83,7 @@ def run_batch(model, mode: str, x, y, idx, sample_weight=None) -> BatchResult:
     train = mode == "train"
     if train and prog.lr is not None:
         plan.feed[prog.lr][0] = model.optimizer.learning_rate
+    prog.feed_state(state)
     launches = backend.launches()
     plan.run(seed=state.seed + state.step)
     if train:
@@ -140,6 +144,7 @@ class Loop:
         """Run ``units`` (callables adding their results to the epoch's Tally) as epoch
         ``epoch``; returns its logs, with ``extra_logs()`` and validation added."""
         model, cbs = self.model, self.callbacks
+        model.training.epoch = epoch
         cbs.on_epoch_begin(epoch)
         tally = Tally(model.metrics)
         done = 0

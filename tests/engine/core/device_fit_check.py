@@ -315,9 +315,30 @@ def case_gradients(problems, facts):
           dl.gradients(gpu, xc, layer="conv"), problems)
 
 
+def case_lecture_layers(problems, facts):
+    """Stochastic and spatial pyramid pooling, DropConnect, RReLU and annealed dropout (its
+    rate fed every step) trained on both devices with the same draws; then
+    predict(training=True) from one seed on both."""
+    x, y = data((1, 6, 6), n=8)
+
+    def build():
+        return dl.Sequential([L.Conv2D(2, 3, activation="relu", input_shape=(1, 6, 6)),
+                              L.StochasticPooling2D(2), L.SpatialPyramidPooling2D((1, 2)),
+                              L.DropConnect(4, 0.3), L.RReLU(),
+                              L.AnnealedDropout(0.5, epochs=1), L.Dense(3, activation="softmax")])
+
+    cpu, gpu = twins(build, lambda: dl.optimizers.SGD(0.05))
+    fit_both(cpu, gpu, x, y, problems, tag="lecture layers", batch_size=8, epochs=2)
+    out = {}
+    for device, m in (("cpu", cpu), ("cuda", gpu)):
+        dl.set_seed(3)
+        out[device] = m.predict(x, batch_size=4, training=True)
+    close("predict(training=True)", out["cpu"], out["cuda"], problems)
+
+
 CASES = [case_mlp, case_adamw_batchnorm, case_cnn, case_checkpoints, case_launches,
          case_recurrent, case_sequences, case_functional, case_sample_weight,
-         case_gradients]
+         case_gradients, case_lecture_layers]
 
 
 def main() -> int:

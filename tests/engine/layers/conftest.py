@@ -30,9 +30,10 @@ import numpy as np
 import pytest
 
 import dlrun as dl
-from dlrun.engine.core.graph import Parameter, Placeholder, apply
+from dlrun.engine.core.graph import Parameter, Placeholder, apply, state_feeds
 from dlrun.engine.core.plan import Plan
 from dlrun.engine.layers import LAYERS
+from dlrun.engine.models.training import TrainingState
 from dlrun.engine.layers.symbolic import InputLayer
 from dlrun.ops import Spec
 
@@ -131,10 +132,11 @@ def _check_gradients(cls, layer_kwargs, sample_shapes, multi, x64, values, train
     fed = [t for t in xp if not isinstance(t, Parameter)]
     xp = [t for t in xp if isinstance(t, Parameter)]
     checked = xp + [p for p in layer.weights if p.trainable]
-    plan = Plan([c, *fed], [y], xp + layer.weights, loss=loss)
+    plan = Plan([c, *fed] + _fed(y), [y], xp + layer.weights, loss=loss)
     plan.feed[c][...] = rng.standard_normal(c.shape)
     for t in fed:
         plan.feed[t][...] = x64[int(t.name[len("input"):])]
+    _feed(plan, y, epoch=0)
 
     def f() -> float:
         plan.run(seed=0)                       # the same dropout mask every time
@@ -180,15 +182,28 @@ def _central(f, moves: list) -> float:
     return (plus - minus) / (2 * EPS)
 
 
-def run_layer(layer, x, training: bool = False, seed: int = 0):
-    """The layer's output for the batch ``x`` (building it first), through a real plan."""
+def _fed(y) -> list:
+    """The placeholders a model would fill from its training state (an annealed rate)."""
+    return state_feeds([y])
+
+
+def _feed(plan, y, epoch: int) -> None:
+    """Fill them as a model whose training is at epoch ``epoch`` would."""
+    for t in _fed(y):
+        plan.feed[t][...] = t.source(TrainingState(seed=0, epoch=epoch))
+
+
+def run_layer(layer, x, training: bool = False, seed: int = 0, epoch: int = 0):
+    """The layer's output for the batch ``x`` (building it first), through a real plan
+    (of a model whose training is at epoch ``epoch``)."""
     xp = Placeholder(Spec(x.shape, x.dtype), name="x")
     layer.ensure_built(x.shape[1:])
     out = layer.call(xp, training)
     if out is xp:                              # an identity: there is no plan to run
         return x.copy()
-    plan = Plan([xp], [out], layer.weights)
+    plan = Plan([xp] + _fed(out), [out], layer.weights)
     plan.feed[xp][...] = x
+    _feed(plan, out, epoch)
     plan.run(seed=seed)
     return plan.value(out).copy()
 

@@ -1,6 +1,6 @@
-"""engine/layers/activations.py: LeakyReLU, ELU, PReLU, Softmax and Maxout through the
+"""engine/layers/activations.py: LeakyReLU, ELU, PReLU, RReLU, Softmax and Maxout through the
 harness against numpy references written here; PReLU's and Maxout's weights as Keras makes
-them; the two learned units learn; the errors."""
+them; the two learned units learn; RReLU's random slopes; the errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +28,12 @@ def test_prelu(check_layer):
     check_layer(L.PReLU, (6,), lambda x, alpha: np.where(x > 0, x, alpha * x))
     check_layer(L.PReLU, (2, 3, 2), lambda x, alpha: np.where(x > 0, x, alpha * x),
                 alpha_initializer="glorot_uniform")
+
+
+def test_rrelu(check_layer):
+    # inference: the mean slope; the gradient check runs in training, through drawn slopes
+    check_layer(L.RReLU, (6,), lambda x: np.where(x > 0, x, (1 / 8 + 1 / 3) / 2 * x))
+    check_layer(L.RReLU, (2, 3), lambda x: np.where(x > 0, x, 0.2 * x), lower=0.1, upper=0.3)
 
 
 def test_softmax(check_layer, naive):
@@ -72,6 +78,22 @@ def test_prelu_and_maxout_learn():
     assert h[-1] < 0.2 * h[0]
 
 
+def test_rrelu_draws_a_slope_per_element_and_step(run_layer):
+    x = -np.random.default_rng(0).uniform(0.5, 2.0, (200, 100)).astype(np.float32)
+    x[:, :10] *= -1                                           # some positive inputs
+    layer = L.RReLU(lower=0.1, upper=0.5)
+    y = run_layer(layer, x, training=True, seed=3)
+    np.testing.assert_array_equal(y[:, :10], x[:, :10])      # kept as they are
+    slope = (y[:, 10:] / x[:, 10:]).astype(np.float64)
+    assert slope.min() >= 0.1 - 1e-6 and slope.max() <= 0.5 + 1e-6
+    # 18,000 uniform draws on [0.1, 0.5]: mean 0.3 (s.e. 0.0009), variance 0.4^2 / 12
+    assert slope.mean() == pytest.approx(0.3, abs=0.004)
+    assert slope.var() == pytest.approx(0.4 ** 2 / 12, rel=0.05)
+    assert len(np.unique(slope)) > 15000                      # one per element
+    again = run_layer(layer, x, training=True, seed=4)
+    assert np.mean(again != y) > 0.85                         # a fresh draw per step
+
+
 # -- errors ------------------------------------------------------------------------------------
 def test_errors_name_the_problem():
     with pytest.raises(ConfigError, match="Maxout units.*0"):
@@ -82,3 +104,6 @@ def test_errors_name_the_problem():
         L.Maxout(3).ensure_built((2, 5))
     with pytest.raises(ConfigError, match="'nope'"):
         L.PReLU(alpha_initializer="nope")
+    for lower, upper in ((0.4, 0.2), (-0.1, 0.3), ("low", 0.3)):
+        with pytest.raises(ConfigError, match=f"lower={lower!r}, upper={upper!r}"):
+            L.RReLU(lower, upper)

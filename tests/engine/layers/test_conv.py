@@ -1,8 +1,11 @@
-"""engine/layers/conv.py: Conv2D, MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D
-through the harness against direct numpy loops written here; max pooling's ties, a 1x1
-convolution as a Dense, the errors, a small CNN that trains, saves and loads; and the
+"""engine/layers/conv.py: Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+StochasticPooling2D, the adaptive poolings and SpatialPyramidPooling2D through the harness
+against direct numpy loops written here; max pooling's ties, stochastic pooling's draws, a
+1x1 convolution as a Dense, the errors, a small CNN that trains, saves and loads; and the
 kernels under Conv2D split into chunks of samples or between threads."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -119,6 +122,63 @@ def test_global_average_pooling(check_layer):
     check_layer(L.GlobalAveragePooling2D, (3, 4, 5), lambda x: x.mean(axis=(2, 3)))
 
 
+def stochastic_mean_ref(x, k, s, padding):
+    """Inference of stochastic pooling: sum a^2 / sum a per window, a = max(x, 0) (padded
+    positions are 0: they add nothing to either sum)."""
+    a = np.maximum(x, 0.0)
+    if padding == "same":
+        pads, _ = pad_same(a, k, s)
+        a = np.pad(a, ((0, 0), (0, 0), *pads))
+    oh, ow = (a.shape[2] - k[0]) // s[0] + 1, (a.shape[3] - k[1]) // s[1] + 1
+    y = np.zeros(a.shape[:2] + (oh, ow))
+    for p in range(oh):
+        for q in range(ow):
+            win = a[:, :, p * s[0]:p * s[0] + k[0], q * s[1]:q * s[1] + k[1]]
+            s1, s2 = win.sum(axis=(2, 3)), (win * win).sum(axis=(2, 3))
+            y[:, :, p, q] = np.divide(s2, s1, out=np.zeros_like(s1), where=s1 > 0)
+    return y
+
+
+def adaptive_ref(x, size, fn):
+    """Output (p, q) pools rows floor(p H / oh) .. ceil((p + 1) H / oh), columns alike."""
+    (h, w), (oh, ow) = x.shape[2:], size
+    y = np.zeros(x.shape[:2] + (oh, ow))
+    for p in range(oh):
+        rows = slice(math.floor(p * h / oh), math.ceil((p + 1) * h / oh))
+        for q in range(ow):
+            cols = slice(math.floor(q * w / ow), math.ceil((q + 1) * w / ow))
+            y[:, :, p, q] = fn(x[:, :, rows, cols], axis=(2, 3))
+    return y
+
+
+@pytest.mark.parametrize("pool,strides,padding", [(2, None, "valid"), (3, 2, "same")])
+def test_stochastic_pooling(check_layer, pool, strides, padding):
+    # inference: the probability-weighted average; the gradient check runs in training,
+    # through the drawn elements
+    s = pair(pool if strides is None else strides)
+    check_layer(L.StochasticPooling2D, (2, 6, 5),
+                lambda x: stochastic_mean_ref(x, pair(pool), s, padding),
+                pool_size=pool, strides=strides, padding=padding)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 7, 5), (3, 2)), ((2, 7, 5), 4),
+                                        ((1, 3, 2), (4, 3))])
+def test_adaptive_pooling(check_layer, shape, size):
+    check_layer(L.AdaptiveMaxPooling2D, shape, lambda x: adaptive_ref(x, pair(size), np.max),
+                output_size=size)
+    check_layer(L.AdaptiveAveragePooling2D, shape,
+                lambda x: adaptive_ref(x, pair(size), np.mean), output_size=size)
+
+
+@pytest.mark.parametrize("mode,fn", [("max", np.max), ("avg", np.mean)])
+def test_spatial_pyramid_pooling(check_layer, mode, fn):
+    def spp(x):
+        return np.concatenate([adaptive_ref(x, (v, v), fn).reshape(len(x), -1)
+                               for v in (1, 3, 2)], axis=1)
+
+    check_layer(L.SpatialPyramidPooling2D, (2, 5, 6), spp, levels=(1, 3, 2), mode=mode)
+
+
 # -- pooling kernels ---------------------------------------------------------------------------
 @pytest.mark.parametrize("pool,strides,padding", POOLS)
 def test_max_pool_records_the_argmax(pool, strides, padding):
@@ -147,6 +207,62 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
     want[0, 0, 0, 1], want[0, 0, 0, 2] = 10.0, 20.0       # row-major first of each window
     np.testing.assert_array_equal(y, [[[[3.0, 3.0]]]])
     np.testing.assert_array_equal(dx, want)
+
+
+def test_stochastic_pooling_draws_by_value(run_layer):
+    """4,000 draws from the window [[1, 2], [3, 4]]: each element about value / 10 of the
+    time, their mean near the inference output 30 / 10; windows with nothing positive give
+    0; another step draws again."""
+    x = np.tile(np.array([[1.0, 2.0], [3.0, 4.0]], np.float32), (4000, 1, 1, 1))
+    layer = L.StochasticPooling2D(2)
+    y = run_layer(layer, x, training=True, seed=1).ravel()
+    for v in (1.0, 2.0, 3.0, 4.0):
+        assert np.mean(y == v) == pytest.approx(v / 10, abs=0.02)    # s.e. <= 0.008
+    assert y.mean() == pytest.approx(3.0, abs=0.07)                   # var 1: s.e. 0.016
+    np.testing.assert_array_equal(run_layer(layer, x[:1]), [[[[3.0]]]])
+    again = run_layer(layer, x, training=True, seed=2).ravel()
+    assert np.mean(again != y) > 0.5
+    nothing = np.array([[[[0.0, 0.0], [0.0, 0.0]]], [[[-1.0, 0.0], [-2.0, -3.0]]]],
+                       np.float32)
+    np.testing.assert_array_equal(run_layer(layer, nothing, training=True), 0.0)
+    np.testing.assert_array_equal(run_layer(layer, nothing), 0.0)
+
+
+def test_spatial_pyramid_pooling_gives_one_width_for_any_image_size():
+    """A Dense after it takes the same weights for images of any size."""
+    dl.set_seed(0)
+    rng = np.random.default_rng(0)
+    models = [dl.Sequential([
+        L.Conv2D(3, 3, activation="relu", input_shape=(2, *hw)),
+        L.SpatialPyramidPooling2D(levels=(1, 2), mode="avg"), L.Dense(4)])
+        for hw in ((8, 8), (11, 7))]
+    models[1].set_weights(models[0].get_weights())
+    for model, hw in zip(models, ((8, 8), (11, 7))):
+        assert model.layers[1].compute_output_shape((3, *hw)) == (15,)
+        conv = model.layers[0].get_weights()
+        x = rng.standard_normal((2, 2, *hw)).astype(np.float32)
+        h = np.maximum(conv_ref(x, *conv, (1, 1), "valid"), 0)
+        feat = np.concatenate([adaptive_ref(h, (v, v), np.mean).reshape(2, -1)
+                               for v in (1, 2)], axis=1)
+        w, b = model.layers[2].get_weights()
+        np.testing.assert_allclose(model.predict(x), feat @ w + b, **TOL)
+
+
+def test_new_pooling_errors_name_the_problem():
+    with pytest.raises(ConfigError, match="AdaptiveMaxPooling2D output_size.*0"):
+        L.AdaptiveMaxPooling2D(0)
+    with pytest.raises(ConfigError, match=r"output_size.*\(2, 2, 2\)"):
+        L.AdaptiveAveragePooling2D((2, 2, 2))
+    with pytest.raises(ConfigError, match="level.*0"):
+        L.SpatialPyramidPooling2D(levels=(1, 0))
+    with pytest.raises(ConfigError, match="levels.*4"):
+        L.SpatialPyramidPooling2D(levels=4)
+    with pytest.raises(ConfigError, match="mode.*'min'"):
+        L.SpatialPyramidPooling2D(mode="min")
+    with pytest.raises(ShapeError, match="images"):
+        L.SpatialPyramidPooling2D().compute_output_shape((10,))
+    with pytest.raises(ConfigError, match="StochasticPooling2D pool_size"):
+        L.StochasticPooling2D(0)
 
 
 # -- Conv2D ------------------------------------------------------------------------------------

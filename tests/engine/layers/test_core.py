@@ -1,7 +1,8 @@
 """engine/layers/core.py: Dense (every activation; on sequences too), Highway, Activation,
 Dropout, Flatten and Reshape through the harness against numpy references written here;
 Dense's weight layout and initialisation, Dropout in training, and the errors users
-cause."""
+cause; DropConnect and AnnealedDropout (through the harness, then their masks in
+training)."""
 from __future__ import annotations
 
 import numpy as np
@@ -186,3 +187,58 @@ def test_reshape_errors():
         L.Reshape((7, -1)).compute_output_shape((3, 4, 5))
     with pytest.raises(ConfigError, match="at most one -1"):
         L.Reshape((-1, -1))
+
+
+# -- DropConnect and AnnealedDropout -----------------------------------------------------------
+def test_drop_connect_is_dense_at_inference(check_layer, naive):
+    # the gradient check runs in training mode: through one fixed mask on the kernel
+    check_layer(L.DropConnect, (5,), lambda x, w, b: np.tanh(x @ w + b), units=4, rate=0.5,
+                activation="tanh")
+    check_layer(L.DropConnect, (3,), lambda x, w: x @ w, units=2, rate=0.0, use_bias=False)
+
+
+def test_drop_connect_drops_weights_with_one_mask_per_step(run_layer):
+    """Rows of the identity read the masked kernel itself: each entry dropped or scaled by
+    1 / (1 - rate), one mask for the whole batch, a new one the next step."""
+    layer = L.DropConnect(60, rate=0.3, bias_initializer="ones")
+    eye = np.eye(50, dtype=np.float32)
+    run_layer(layer, eye)
+    w = layer.get_weights()[0]
+    seen = run_layer(layer, np.concatenate([eye, eye]), training=True, seed=9) - 1.0
+    np.testing.assert_array_equal(seen[:50], seen[50:])         # shared by the batch
+    kept = seen[:50] != 0                                       # (the bias is never dropped)
+    assert kept.mean() == pytest.approx(0.7, abs=0.03)          # 3,000 draws: s.e. 0.008
+    np.testing.assert_allclose(seen[:50][kept], w[kept] / 0.7, rtol=1e-5, atol=1e-6)
+    again = run_layer(layer, eye, training=True, seed=10) - 1.0
+    assert np.mean((again != 0) != kept) > 0.2
+    np.testing.assert_allclose(run_layer(layer, eye), w + 1.0, rtol=1e-6)
+
+
+def test_annealed_dropout_is_the_identity_at_inference(check_layer):
+    check_layer(L.AnnealedDropout, (6,), lambda x: x, initial_rate=0.5, epochs=4)
+    check_layer(L.AnnealedDropout, (2, 3), lambda x: x, initial_rate=0.2, final_rate=0.6,
+                epochs=1)
+
+
+@pytest.mark.parametrize("epoch,rate", [(0, 0.6), (1, 0.45), (2, 0.3), (4, 0.0), (9, 0.0)])
+def test_annealed_dropout_rate_falls_linearly_over_epochs(run_layer, epoch, rate):
+    layer = L.AnnealedDropout(0.6, epochs=4)
+    assert layer.rate_at(epoch) == pytest.approx(rate)
+    x = np.random.default_rng(0).uniform(1, 2, (100, 80)).astype(np.float32)
+    y = run_layer(layer, x, training=True, seed=epoch, epoch=epoch)
+    kept = y != 0
+    assert kept.mean() == pytest.approx(1 - rate, abs=0.02)     # 8,000 draws: s.e. <= 0.006
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-6)
+
+
+def test_drop_connect_and_annealed_dropout_errors():
+    with pytest.raises(ConfigError, match="DropConnect rate.*1.0"):
+        L.DropConnect(3, rate=1.0)
+    with pytest.raises(ConfigError, match="final_rate.*'none'"):
+        L.AnnealedDropout(0.5, "none", epochs=3)
+    with pytest.raises(ConfigError, match="initial_rate.*-0.2"):
+        L.AnnealedDropout(-0.2, epochs=3)
+    with pytest.raises(ConfigError, match="epochs.*0"):
+        L.AnnealedDropout(0.5, epochs=0)
+    with pytest.raises(TypeError, match="epochs"):
+        L.AnnealedDropout(0.5)

@@ -11,6 +11,7 @@ from dlrun.engine.layers.base import ACTIVATIONS, KernelLayer, Layer, activation
 from dlrun.engine.layers.conv import (AveragePooling2D, Conv2D, GlobalAveragePooling2D,
                                       MaxPooling2D)
 from dlrun.engine.layers.core import Activation, Dense, Dropout, Flatten, Highway, Reshape
+from dlrun.engine.layers.lambdas import Lambda
 from dlrun.engine.layers.merge import Add, Concatenate
 from dlrun.engine.layers.normalization import BatchNormalization
 from dlrun.engine.layers.recurrent import LSTM, SimpleRNN
@@ -21,7 +22,8 @@ BUILT_IN = (Dense, Highway, Activation, Dropout, Flatten, Reshape,
             Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
             BatchNormalization, LeakyReLU, ELU, PReLU, Softmax, Maxout,
             SimpleRNN, LSTM, Add, Concatenate,
-            RandomTranslation, RandomRotation, RandomZoom, InputLayer)
+            RandomTranslation, RandomRotation, RandomZoom, InputLayer,
+            Lambda)
 
 # class name -> layer class, for load_model
 LAYERS: dict[str, type] = {cls.__name__: cls for cls in BUILT_IN}

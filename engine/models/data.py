@@ -65,7 +65,8 @@ def check_xy(model, x, y):
         if len(y) != n:
             raise DataError(f"x and y hold different numbers of samples: {n} and "
                             f"{len(y)}")
-        return x, losses_mod.check_targets(model.loss, y, model.output_shape)
+        return x, losses_mod.check_targets(model.compiled_loss.loss_names[0], y,
+                                           model.output_shape)
     ys = []
     for t, name, loss, shape in zip(by_name(y, names, "output", "y"), names,
                                     model.compiled_loss.loss_names, model.output_shape):

@@ -73,12 +73,17 @@ def _broadcast(a: Tensor, b: Tensor, fn: str):
 
 
 # -- arithmetic (the tensors' operators) --------------------------------------------------
-def add(a, b):
-    """a + b"""
-    a, b = _operands(a, b, "add")
+def _commutative(a, b, fn: str, op: str, with_number):
+    """``op`` on two tensors, else ``with_number(tensor, number)``, in either order."""
+    a, b = _operands(a, b, fn)
     if isinstance(a, float):
         a, b = b, a
-    return apply("add", a, b) if isinstance(b, Tensor) else apply("affine", a, offset=b)
+    return apply(op, a, b) if isinstance(b, Tensor) else with_number(a, b)
+
+
+def add(a, b):
+    """a + b"""
+    return _commutative(a, b, "add", "add", lambda t, c: apply("affine", t, offset=c))
 
 
 def subtract(a, b):
@@ -91,10 +96,7 @@ def subtract(a, b):
 
 def multiply(a, b):
     """a * b"""
-    a, b = _operands(a, b, "multiply")
-    if isinstance(a, float):
-        a, b = b, a
-    return apply("mul", a, b) if isinstance(b, Tensor) else apply("scale", a, factor=b)
+    return _commutative(a, b, "multiply", "mul", lambda t, c: apply("scale", t, factor=c))
 
 
 def divide(a, b):
@@ -129,20 +131,14 @@ def pow(x, a):  # noqa: A001  (Keras' name)
 
 def maximum(a, b):
     """The elementwise maximum of two tensors, or of a tensor and a number."""
-    a, b = _operands(a, b, "maximum")
-    if isinstance(a, float):
-        a, b = b, a
-    return apply("maximum", a, b) if isinstance(b, Tensor) else \
-        apply("clip", a, lo=b, hi=math.inf)
+    return _commutative(a, b, "maximum", "maximum",
+                        lambda t, c: apply("clip", t, lo=c, hi=math.inf))
 
 
 def minimum(a, b):
     """The elementwise minimum of two tensors, or of a tensor and a number."""
-    a, b = _operands(a, b, "minimum")
-    if isinstance(a, float):
-        a, b = b, a
-    return apply("minimum", a, b) if isinstance(b, Tensor) else \
-        apply("clip", a, lo=-math.inf, hi=b)
+    return _commutative(a, b, "minimum", "minimum",
+                        lambda t, c: apply("clip", t, lo=-math.inf, hi=c))
 
 
 # -- functions of one tensor ----------------------------------------------------------------

@@ -152,13 +152,19 @@ pair_loss("poisson", _poisson, _poisson_grad, _with_shape(_rates),
 _row = _row_grad = None
 
 
+@config.formula
+def _rows(pred, w):
+    """(n, rows, per): the length of a row, the number of rows, the rows of a sample"""
+    n = pred.shape[pred.ndim - 1]
+    rows = pred.size // n
+    return n, rows, (rows // w.size if w.size else 0)
+
+
 def _rows_cpu_template(pred, target, w, loss):
     """loss = sum_r w_sample(r) _row(pred_r, target_r) / rows"""
-    n = pred.shape[pred.ndim - 1]
+    n, rows, per = _rows(pred, w)
     pf = pred.reshape(-1)
     tf = target.reshape(-1)
-    rows = pf.size // n
-    per = rows // w.size if w.size else 0
     total = 0.0
     for r in range(rows):
         total += _row(pf, tf, r * n, n) * w[r // per]
@@ -167,11 +173,9 @@ def _rows_cpu_template(pred, target, w, loss):
 
 def _rows_cuda_template(pred, target, w, loss):
     """loss = sum_r w_sample(r) _row(pred_r, target_r) / rows, one block"""
-    n = pred.shape[pred.ndim - 1]
+    n, rows, per = _rows(pred, w)
     pf = pred.reshape(-1)
     tf = target.reshape(-1)
-    rows = pf.size // n
-    per = rows // w.size if w.size else 0
     t = cuda.threadIdx.x
     total = 0.0
     for r in range(t, rows, cuda.blockDim.x):
@@ -183,12 +187,10 @@ def _rows_cuda_template(pred, target, w, loss):
 
 def _rows_grad_cpu_template(dy, pred, target, w, dpred):
     """dpred_r = _row_grad(dy w_sample(r) / rows, pred_r, target_r)"""
-    n = pred.shape[pred.ndim - 1]
+    n, rows, per = _rows(pred, w)
     pf = pred.reshape(-1)
     tf = target.reshape(-1)
     df = dpred.reshape(-1)
-    rows = pf.size // n
-    per = rows // w.size if w.size else 0
     g = dy[()] / rows
     for r in range(rows):
         _row_grad(g * w[r // per], pf, tf, r * n, n, df)
@@ -196,12 +198,10 @@ def _rows_grad_cpu_template(dy, pred, target, w, dpred):
 
 def _rows_grad_cuda_template(dy, pred, target, w, dpred):
     """dpred_r = _row_grad(dy w_sample(r) / rows, pred_r, target_r), a thread per row"""
-    n = pred.shape[pred.ndim - 1]
+    n, rows, per = _rows(pred, w)
     pf = pred.reshape(-1)
     tf = target.reshape(-1)
     df = dpred.reshape(-1)
-    rows = pf.size // n
-    per = rows // w.size if w.size else 0
     g = dy[()] / rows
     for r in range(cuda.grid(1), rows, cuda.gridsize(1)):
         _row_grad(g * w[r // per], pf, tf, r * n, n, df)

@@ -10,6 +10,7 @@ from dlrun.ops.registry import (Op, OpError, Spec, Twin, get, get_twin, names, r
 from dlrun.ops.elementwise import Elementwise, elementwise, fused_bias_forward
 from dlrun.ops import activations, dropout, linear, losses, reduce, shape  # noqa: F401
 from dlrun.ops import arith, augment, regularizers  # noqa: F401
+from dlrun.ops import axes, keras_losses, pointwise  # noqa: F401
 from dlrun.ops import conv, norm, pool  # noqa: F401
 from dlrun.ops import adaptive_pool, stochastic_pool  # noqa: F401
 from dlrun.ops import gru, recurrent, sequence  # noqa: F401

@@ -34,13 +34,13 @@ cuda = None
 EPS = 1e-7
 
 
-def _check_weights(op: str, pred: Spec, w: Spec) -> None:
+def check_weights(op: str, pred: Spec, w: Spec) -> None:
     if len(pred.shape) < 1 or w.shape != pred.shape[:1] or w.dtype != pred.dtype:
         raise OpError(f"{op} needs sample weights of shape ({pred.shape[0] if pred.shape else 0},) "
                       f"and dtype {pred.dtype}, one per sample; got {w.shape} {w.dtype}")
 
 
-def _weights(rng, n: int, dtype):
+def weights_sample(rng, n: int, dtype):
     """Sample weights in [0, 2), one of them 0 (a sample that must not count)."""
     w = rng.uniform(0.0, 2.0, n).astype(dtype)
     w[1] = 0.0
@@ -55,7 +55,7 @@ def _ce_shape(logits: Spec, labels: Spec, w: Spec) -> list:
     if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
         raise OpError(f"softmax_ce needs integer labels of shape ({logits.shape[0]},); got "
                       f"{labels.shape} {labels.dtype}")
-    _check_weights("softmax_ce", logits, w)
+    check_weights("softmax_ce", logits, w)
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
 
 
@@ -140,7 +140,7 @@ def _ce_sample(n: int, c: int, onehot: bool = False):
         logits = rng.standard_normal((n, c)).astype(dt)
         labels = rng.integers(0, c, n).astype(np.int64)
         target = np.eye(c, dtype=dt)[labels] if onehot else labels
-        return (logits, target, _weights(rng, n, dt)), {}
+        return (logits, target, weights_sample(rng, n, dt)), {}
     return sample
 
 
@@ -159,7 +159,7 @@ def _ce1h_shape(logits: Spec, targets: Spec, w: Spec) -> list:
     if len(logits.shape) != 2 or targets.shape != logits.shape:
         raise OpError(f"softmax_ce_onehot needs logits and one-hot targets of one shape "
                       f"(batch, classes); got {logits.shape} and {targets.shape}")
-    _check_weights("softmax_ce_onehot", logits, w)
+    check_weights("softmax_ce_onehot", logits, w)
     return [Spec((), logits.dtype), Spec(logits.shape, logits.dtype)]
 
 
@@ -251,13 +251,13 @@ register(Op(
 # -- losses on predictions and targets of one shape: mse, binary_ce ---------------------------
 # A sample's loss is the mean over its features: sum_k w_row(k) term_k / N over the N
 # elements, row(k) = k // (N / batch).
-def _pair_shape(name):
+def pair_shape(name):
     def shape(pred: Spec, target: Spec, w: Spec) -> list:
         check_float(name, pred=pred, target=target)
         if pred.shape != target.shape:
             raise OpError(f"{name} needs predictions and targets of one shape; got "
                           f"{pred.shape} and {target.shape}")
-        _check_weights(name, pred, w)
+        check_weights(name, pred, w)
         return [Spec((), pred.dtype)]
     return shape
 
@@ -378,7 +378,7 @@ def _grad_cuda_template(dy, a, b, w, da):
         df[k] = _grad(g * w[k // per], af[k], bf[k])
 
 
-def _pair_loss(name: str, term, grad, sample, reference, diff: tuple) -> None:
+def pair_loss(name: str, term, grad, sample, reference, diff: tuple) -> None:
     """Register a loss of predictions and targets of one shape, from its term and its
     gradient (with respect to the first argument; the target's by swapping them)."""
     forward = instantiate(_mean_cpu_template, f"{name}_fwd_cpu", term, "cpu", _term=term)
@@ -399,7 +399,7 @@ def _pair_loss(name: str, term, grad, sample, reference, diff: tuple) -> None:
 
     cuda_forward.__doc__, cuda_backward.__doc__ = term.__doc__, grad.__doc__
     register(Op(
-        name=name, inputs=("pred", "target", "w"), outputs=("loss",), shape=_pair_shape(name),
+        name=name, inputs=("pred", "target", "w"), outputs=("loss",), shape=pair_shape(name),
         saves=("pred", "target", "w"), diff=diff, forward=forward, backward=backward,
         cuda_forward=cuda_forward, cuda_backward=cuda_backward,
         sample=sample((4, 3)), big_sample=sample((9, 11)), reference=reference))
@@ -410,12 +410,12 @@ def _pair_sample(lo, hi, target_lo=None):
         def sample(rng, dt):
             pred = rng.uniform(lo, hi, shape).astype(dt)
             target = rng.uniform(lo if target_lo is None else target_lo, hi, shape).astype(dt)
-            return (pred, target, _weights(rng, shape[0], dt)), {}
+            return (pred, target, weights_sample(rng, shape[0], dt)), {}
         return sample
     return with_shape
 
 
-def _sample_means(per_element, w):
+def sample_means(per_element, w):
     """sum_i w_i mean_j per_element[i, j] / batch, in float64 (Keras' reduction)."""
     means = per_element.reshape(len(w), -1).mean(axis=1)
     return (w.astype(np.float64) * means).sum() / len(w)
@@ -423,16 +423,16 @@ def _sample_means(per_element, w):
 
 def _mse_ref(p, t, w):
     d = p.astype(np.float64) - t
-    return (np.asarray(_sample_means(d * d, w), p.dtype),)
+    return (np.asarray(sample_means(d * d, w), p.dtype),)
 
 
 def _bce_ref(p, t, w):
     q = np.clip(p.astype(np.float64), EPS, 1 - EPS)
-    return (np.asarray(_sample_means(-(t * np.log(q) + (1 - t) * np.log(1 - q)), w),
+    return (np.asarray(sample_means(-(t * np.log(q) + (1 - t) * np.log(1 - q)), w),
                        p.dtype),)
 
 
-_pair_loss("mse", _squared_error, _squared_error_grad, _pair_sample(-1.0, 1.0), _mse_ref,
+pair_loss("mse", _squared_error, _squared_error_grad, _pair_sample(-1.0, 1.0), _mse_ref,
            diff=("pred", "target"))
-_pair_loss("binary_ce", _cross_entropy, _cross_entropy_grad, _pair_sample(0.1, 0.9, 0.0),
+pair_loss("binary_ce", _cross_entropy, _cross_entropy_grad, _pair_sample(0.1, 0.9, 0.0),
            _bce_ref, diff=("pred",))

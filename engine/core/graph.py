@@ -39,6 +39,50 @@ class Tensor:
         src = self.node.op.name if self.node else type(self).__name__.lower()
         return f"<Tensor {self.name or src} {self.shape} {self.dtype}>"
 
+    # Arithmetic with tensors and Python numbers, as Keras' backend tensors have (a loss
+    # function's ``y_pred - y_true``): nodes made by dlrun.engine.functions, imported when
+    # used (it imports this module). numpy defers to these rather than making object arrays.
+    __array_ufunc__ = None
+
+    def __add__(self, other):
+        return _functions().add(self, other)
+
+    def __radd__(self, other):
+        return _functions().add(other, self)
+
+    def __sub__(self, other):
+        return _functions().subtract(self, other)
+
+    def __rsub__(self, other):
+        return _functions().subtract(other, self)
+
+    def __mul__(self, other):
+        return _functions().multiply(self, other)
+
+    def __rmul__(self, other):
+        return _functions().multiply(other, self)
+
+    def __truediv__(self, other):
+        return _functions().divide(self, other)
+
+    def __rtruediv__(self, other):
+        return _functions().divide(other, self)
+
+    def __pow__(self, other):
+        return _functions().pow(self, other)
+
+    def __rpow__(self, other):
+        return _functions().pow(other, self)
+
+    def __neg__(self):
+        return _functions().negative(self)
+
+
+def _functions():
+    from dlrun.engine import functions
+
+    return functions
+
 
 class Placeholder(Tensor):
     """Data fed each step (a batch of samples, labels or targets)."""

@@ -15,6 +15,7 @@ from dlrun.engine.layers.conv import (AdaptiveAveragePooling2D, AdaptiveMaxPooli
 from dlrun.engine.layers.core import (Activation, AnnealedDropout, Dense, DropConnect, Dropout,
                                       Flatten, Highway, Reshape)
 from dlrun.engine.layers.embedding import Embedding
+from dlrun.engine.layers.lambdas import Lambda
 from dlrun.engine.layers.merge import Add, Concatenate
 from dlrun.engine.layers.normalization import BatchNormalization
 from dlrun.engine.layers.recurrent import GRU, LSTM, SimpleRNN
@@ -26,7 +27,7 @@ BUILT_IN = (Dense, Highway, Activation, Dropout, Flatten, Reshape,
             Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
             BatchNormalization, LeakyReLU, ELU, PReLU, Softmax, Maxout,
             SimpleRNN, LSTM, GRU, Embedding, TimeDistributed, Add, Concatenate,
-            RandomTranslation, RandomRotation, RandomZoom, InputLayer,
+            RandomTranslation, RandomRotation, RandomZoom, InputLayer, Lambda,
             # the lectures' last layers (issue 13, part 6)
             RReLU, StochasticPooling2D, AdaptiveMaxPooling2D, AdaptiveAveragePooling2D,
             SpatialPyramidPooling2D, DropConnect, AnnealedDropout)

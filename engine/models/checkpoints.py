@@ -106,17 +106,18 @@ def _resume_point(path: Path, meta: dict) -> ResumePoint:
     return ResumePoint(epoch, state)
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, custom_objects: dict | None = None):
     """A model rebuilt from a checkpoint, ready to continue training: call
     ``model.fit(..., initial_epoch=model.completed_epochs)`` with the same data and
-    batch size, and it goes on exactly as the interrupted run would have."""
+    batch size, and it goes on exactly as the interrupted run would have.
+    ``custom_objects``: the user functions the model names, as for ``load_model``."""
     from dlrun.engine.models.saving import load_model
 
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"no checkpoint at {path}")
     meta = read_checkpoint(path)
-    model = load_model(path)
+    model = load_model(path, custom_objects=custom_objects)
     if model.loss is None:
         raise ModelFileError(f"{path} holds an uncompiled model; a checkpoint needs its "
                              "optimizer to resume")
@@ -132,7 +133,7 @@ def restore_checkpoint(model, path) -> int:
 
     path = Path(path)
     meta = read_checkpoint(path)
-    saved = load_model(path)
+    saved = load_model(path, custom_objects=user_functions(model))
     try:
         model.set_weights(saved.get_weights())
     except DlrunError as e:
@@ -154,3 +155,19 @@ def restore_checkpoint(model, path) -> int:
     model.training.resume = _resume_point(path, meta)
     model.completed_epochs = model.training.resume.epoch
     return model.completed_epochs
+
+
+def user_functions(model) -> dict:
+    """``{name: function}`` of the user functions ``model`` names (its loss functions, its
+    Lambda layers'): what loading a checkpoint of it needs."""
+    from dlrun.engine.losses import UserLoss
+
+    found = {}
+    for loss in model.compiled_loss.loss_names if model.compiled_loss else ():
+        if isinstance(loss, UserLoss):
+            found[loss.name] = loss.fn
+    for layer in model.layers:
+        fn = getattr(layer, "function", None)
+        if callable(fn):
+            found[getattr(fn, "__name__", "")] = fn
+    return found

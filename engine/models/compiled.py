@@ -14,7 +14,8 @@ from dlrun.errors import ConfigError
 class CompiledLoss:
     """A compiled model's losses and metrics.
 
-    ``loss_names``/``loss_weights``: the canonical loss name and weight of each output;
+    ``loss_names``/``loss_weights``: the canonical loss name (a
+    :class:`~dlrun.engine.losses.UserLoss` for a function) and weight of each output;
     ``metrics``: what the logs report (per-output losses first with several outputs) and
     ``metric_outputs`` the output each reads; ``loss``, ``loss_weights_given`` and
     ``metric_names`` are the compile arguments as saved (a name, or a dict by output).
@@ -31,6 +32,11 @@ class CompiledLoss:
     def config(self) -> dict:
         """The compile arguments but the optimizer, as JSON (what saving and a Ray worker
         need to compile a copy)."""
+        lambdas = [n for n in self.loss_names if str(n) == "<lambda>"]
+        if lambdas:
+            raise ConfigError("a loss given as a lambda cannot be saved (a saved model names "
+                              "its loss function): define it with def, then load the model "
+                              "with load_model(path, custom_objects={'name': function})")
         cfg = {"loss": self.loss, "metrics": self.metric_names}
         if self.loss_weights_given is not None:
             cfg["loss_weights"] = self.loss_weights_given
@@ -59,15 +65,16 @@ def compile_loss(names: list, loss, metrics, loss_weights) -> CompiledLoss:
     for i, (n, ms) in enumerate(zip(names, _per_output_metrics(metrics, names))):
         kept.append([])
         for m in ms:
-            metric = metrics_mod.get(m, loss_names[i], losses_mod.LOSSES[loss_names[i]][1])
+            metric = metrics_mod.get(m, loss_names[i], losses_mod.target_kind(loss_names[i]))
             kept[-1].append(metric.name)
             if multi:
                 metric.name = f"{n}_{metric.name}"
             tracked.append(metric)
             at.append(i)
+    saved = [losses_mod.saved_name(v) for v in loss_names]
     return CompiledLoss(
         loss_names, weights, tracked, at,
-        loss=dict(zip(names, loss_names)) if multi else loss_names[0],
+        loss=dict(zip(names, saved)) if multi else saved[0],
         loss_weights_given=None if loss_weights is None else dict(zip(names, weights)),
         metric_names=dict(zip(names, kept)) if multi else kept[0])
 

@@ -84,7 +84,8 @@ def check_xy(model, x, y):
         if len(y) != n:
             raise DataError(f"x and y hold different numbers of samples: {n} and "
                             f"{len(y)}")
-        return x, losses_mod.check_targets(model.loss, y, model.output_shape)
+        return x, losses_mod.check_targets(model.compiled_loss.loss_names[0], y,
+                                           model.output_shape)
     ys = []
     for t, name, loss, shape in zip(by_name(y, names, "output", "y"), names,
                                     model.compiled_loss.loss_names, model.output_shape):
@@ -205,7 +206,8 @@ def sample_weights(model, y, samples: int, sample_weight=None, class_weight=None
     if class_weight is not None and model._multi_output:
         raise ConfigError("class_weight is for models of one output; give sample_weight "
                           "for a model of several")
-    if class_weight is not None and losses_mod.per_step(model.loss, model.output_shape):
+    if class_weight is not None and losses_mod.per_step(model.compiled_loss.loss_names[0],
+                                                     model.output_shape):
         raise ConfigError("class_weight weighs a sample by its class, and targets per step "
                           "have a class per step; give sample_weight (one weight per "
                           "sequence) instead")

@@ -108,23 +108,29 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_model(path, compile: bool = True):
+def load_model(path, compile: bool = True, custom_objects: dict | None = None):
     """Rebuild a model saved with ``model.save(path)``: layers, weights, and (with
-    ``compile=True``) its loss, metrics, optimizer and optimizer state."""
+    ``compile=True``) its loss, metrics, optimizer and optimizer state.
+
+    ``custom_objects``: ``{name: function}`` for the user functions the model names (its
+    loss function, a ``Lambda`` layer's function), as Keras takes them: a saved model holds
+    no code."""
     from dlrun.engine import optimizers
+    from dlrun.engine.custom_objects import custom_object_scope
 
     path = Path(path)
     meta = read_meta(path)
     if meta.get("class_name") not in MODEL_CLASSES:
         raise ModelFileError(f"{path}: unknown model class {meta.get('class_name')!r}")
     try:
-        model = model_from_config(meta["class_name"], meta["config"])
-        c = meta.get("compile")
-        if compile and c:
-            opt = optimizers.from_config(c["optimizer"]["class_name"],
-                                         c["optimizer"]["config"])
-            model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"],
-                          loss_weights=c.get("loss_weights"))
+        with custom_object_scope(custom_objects):
+            model = model_from_config(meta["class_name"], meta["config"])
+            c = meta.get("compile")
+            if compile and c:
+                opt = optimizers.from_config(c["optimizer"]["class_name"],
+                                             c["optimizer"]["config"])
+                model.compile(optimizer=opt, loss=c["loss"], metrics=c["metrics"],
+                              loss_weights=c.get("loss_weights"))
         t = meta.get("training") if isinstance(meta.get("training"), dict) else {}
         model.training.seed = int(t.get("seed", model.training.seed))
         model.training.step = int(t.get("step", 0))

@@ -10,7 +10,9 @@ import pytest
 from dlrun import ops
 from dlrun.ops import OpError, Spec
 
-LOSSES = ["softmax_ce", "softmax_ce_onehot", "mse", "binary_ce"]
+LOSSES = ["softmax_ce", "softmax_ce_onehot", "mse", "binary_ce", "hinge", "squared_hinge",
+          "categorical_hinge", "mae", "kld", "poisson", "cosine_similarity"]
+EPS = 1e-7
 
 
 def problem(name, n=6, c=4, seed=0, dtype=np.float64):
@@ -20,13 +22,50 @@ def problem(name, n=6, c=4, seed=0, dtype=np.float64):
         logits = rng.standard_normal((n, c)).astype(dtype)
         labels = rng.integers(0, c, n)
         return logits, (labels if name == "softmax_ce" else np.eye(c, dtype=dtype)[labels])
+    if name in KERAS:
+        pred, target = KERAS[name][0](rng, (n, 3, 2))
+        return pred.astype(dtype), target.astype(dtype)
     lo = 0.05 if name == "binary_ce" else -1.0
     return (rng.uniform(lo, 0.95, (n, 3, 2)).astype(dtype),
             rng.uniform(0.0, 0.95, (n, 3, 2)).astype(dtype))
 
 
+def _signs(rng, shape):
+    return rng.uniform(-2.0, 2.0, shape), rng.choice([-1.0, 1.0], shape)
+
+
+def _one_hot(rng, shape):
+    return rng.uniform(-1.0, 1.0, shape), np.eye(shape[-1])[rng.integers(0, shape[-1],
+                                                                         shape[:-1])]
+
+
+def _unit(x):
+    return x / np.sqrt(np.maximum((x * x).sum(axis=-1, keepdims=True), 1e-12))
+
+
+# Keras' losses as its documentation writes them (keras.losses), on numpy arrays:
+# name -> (problem maker, loss per element (or per row, reducing the last axis))
+KERAS = {
+    "hinge": (_signs, lambda p, t: np.maximum(1 - t * p, 0)),
+    "squared_hinge": (_signs, lambda p, t: np.square(np.maximum(1 - t * p, 0))),
+    "categorical_hinge": (_one_hot, lambda p, t: np.maximum(
+        np.amax((1 - t) * p, axis=-1) - np.sum(t * p, axis=-1) + 1, 0)),
+    "mae": (lambda rng, s: (rng.uniform(-1, 1, s), rng.uniform(-1, 1, s)),
+            lambda p, t: np.abs(p - t)),
+    "kld": (lambda rng, s: (rng.uniform(0.05, 1, s), rng.uniform(0, 1, s)),
+            lambda p, t: np.sum(np.clip(t, EPS, 1) * np.log(np.clip(t, EPS, 1)
+                                                            / np.clip(p, EPS, 1)), axis=-1)),
+    "poisson": (lambda rng, s: (rng.uniform(0.1, 2, s), rng.uniform(0, 3, s)),
+                lambda p, t: p - t * np.log(p + EPS)),
+    "cosine_similarity": (lambda rng, s: (rng.standard_normal(s), rng.standard_normal(s)),
+                          lambda p, t: -np.sum(_unit(t) * _unit(p), axis=-1)),
+}
+
+
 def per_sample_losses(name, pred, target) -> np.ndarray:
     """Each sample's loss, in plain numpy (the mean over its features)."""
+    if name in KERAS:
+        return KERAS[name][1](pred, target).reshape(len(pred), -1).mean(axis=1)
     if name.startswith("softmax_ce"):
         z = pred - pred.max(axis=1, keepdims=True)
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -110,3 +149,31 @@ def test_weights_of_the_wrong_shape_or_dtype_are_refused(name):
         op.infer(specs + [Spec((6,), np.float32)], {})
     with pytest.raises(OpError, match="3 inputs"):
         op.infer(specs, {})
+
+
+# -- the examples of Keras' documentation (keras.io, tf.keras.losses) -------------------------
+@pytest.mark.parametrize("name, pred, target, w, expected", [
+    # Hinge: y_true [[0, 1], [0, 0]] (0/1 read as -1/1), y_pred [[0.6, 0.4], [0.4, 0.6]]
+    ("hinge", [[0.6, 0.4], [0.4, 0.6]], [[-1, 1], [-1, -1]], [1, 1], 1.3),
+    ("hinge", [[0.6, 0.4], [0.4, 0.6]], [[-1, 1], [-1, -1]], [1, 0], 0.55),
+    ("squared_hinge", [[0.6, 0.4], [0.4, 0.6]], [[-1, 1], [-1, -1]], [1, 1], 1.86),
+    ("poisson", [[1, 1], [0, 0]], [[0, 1], [0, 0]], [1, 1], 0.5),
+    ("poisson", [[1, 1], [0, 0]], [[0, 1], [0, 0]], [0.8, 0.2], 0.4),
+    ("mae", [[1, 1], [1, 0]], [[0, 1], [0, 0]], [1, 1], 0.5),
+    ("mae", [[1, 1], [1, 0]], [[0, 1], [0, 0]], [0.7, 0.3], 0.25),
+    ("kld", [[0.6, 0.4], [0.4, 0.6]], [[0, 1], [0, 0]], [1, 1], 0.458),
+    ("kld", [[0.6, 0.4], [0.4, 0.6]], [[0, 1], [0, 0]], [0.8, 0.2], 0.366),
+    ("cosine_similarity", [[1, 0], [1, 1]], [[0, 1], [1, 1]], [1, 1], -0.5),
+    ("cosine_similarity", [[1, 0], [1, 1]], [[0, 1], [1, 1]], [0.8, 0.2], -0.1),
+    ("categorical_hinge", [[0.6, 0.4], [0.4, 0.6]], [[0, 1], [0, 0]], [1, 1], 1.4),
+    ("categorical_hinge", [[0.6, 0.4], [0.4, 0.6]], [[0, 1], [0, 0]], [1, 0], 0.6),
+])
+def test_the_values_of_keras_documentation(name, pred, target, w, expected):
+    loss, _ = run(name, *(np.asarray(a, np.float32) for a in (pred, target, w)))
+    assert loss == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["categorical_hinge", "kld", "cosine_similarity"])
+def test_row_losses_need_a_row_per_sample(name):
+    with pytest.raises(OpError, match=r"\(batch, \.\.\., n\).*\(6,\)"):
+        ops.get(name).infer([Spec((6,), np.float32)] * 3, {})

@@ -39,6 +39,7 @@ _EXPORTS = {
     "models": ("dlrun.models", None),
     "metrics": ("dlrun.metrics", None),
     "utils": ("dlrun.utils", None),
+    "backend": ("dlrun.backend", None),
     "ops": ("dlrun.ops", None),
     "datasets": ("dlrun.datasets", None),
     "cluster": ("dlrun.cluster", None),

@@ -8,7 +8,8 @@ a loss function or a ``Lambda`` layer, each a graph op with CPU and CUDA kernels
 
     model.compile(optimizer="sgd", loss=my_mse)
 """
-from dlrun.engine.functions import (abs, add, clip, divide, dot, epsilon, exp, log, max,  # noqa: A004
+# (abs, max, min, pow, sum shadow builtins here on purpose: they are Keras' K. names)
+from dlrun.engine.functions import (abs, add, clip, divide, dot, epsilon, exp, log, max,
                                     maximum, mean, min, minimum, multiply, negative, pow,
                                     relu, reshape, sigmoid, softmax, sqrt, square, subtract,
                                     sum, tanh)

@@ -167,6 +167,24 @@ def _validation(model, validation_data, batch_size: int):
             data.sample_weights(model, vy, len(vy), *validation_data[2:]))
 
 
+def _check_shippable(model) -> None:
+    """Refuse what a worker cannot rebuild or feed from a dataset: Python functions (a
+    user loss, a Lambda layer; a worker receives the model as JSON, which holds no code)
+    and integer inputs (an Embedding's indices; workers feed float32 batches)."""
+    code = [c.name for c in model.compiled_loss.loss_names if not isinstance(c, str)]
+    code += [f"Lambda layer {layer.name!r}" for layer in model.layers
+             if type(layer).__name__ == "Lambda"]
+    if code:
+        raise ConfigError(f"distributed training sends workers the model as JSON, which "
+                          f"holds no Python code; model {model.name!r} has "
+                          f"{', '.join(map(str, code))}: train it in one process "
+                          "(model.fit without workers=)")
+    if any(d.kind != "f" for d in model.input_dtypes()):
+        raise ConfigError(f"distributed training feeds float32 batches; model "
+                          f"{model.name!r} takes integer inputs (an Embedding): train it "
+                          "in one process (model.fit without workers=)")
+
+
 def _check_model_and_data(model, dataset, opts: Options) -> None:
     model.require_built()
     model.require_compiled()
@@ -174,6 +192,7 @@ def _check_model_and_data(model, dataset, opts: Options) -> None:
         raise ConfigError(f"distributed training takes a model of one input and one output "
                           f"(a dataset holds x and y); model {model.name!r} has inputs "
                           f"{model.input_names} and outputs {model.output_names}")
+    _check_shippable(model)
     if isinstance(dataset, (tuple, list)) and not opts.in_process:
         raise ConfigError("workers open the dataset themselves: give its name or a path "
                           "every node can read, not (x, y) arrays (those only work with "

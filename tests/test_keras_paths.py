@@ -32,8 +32,10 @@ PATHS = [  # module, names lecture code imports from it
     ("dlrun.metrics", ["categorical_accuracy", "binary_accuracy"]),
     ("dlrun.callbacks", ["EarlyStopping", "ModelCheckpoint", "Callback"]),
     ("dlrun.regularizers", ["l1", "l2", "l1_l2"]),
-    ("dlrun.utils", ["to_categorical", "normalize", "np_utils"]),
+    ("dlrun.utils", ["to_categorical", "normalize", "np_utils", "get_custom_objects"]),
     ("dlrun.utils.np_utils", ["to_categorical"]),
+    ("dlrun.backend", ["mean", "square", "abs", "sqrt", "exp", "log", "maximum", "clip",
+                       "pow", "dot", "softmax"]),
     ("dlrun.datasets.mnist", ["load_data"]),
 ]
 

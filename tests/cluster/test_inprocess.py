@@ -394,3 +394,21 @@ def test_fit_with_workers_is_train_distributed(h):
         assert np.array_equal(a, b)
     with pytest.raises(ConfigError, match="fit\\(workers=N\\) trains on a dataset"):
         model.fit(x, y, workers=2)
+
+
+def test_python_functions_and_integer_inputs_are_refused_before_any_worker_starts(h):
+    from dlrun import backend as K
+
+    def my_mse(y_true, y_pred):
+        return K.mean(K.square(y_pred - y_true), axis=-1)
+
+    model = dl.Sequential([dl.layers.Flatten(input_shape=(1, 8, 8)),
+                           dl.layers.Dense(10, activation="softmax")])
+    model.compile("sgd", loss=my_mse)
+    with pytest.raises(ConfigError, match="holds no Python code.*my_mse"):
+        train_distributed(model, h.digits(), workers=2, in_process=True, verbose=0)
+    model = dl.Sequential([dl.layers.Embedding(17, 4, input_length=64),
+                           dl.layers.Flatten(), dl.layers.Dense(10, activation="softmax")])
+    model.compile("sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ConfigError, match="integer inputs"):
+        train_distributed(model, h.digits(), workers=2, in_process=True, verbose=0)

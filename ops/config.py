@@ -9,6 +9,8 @@ explained once, above :class:`_SimulatedCuda`.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 
 # Numba's OpenMP threads (its ``omp`` layer runs dlrun's parallel loops and split matrix
 # products) spin after each parallel region before they sleep; by default long enough to
@@ -20,6 +22,7 @@ import os
 os.environ.setdefault("GOMP_SPINCOUNT", "30000")
 
 import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 # Fast-math without ``nnan``/``ninf``: with those two, LLVM may fold ``isnan(x)`` to False,
 # and the NaN checks (TerminateOnNaN, the averaging guard) would silently stop working.
@@ -99,13 +102,47 @@ def formula(fn=None, *, inline: bool = False):
 class _SimulatedCuda:
     """``numba.cuda`` as the running simulated kernel sees it (its ``FakeCUDAModule``,
     whose thread indices are those of the calling Python thread); outside a kernel (a
-    launcher's ``cuda.device_array``), the simulator's ``numba.cuda`` itself."""
+    launcher's ``cuda.device_array``), the simulator's ``numba.cuda`` itself. Its shared
+    arrays come through :class:`_SimulatedShared`."""
 
     def __getattr__(self, name: str):
         from numba import cuda
         from numba.cuda.simulator.kernel import _get_kernel_context
 
-        return getattr(_get_kernel_context() or cuda, name)
+        context = _get_kernel_context()
+        if context is not None and name == "shared":
+            return _SimulatedShared(context.shared)
+        return getattr(context or cuda, name)
+
+
+_SHARED_LOCK = threading.Lock()
+
+
+class _SimulatedShared:
+    """The running simulated kernel's ``cuda.shared``, whose ``array`` hands every thread
+    of a block the same buffer per call site. The simulator's own looks its buffer up and
+    stores a new one without a lock, so two simulated threads that both find none each
+    get one of their own, and a block reduction then loses their shares; here the look-up
+    and the store are one step."""
+
+    def __init__(self, shared):
+        self._shared = shared
+
+    def array(self, shape, dtype):
+        if shape == 0:                    # dynamic shared memory: one preallocated buffer
+            return self._shared.array(shape, dtype)
+        from numba.core import types
+        from numba.np import numpy_support
+
+        if isinstance(dtype, types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        frame = sys._getframe(1)
+        site = (frame.f_code.co_filename, frame.f_lineno)
+        with _SHARED_LOCK:
+            buffers = self._shared.__dict__.setdefault("_dlrun_buffers", {})
+            if site not in buffers:
+                buffers[site] = np.empty(shape, dtype)
+            return buffers[site]
 
 
 _SIMULATED = _SimulatedCuda()

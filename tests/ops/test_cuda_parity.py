@@ -46,6 +46,9 @@ def test_cuda_kernels_compile_for_a_real_gpu():
 # ``cuda`` bound to numba.cuda itself, one simulated thread's swap-back lands while another
 # thread is still inside (seen here: "module 'numba.cuda' has no attribute 'grid'" in
 # every run). dlrun binds a proxy instead (ops/config.py), which the swap never touches.
+# block_sum's shared buffer is a second race: the simulator allocates a call site's shared
+# array without a lock, so two threads could each get their own and the block's sum lose
+# their shares (about one run in three failed that way); the proxy allocates under a lock.
 HELPER = '''
 from dlrun.ops.config import cuda_device
 

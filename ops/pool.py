@@ -14,6 +14,7 @@ from dlrun.ops import config
 from dlrun.ops.config import cuda_kernel, jit
 from dlrun.ops.conv import (check_window_attrs, tap_source, unravel4, window_geometry,
                             window_span)
+from dlrun.ops.elementwise import instantiate
 from dlrun.ops.registry import Op, OpError, Spec, check_float, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -236,21 +237,52 @@ register(Op(
 
 
 # -- avg_pool2d --------------------------------------------------------------------------
-@jit
-def avg_pool2d_fwd_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y):
-    """y = mean over the real (unpadded) pixels of the window"""
+# -- kernels that write one formula of each window: avg_pool2d's forward, and others' -------
+# The window formula an instantiated kernel applies (the templates' module holds it as
+# None; :func:`window_map` fills it in).
+_window = None
+
+
+def _window_map_cpu(x, ph, pw, sh, sw, pt, pl, y):
+    """y[n, c, p, q] = _window over window (p, q) of x[n, c]"""
     for n in range(x.shape[0]):
         for c in range(x.shape[1]):
             for p in range(y.shape[2]):
                 r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
                 for q in range(y.shape[3]):
                     s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
-                    y[n, c, p, q] = window_mean(x, n, c, r0, r1, s0, s1)
+                    y[n, c, p, q] = _window(x, n, c, r0, r1, s0, s1)
 
 
-def avg_pool2d_fwd_cpu(x, pool, strides, padding, y):
-    """y = mean over each window's real pixels"""
-    avg_pool2d_fwd_kernel_cpu(x, *pool_geometry(x, pool, strides, padding), y)
+def _window_map_cuda(x, ph, pw, sh, sw, pt, pl, y):
+    """y[n, c, p, q] = _window over window (p, q) of x[n, c], grid-stride over y"""
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        n, c, p, q = unravel4(t, y)
+        r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
+        s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
+        y[n, c, p, q] = _window(x, n, c, r0, r1, s0, s1)
+
+
+def window_map(name: str, formula) -> tuple:
+    """(cpu, cuda) forwards ``f(x, pool, strides, padding, y)`` that write ``formula(x, n,
+    c, r0, r1, s0, s1)`` of every window into ``y``: kernels made from the templates above
+    (compiled and cached under the formula's own file)."""
+    on_cpu = instantiate(_window_map_cpu, f"{name}_kernel_cpu", formula, "cpu",
+                         _window=formula)
+    on_gpu = instantiate(_window_map_cuda, f"_{name}", formula, "cuda", _window=formula)
+
+    def cpu(x, pool, strides, padding, y):
+        on_cpu(x, *pool_geometry(x, pool, strides, padding), y)
+
+    def gpu(x, pool, strides, padding, y):
+        on_gpu[config.grid_1d(y.size)](x, *pool_geometry(x, pool, strides, padding), y)
+
+    cpu.__name__, gpu.__name__ = f"{name}_cpu", f"{name}_cuda"
+    cpu.__doc__ = gpu.__doc__ = f"y[n, c, p, q] = the {formula.__doc__}, window (p, q)"
+    return cpu, gpu
+
+
+avg_pool2d_fwd_cpu, avg_pool2d_fwd_cuda = window_map("avg_pool2d_fwd", window_mean)
 
 
 @jit
@@ -275,21 +307,6 @@ def avg_pool2d_bwd_kernel_cpu(dy, ph, pw, sh, sw, pt, pl, dx):
 def avg_pool2d_bwd_cpu(dy, pool, strides, padding, dx):
     """dx = each window's dy shared equally among its real pixels"""
     avg_pool2d_bwd_kernel_cpu(dy, *pool_geometry(dx, pool, strides, padding), dx)
-
-
-@cuda_kernel
-def _avg_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y):
-    """y = mean over the real (unpadded) pixels of the window"""
-    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        n, c, p, q = unravel4(t, y)
-        r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
-        s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
-        y[n, c, p, q] = window_mean(x, n, c, r0, r1, s0, s1)
-
-
-def avg_pool2d_fwd_cuda(x, pool, strides, padding, y):
-    """Launch _avg_pool2d_fwd (grid-stride over the outputs)."""
-    _avg_pool2d_fwd[config.grid_1d(y.size)](x, *pool_geometry(x, pool, strides, padding), y)
 
 
 def avg_pool2d_bwd_cuda(dy, pool, strides, padding, dx):

@@ -21,7 +21,7 @@ from dlrun.ops.config import cuda_kernel, jit
 from dlrun.ops.conv import tap_source, unravel4, window_span
 from dlrun.ops.dropout import uniform_hash, uniform_hash_np
 from dlrun.ops.pool import (max_pool2d_bwd_cuda, pool_geometry, pool_sample, pool_shape,
-                            pool_windows)
+                            pool_windows, window_map)
 from dlrun.ops.registry import Op, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -205,36 +205,8 @@ def window_weighted(x, n, c, r0, r1, s0, s1):
     return t2 / t1 if t1 > 0 else 0.0
 
 
-@jit
-def weighted_pool2d_fwd_kernel_cpu(x, ph, pw, sh, sw, pt, pl, y):
-    """y = sum a^2 / sum a over each window (a = max(x, 0))"""
-    for n in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            for p in range(y.shape[2]):
-                r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
-                for q in range(y.shape[3]):
-                    s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
-                    y[n, c, p, q] = window_weighted(x, n, c, r0, r1, s0, s1)
-
-
-def weighted_pool2d_fwd_cpu(x, pool, strides, padding, y):
-    """y = each window's probability-weighted average"""
-    weighted_pool2d_fwd_kernel_cpu(x, *pool_geometry(x, pool, strides, padding), y)
-
-
-@cuda_kernel
-def _weighted_pool2d_fwd(x, ph, pw, sh, sw, pt, pl, y):
-    """y = sum a^2 / sum a over each window (a = max(x, 0))"""
-    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
-        n, c, p, q = unravel4(t, y)
-        r0, r1 = window_span(p, sh, pt, ph, x.shape[2])
-        s0, s1 = window_span(q, sw, pl, pw, x.shape[3])
-        y[n, c, p, q] = window_weighted(x, n, c, r0, r1, s0, s1)
-
-
-def weighted_pool2d_fwd_cuda(x, pool, strides, padding, y):
-    """Launch _weighted_pool2d_fwd (grid-stride over the outputs)."""
-    _weighted_pool2d_fwd[config.grid_1d(y.size)](x, *pool_geometry(x, pool, strides, padding), y)
+weighted_pool2d_fwd_cpu, weighted_pool2d_fwd_cuda = window_map("weighted_pool2d_fwd",
+                                                               window_weighted)
 
 
 @jit

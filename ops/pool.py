@@ -171,7 +171,8 @@ def max_pool2d_fwd_cuda(x, pool, strides, padding, y, at):
 
 @jit
 def max_pool2d_bwd_cpu_kernel(dy, at, dx):
-    """dx[n, c].flat[at] += dy  (dx zeroed first; overlapping windows add up)"""
+    """dx[n, c].flat[at] += dy where at >= 0  (dx zeroed first; overlapping windows add
+    up; a window that picked nothing, as stochastic pooling's all-zero ones, is -1)"""
     dxf = dx.reshape(-1)
     for k in range(dxf.size):
         dxf[k] = 0.0
@@ -180,7 +181,8 @@ def max_pool2d_bwd_cpu_kernel(dy, at, dx):
     at3 = at.reshape(dy3.shape)
     for m in range(dy3.shape[0]):
         for k in range(dy3.shape[1]):
-            dxf[m * plane + at3[m, k]] += dy3[m, k]
+            if at3[m, k] >= 0:
+                dxf[m * plane + at3[m, k]] += dy3[m, k]
 
 
 def max_pool2d_bwd_cpu(dy, at, pool, strides, padding, dx):

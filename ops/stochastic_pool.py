@@ -20,8 +20,8 @@ from dlrun.ops import config
 from dlrun.ops.config import cuda_kernel, jit
 from dlrun.ops.conv import tap_source, unravel4, window_span
 from dlrun.ops.dropout import uniform_hash, uniform_hash_np
-from dlrun.ops.pool import (max_pool2d_bwd_cuda, pool_geometry, pool_sample, pool_shape,
-                            pool_windows, window_map)
+from dlrun.ops.pool import (max_pool2d_bwd_cpu_kernel, max_pool2d_bwd_cuda, pool_geometry,
+                            pool_sample, pool_shape, pool_windows, window_map)
 from dlrun.ops.registry import Op, register
 
 # numba.cuda, bound on first launch by config.cuda_kernel (importing dlrun never imports it).
@@ -137,24 +137,9 @@ def stochastic_pool2d_fwd_cuda(x, pool, strides, padding, seed, y, at):
                                                    seed, y, at)
 
 
-@jit
-def stochastic_pool2d_bwd_kernel_cpu(dy, at, dx):
-    """dx[n, c].flat[at] += dy where at >= 0 (dx zeroed first)"""
-    dxf = dx.reshape(-1)
-    for k in range(dxf.size):
-        dxf[k] = 0.0
-    plane = dx.shape[2] * dx.shape[3]
-    dy2 = dy.reshape(dy.shape[0] * dy.shape[1], dy.shape[2] * dy.shape[3])
-    at2 = at.reshape(dy2.shape)
-    for m in range(dy2.shape[0]):
-        for k in range(dy2.shape[1]):
-            if at2[m, k] >= 0:
-                dxf[m * plane + at2[m, k]] += dy2[m, k]
-
-
 def stochastic_pool2d_bwd_cpu(dy, at, pool, strides, padding, dx):
     """dx = dy sent to the element each window picked (none for an all-zero window)"""
-    stochastic_pool2d_bwd_kernel_cpu(dy, at, dx)
+    max_pool2d_bwd_cpu_kernel(dy, at, dx)
 
 
 def stochastic_pool2d_reference(x, pool=(2, 2), strides=(2, 2), padding="valid", seed=0):

@@ -84,6 +84,26 @@ def gru_fwd_cpu(x, w, u, b, h, gates, rec_h):
     split_run(part, x.shape[0], MIN_PER_PART)
 
 
+@config.formula
+def gate_grads(d, hp, gates, rec_h, dz, dz_rec, s, t, j):
+    """dz and dz_rec of unit j of sample s at step t (see _gru_bwd_steps), from d = dL/dh_t
+    and hp = h_{t-1}; returns z d, the part of dL/dh_{t-1} that does not pass through U"""
+    n = gates.shape[2] // 3
+    z = gates[s, t, j]
+    r = gates[s, t, n + j]
+    hh = gates[s, t, 2 * n + j]
+    dzp = d * (hp - hh) * sigmoid_grad(z)
+    da = d * (1 - z) * tanh_grad(hh)
+    drp = da * rec_h[s, t, j] * sigmoid_grad(r)
+    dz[s, t, j] = dzp
+    dz[s, t, n + j] = drp
+    dz[s, t, 2 * n + j] = da
+    dz_rec[s, t, j] = dzp
+    dz_rec[s, t, n + j] = drp
+    dz_rec[s, t, 2 * n + j] = da * r
+    return z * d
+
+
 @jit
 def _gru_bwd_steps(dy, u_t, h, gates, rec_h, dz, dz_rec, dh):
     """From the last step back, with d = dy_t + dh (dh carried from step t+1):
@@ -95,21 +115,9 @@ def _gru_bwd_steps(dy, u_t, h, gates, rec_h, dz, dz_rec, dh):
     for t in range(nt - 1, -1, -1):
         for s in range(nb):
             for j in range(n):
-                d = dy[s, t, j] + dh[s, j]
-                z = gates[s, t, j]
-                r = gates[s, t, n + j]
-                hh = gates[s, t, 2 * n + j]
                 hp = h[s, t - 1, j] if t > 0 else 0.0
-                dzp = d * (hp - hh) * sigmoid_grad(z)
-                da = d * (1.0 - z) * tanh_grad(hh)
-                drp = da * rec_h[s, t, j] * sigmoid_grad(r)
-                dz[s, t, j] = dzp
-                dz[s, t, n + j] = drp
-                dz[s, t, 2 * n + j] = da
-                dz_rec[s, t, j] = dzp
-                dz_rec[s, t, n + j] = drp
-                dz_rec[s, t, 2 * n + j] = da * r
-                dh[s, j] = z * d
+                dh[s, j] = gate_grads(dy[s, t, j] + dh[s, j], hp, gates, rec_h, dz, dz_rec,
+                                      s, t, j)
         if t > 0:
             gemm(dz_rec[:, t, :], u_t, dh, 1.0, 1.0, False, False)
 
@@ -171,20 +179,8 @@ def _gru_step_bwd(dy, u, h, t, gates, rec_h, dz, dz_rec, dc):
             d += dc[s, j]
             for m in range(3 * n):
                 d += dz_rec[s, t + 1, m] * u[j, m]
-        z = gates[s, t, j]
-        r = gates[s, t, n + j]
-        hh = gates[s, t, 2 * n + j]
         hp = h[s, t - 1, j] if t > 0 else h.dtype.type(0)
-        dzp = d * (hp - hh) * sigmoid_grad(z)
-        da = d * (1 - z) * tanh_grad(hh)
-        drp = da * rec_h[s, t, j] * sigmoid_grad(r)
-        dz[s, t, j] = dzp
-        dz[s, t, n + j] = drp
-        dz[s, t, 2 * n + j] = da
-        dz_rec[s, t, j] = dzp
-        dz_rec[s, t, n + j] = drp
-        dz_rec[s, t, 2 * n + j] = da * r
-        dc[s, j] = z * d
+        dc[s, j] = gate_grads(d, hp, gates, rec_h, dz, dz_rec, s, t, j)
 
 
 def gru_fwd_cuda(x, w, u, b, h, gates, rec_h):

@@ -88,16 +88,6 @@ class Placeholder(Tensor):
     """Data fed each step (a batch of samples, labels or targets)."""
 
 
-# Bumped whenever a Parameter's trainable flag changes: a model compares it with the value
-# its programs were made at, so a step's lookup stays one comparison.
-_flag_changes = [0]
-
-
-def trainable_changes() -> int:
-    """How many times any Parameter's ``trainable`` flag has changed in this process."""
-    return _flag_changes[0]
-
-
 class StateFeed(Placeholder):
     """A placeholder the model fills itself before every run, with ``source(state)`` of its
     :class:`~dlrun.engine.models.training.TrainingState` (an annealed dropout rate, from the
@@ -106,6 +96,16 @@ class StateFeed(Placeholder):
     def __init__(self, spec: Spec, source, name: str = ""):
         super().__init__(spec, name=name)
         self.source = source
+
+
+# Bumped whenever a Parameter's trainable flag changes: a model compares it with the value
+# its programs were made at, so a step's lookup stays one comparison.
+_flag_changes = [0]
+
+
+def trainable_changes() -> int:
+    """How many times any Parameter's ``trainable`` flag has changed in this process."""
+    return _flag_changes[0]
 
 
 class Parameter(Tensor):
